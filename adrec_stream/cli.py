@@ -1,0 +1,74 @@
+"""The ``adrec-stream`` command line: one subcommand per job.
+
+Each subcommand lives in the module of its concern and exposes
+``add_arguments(parser)`` and ``run(args) -> int``. Errors derived from
+:class:`~adrec_stream.errors.AdrecStreamError` are printed as one line and exit with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from adrec_stream import __version__
+from adrec_stream.errors import AdrecStreamError
+
+#: subcommand -> (module path, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("adrec_stream.training.cli", "train ADRec or SASRec+ (three stages) on a dataset"),
+    "evaluate": ("adrec_stream.evaluation.cli", "evaluate a checkpoint (HR@k, NDCG@k, full ranking, leave-one-out)"),
+    "bench": ("adrec_stream.bench.cli", "speed benchmarks against reference-equivalent paths"),
+    "broker": ("adrec_stream.stream.broker_cli", "start/stop/status of the embedded Kafka-compatible broker (Tansu)"),
+    "worker": ("adrec_stream.stream.worker_cli", "run a streaming worker (ingest, score)"),
+    "replay": ("adrec_stream.stream.replay", "replay a logged click file into the clicks topic"),
+    "demo": ("adrec_stream.stream.demo", "main job: broker + train + workers + replay + prequential summary"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the top-level parser, importing each subcommand module lazily."""
+    parser = argparse.ArgumentParser(
+        prog="adrec-stream",
+        description="Streaming sequential recommendation with ADRec (KDD 2025) on Kafka + RocksDB.",
+    )
+    parser.add_argument("--version", action="version", version=f"adrec-stream {__version__}")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+        try:
+            importlib.import_module(module).add_arguments(p)
+        except ModuleNotFoundError as err:  # subcommand not built yet in this checkout
+            if err.name != module:
+                raise
+            p.set_defaults(_missing=True)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``adrec-stream`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 1
+    from adrec_stream.logging import configure_logging
+
+    configure_logging(args.log_level)
+    if getattr(args, "_missing", False):
+        print(f"adrec-stream: the '{args.command}' command is not available in this build", file=sys.stderr)
+        return 2
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except AdrecStreamError as err:
+        print(f"adrec-stream {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"adrec-stream {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

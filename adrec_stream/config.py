@@ -1,0 +1,83 @@
+"""YAML config loading with validation (pydantic models, unknown keys refused).
+
+Each concern defines its own pydantic model (``extra="forbid"``, strict types) next to its
+code; this module turns a YAML file into one of them and reports problems as one clear
+:class:`~adrec_stream.errors.ConfigError` naming the file, the key and the expected type.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from adrec_stream.errors import ConfigError
+
+M = TypeVar("M", bound=BaseModel)
+
+#: Folder of the YAML configs shipped with the project (``configs/`` at the repository root).
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class StrictModel(BaseModel):
+    """Base for config sections: unknown keys and ill-typed values are errors."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """Render a pydantic error as ``source: key.path: problem`` lines."""
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see the shipped configs/ for valid keys)"
+        lines.append(f"{source}: {loc}: {msg} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def parse_config(data: Any, model: type[M], source: str = "<config>") -> M:
+    """Validate a mapping against a config model.
+
+    Raises:
+        ConfigError: not a mapping, unknown keys, or ill-typed values.
+    """
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of keys to values at the top level, got {type(data).__name__}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, source)) from None
+
+
+def load_config(path: str | Path, model: type[M], overrides: dict[str, Any] | None = None) -> M:
+    """Load a YAML file into ``model``; ``overrides`` (dotted keys) are applied first.
+
+    Raises:
+        ConfigError: the file is missing, is not valid YAML, or fails validation.
+    """
+    p = Path(path)
+    if not p.is_file():
+        alt = CONFIG_DIR / p.name
+        if not p.is_absolute() and alt.is_file():
+            p = alt
+        else:
+            raise ConfigError(f"config file not found: {p} (the shipped configs are in {CONFIG_DIR})")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{p}: not valid YAML: {err}") from None
+    if overrides:
+        data = dict(data or {})
+        for dotted, value in overrides.items():
+            cur = data
+            *parents, leaf = dotted.split(".")
+            for key in parents:
+                cur = cur.setdefault(key, {})
+            cur[leaf] = value
+    return parse_config(data, model, str(p))

@@ -1,0 +1,25 @@
+"""Project-wide exception types. Each message says what went wrong and what to do."""
+
+
+class AdrecStreamError(Exception):
+    """Base class for errors that the CLI reports as one clear line (exit code 2)."""
+
+
+class ConfigError(AdrecStreamError):
+    """A YAML config is missing, malformed, or has unknown / ill-typed keys."""
+
+
+class DataFileError(AdrecStreamError):
+    """A data file is missing, unreadable, or not in the expected format."""
+
+
+class UnsafePickleError(DataFileError):
+    """A pickle asked for a type outside the allowed set (dict/list/int/str/...)."""
+
+
+class CheckpointError(AdrecStreamError):
+    """A checkpoint is missing, truncated, corrupted, or incompatible."""
+
+
+class StoreLockedError(AdrecStreamError):
+    """A RocksDB store path is held by another process."""

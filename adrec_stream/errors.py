@@ -23,3 +23,11 @@ class CheckpointError(AdrecStreamError):
 
 class StoreLockedError(AdrecStreamError):
     """A RocksDB store path is held by another process."""
+
+
+class BrokerError(AdrecStreamError):
+    """The embedded broker could not be started, reached, or stopped, or a topic could not be created."""
+
+
+class StoreError(AdrecStreamError):
+    """A RocksDB state store cannot be opened (corrupt, unreadable, wrong format) or a write failed."""

@@ -10,6 +10,23 @@ import structlog
 _CONFIGURED = False
 
 
+class _StderrLogger:
+    """Writes each rendered line to the *current* ``sys.stderr`` (resolved at write time, so a replaced or
+    closed stream - pytest's capture, a daemonised worker - never leaves a logger pointing at a dead file)."""
+
+    def msg(self, message: str) -> None:
+        stream = sys.stderr
+        if stream is None or getattr(stream, "closed", False):
+            return
+        print(message, file=stream, flush=True)
+
+    log = debug = info = warn = warning = err = error = critical = exception = fatal = failure = msg
+
+
+def _stderr_logger_factory(*_args) -> _StderrLogger:
+    return _StderrLogger()
+
+
 def configure_logging(level: str = "INFO", json: bool = True) -> None:
     """Configure structlog to write one JSON object per line to stderr.
 
@@ -34,7 +51,7 @@ def configure_logging(level: str = "INFO", json: bool = True) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=_stderr_logger_factory,
         cache_logger_on_first_use=False,
     )
     logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr)

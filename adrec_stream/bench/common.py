@@ -1,0 +1,47 @@
+"""Shared helpers of the speed benchmarks: machine description and model construction."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from adrec_stream.model import ModelConfig, build_model
+
+
+def machine_info() -> dict[str, Any]:
+    """Where a benchmark ran: CPU count, torch threads, torch version, load average at the start (the machine is
+    shared, so the load explains noisy figures), and the accelerator if one is used."""
+    info: dict[str, Any] = {
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    try:
+        info["load_avg_1m"] = round(os.getloadavg()[0], 2)
+    except OSError:
+        info["load_avg_1m"] = None
+    return info
+
+
+def fresh_model(n_items: int, cfg: ModelConfig, seed: int, device: torch.device) -> torch.nn.Module:
+    """A model with the given config and seeded initial weights (speed does not depend on the weights)."""
+    torch.manual_seed(seed)
+    return build_model(n_items, cfg).to(device)
+
+
+def timed(fn: Callable[[], Any], device: torch.device) -> float:
+    """Wall-clock seconds of ``fn()`` (synchronising CUDA before and after)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start

@@ -1,0 +1,126 @@
+"""Scoring-speed benchmark: milliseconds per user of ADRec next-item scoring (full ranking, T reverse steps).
+
+* fast path: users in batches (their test histories, left-padded to L = 50); inside ``score`` rows are grouped by
+  history length and trimmed, the CAM and the denoiser's history prefix run once (per-layer key/value cache), then
+  T one-token steps.
+* reference-equivalent path: one user at a time (batch 1), full L = 50 window, and at each of the T steps the
+  denoiser input of the whole sequence rebuilt (time MLP at every position) and the whole sequence re-run through
+  the denoiser (``score(..., use_cache=False)``), as the reference code does.
+
+The two sides are interleaved at batch granularity (one fast batch, then a share of the reference users, ...) so
+that load from other processes hits both alike; this is repeated for three rounds and the median round of each side
+is reported, so one load spike does not decide the figure. The fast path is
+also checked against the reference path in deterministic mode on a few users (``max_abs_score_diff``).
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from adrec_stream.bench.common import fresh_model, machine_info, timed
+from adrec_stream.data.adrec_pkl import load_adrec_dataset
+from adrec_stream.data.batching import left_pad, loo_histories
+from adrec_stream.model import ModelConfig, load_checkpoint
+
+ROUNDS = 3
+CHECK_USERS = 8
+
+
+def bench_score(
+    dataset: str | Path,
+    *,
+    users: int = 2000,
+    reference_users: int = 30,
+    batch_size: int = 1024,
+    cfg: ModelConfig | None = None,
+    checkpoint: str | Path | None = None,
+    seed: int = 2025,
+    device: str | torch.device = "cpu",
+) -> dict[str, Any]:
+    """Measure per-user scoring time on the test histories of ``dataset``.
+
+    Args:
+        users: users scored by the fast path per round (the first ``users`` of the split).
+        reference_users: users scored one by one by the reference path per round (it is ~100× slower).
+        batch_size: users per fast-path batch.
+        cfg: model config for a freshly initialised model (default :class:`ModelConfig`); ignored with ``checkpoint``.
+        checkpoint: optional trained checkpoint to time instead (speed does not depend on the weights).
+        seed: weight-init and sampling-noise seed.
+        device: torch device.
+
+    Returns:
+        JSON-ready dict with ``per_user_ms``, ``reference_per_user_ms``, ``speedup`` and details.
+
+    Raises:
+        DataFileError / CheckpointError: unreadable inputs. ValueError: users < 1 or reference_users < 1.
+    """
+    if users < 1 or reference_users < 1:
+        raise ValueError(f"users and reference_users must be >= 1, got {users} and {reference_users}")
+    dev = torch.device(device)
+    ds = load_adrec_dataset(dataset)
+    if checkpoint is not None:
+        model = load_checkpoint(checkpoint, device=str(dev)).model
+    else:
+        model = fresh_model(ds.n_items, cfg or ModelConfig(), seed, dev)
+    model.eval()
+    width = model.cfg.max_len
+    hists, _ = loo_histories(ds.train, ds.val, ds.test, "test", width)
+    fast_hists = hists[:users]
+    ref_hists = hists[:reference_users]
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    machine = machine_info()
+
+    fast_batches = [fast_hists[i : i + batch_size] for i in range(0, len(fast_hists), batch_size)]
+    per_batch = -(-len(ref_hists) // len(fast_batches))  # reference users timed after each fast batch
+    ref_chunks = [ref_hists[i : i + per_batch] for i in range(0, len(ref_hists), per_batch)]
+
+    def fast_batch(hs: list[list[int]]) -> None:
+        model.score(left_pad(hs, width).to(dev), generator=gen)
+
+    def reference_users(hs: list[list[int]]) -> None:
+        for h in hs:
+            model.score(left_pad([h], width).to(dev), generator=gen, use_cache=False)
+
+    fast_batch(fast_hists[:8])  # warm-up, not timed
+    reference_users(ref_hists[:1])
+    fast_s, ref_s = [], []
+    for _ in range(ROUNDS):
+        fast_t = ref_t = 0.0
+        for k, hs in enumerate(fast_batches):  # interleaved at batch granularity: both sides see the same load
+            fast_t += timed(lambda hs=hs: fast_batch(hs), dev)
+            if k < len(ref_chunks):
+                ref_t += timed(lambda k=k: reference_users(ref_chunks[k]), dev)
+        fast_s.append(fast_t)
+        ref_s.append(ref_t)
+    per_user_ms = 1000 * statistics.median(fast_s) / len(fast_hists)
+    reference_per_user_ms = 1000 * statistics.median(ref_s) / len(ref_hists)
+
+    check = ref_hists[:CHECK_USERS]
+    fast_scores = model.score(left_pad(check, width).to(dev), deterministic=True)
+    ref_scores = torch.cat(
+        [model.score(left_pad([h], width).to(dev), deterministic=True, use_cache=False) for h in check]
+    )
+    diff = (fast_scores[:, 1:] - ref_scores[:, 1:]).abs().max().item()
+    return {
+        "benchmark": "score",
+        "dataset": ds.name,
+        "n_items": ds.n_items,
+        "per_user_ms": round(per_user_ms, 4),
+        "reference_per_user_ms": round(reference_per_user_ms, 3),
+        "speedup": round(reference_per_user_ms / per_user_ms, 1),
+        "users_measured": len(fast_hists),
+        "reference_users_measured": len(ref_hists),
+        "rounds": ROUNDS,
+        "round_s": {"fast": [round(x, 3) for x in fast_s], "reference": [round(x, 3) for x in ref_s]},
+        "batch_size": batch_size,
+        "sampling_steps": model.cfg.sampling_steps or model.cfg.diffusion_steps,
+        "max_abs_score_diff": diff,
+        "checkpoint": str(checkpoint) if checkpoint is not None else None,
+        "model": model.cfg.model_dump(),
+        "device": str(dev),
+        "machine": machine,
+    }

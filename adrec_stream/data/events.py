@@ -1,0 +1,241 @@
+"""Timestamped interaction logs in their original formats, for replay as click streams.
+
+Supported formats (``fmt``):
+
+- ``"ml100k"``: MovieLens 100K ``u.data``: ``user \\t item \\t rating \\t unix_ts``, no header.
+- ``"mlcsv"``: MovieLens ``ratings.csv`` (ml-latest-small, ml-25m...): header ``userId,movieId,rating,timestamp``.
+- ``"ml1m"``: MovieLens 1M/10M ``ratings.dat``: ``user::item::rating::unix_ts``, no header.
+- ``"gowalla"``: SNAP Gowalla check-ins: ``user \t ISO-8601 time \t lat \t lon \t location_id``; the
+  location is the item, there is no rating.
+- ``"csv"``: generic ``user,item,ts`` with an optional header line (``ts``: epoch seconds or ISO-8601,
+  naive = UTC); an optional 4th column is read as the rating.
+- ``"auto"``: by content of the first line (``::`` -> ml1m, five tab-separated fields -> gowalla, other tabs ->
+  ml100k, the ml header -> mlcsv, else csv).
+
+Result order is deterministic: stably sorted by timestamp, ties kept in file order. Raw ids are kept as
+the file's text (``"196"``), i.e. the same canonical string ids the stream uses.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import re
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal, NamedTuple
+
+from adrec_stream.errors import DataFileError
+
+Format = Literal["auto", "ml100k", "mlcsv", "ml1m", "gowalla", "csv"]
+
+FORMAT_DESCRIPTIONS: dict[str, str] = {
+    "ml100k": "MovieLens 100K u.data: user<TAB>item<TAB>rating<TAB>unix_ts per line, no header",
+    "mlcsv": "MovieLens ratings.csv: header userId,movieId,rating,timestamp then one rating per line",
+    "ml1m": "MovieLens 1M ratings.dat: user::item::rating::unix_ts per line, no header",
+    "gowalla": "Gowalla check-ins: user<TAB>ISO-8601 time<TAB>lat<TAB>lon<TAB>location_id per line, no header",
+    "csv": "CSV user,item,ts[,rating] (ts = epoch seconds or ISO-8601), optional header line",
+    "auto": "one of: MovieLens u.data (tab), ratings.csv (header), ratings.dat (::), or CSV user,item,ts",
+}
+_ML_CSV_HEADER = ["userId", "movieId", "rating", "timestamp"]
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_ ]*")
+
+
+class Interaction(NamedTuple):
+    """One interaction: raw user id, raw item id, epoch seconds, rating (None if the format has none)."""
+
+    user: str
+    item: str
+    ts: float
+    rating: float | None
+
+
+def parse_timestamp(text: str) -> float:
+    """Epoch seconds from a decimal number or an ISO-8601 string (timezone-naive = UTC).
+
+    Raises:
+        ValueError: not a finite number nor an ISO-8601 date/time.
+    """
+    text = text.strip()
+    try:
+        ts = float(text)
+    except ValueError:
+        dt = datetime.fromisoformat(text)  # ValueError propagates
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=timezone.utc)
+        ts = dt.timestamp()
+    if not math.isfinite(ts):
+        raise ValueError(f"{text!r} is not finite")
+    return ts
+
+
+def _detect(first_line: str) -> str:
+    if "::" in first_line:
+        return "ml1m"
+    if "\t" in first_line:
+        return "gowalla" if len(first_line.split("\t")) == 5 else "ml100k"
+    if [c.strip() for c in first_line.split(",")] == _ML_CSV_HEADER:
+        return "mlcsv"
+    return "csv"
+
+
+def _row(path: Path, lineno: int, fields: list[str], fmt: str, has_rating: bool) -> Interaction:
+    if fmt == "gowalla":
+        if len(fields) != 5:
+            raise DataFileError(
+                f"{path}:{lineno}: expected 5 fields, got {len(fields)} ({fields[:6]!r}); "
+                f"format 'gowalla' is {FORMAT_DESCRIPTIONS['gowalla']}"
+            )
+        fields = [fields[0], fields[4], fields[1]]
+        fmt = "csv"
+    want = 4 if has_rating else 3
+    if len(fields) != want and not (fmt == "csv" and len(fields) in (3, 4)):
+        raise DataFileError(
+            f"{path}:{lineno}: expected {want} fields, got {len(fields)} ({fields[:6]!r}); "
+            f"format {fmt!r} is {FORMAT_DESCRIPTIONS[fmt]}"
+        )
+    user, item = fields[0].strip(), fields[1].strip()
+    if not user or not item:
+        raise DataFileError(f"{path}:{lineno}: empty user or item id in {fields!r}")
+    ts_text = fields[3] if fmt in ("ml100k", "mlcsv", "ml1m") else fields[2]
+    rating_text = fields[2] if fmt in ("ml100k", "mlcsv", "ml1m") else (fields[3] if len(fields) == 4 else None)
+    try:
+        ts = parse_timestamp(ts_text)
+    except (ValueError, OverflowError, OSError) as err:
+        raise DataFileError(
+            f"{path}:{lineno}: bad timestamp {ts_text!r} ({err}); expected epoch seconds or ISO-8601"
+        ) from None
+    rating: float | None = None
+    if rating_text is not None and rating_text.strip():
+        try:
+            rating = float(rating_text)
+        except ValueError:
+            raise DataFileError(f"{path}:{lineno}: bad rating {rating_text!r} (a number)") from None
+        if not math.isfinite(rating):
+            raise DataFileError(f"{path}:{lineno}: rating {rating_text!r} is not finite")
+    return Interaction(user, item, ts, rating)
+
+
+def _generic_header(fields: list[str]) -> bool:
+    """A generic CSV's first row is a header if all its fields are names (letters, digits, ``_``, spaces,
+    starting with a letter or ``_``), e.g. ``user,item,ts`` or ``userId,itemId,timestamp``."""
+    return len(fields) >= 3 and all(_NAME.fullmatch(f.strip()) for f in fields)
+
+
+def read_interactions(path: str | Path, fmt: Format = "auto") -> list[Interaction]:
+    """Read an interaction log, sorted stably by (timestamp, file order).
+
+    Args:
+        path: the file (e.g. ``../shared/data/events/ml-100k/u.data``).
+        fmt: ``"auto"``, ``"ml100k"``, ``"mlcsv"``, ``"ml1m"``, ``"gowalla"`` or ``"csv"`` (module docstring).
+
+    Returns:
+        All rows as :class:`Interaction`, oldest first.
+
+    Raises:
+        DataFileError: the file is missing/unreadable/not UTF-8 (naming the path and expected format), a
+            row is malformed (naming the line number), or the file holds no rows.
+    """
+    p = Path(path)
+    if fmt not in FORMAT_DESCRIPTIONS:
+        raise DataFileError(f"unknown interaction format {fmt!r}; use one of {sorted(FORMAT_DESCRIPTIONS)}")
+    if not p.is_file():
+        raise DataFileError(f"interaction file not found: {p} (expected {FORMAT_DESCRIPTIONS[fmt]})")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DataFileError(f"{p}: not UTF-8 text at byte {err.start} (expected {FORMAT_DESCRIPTIONS[fmt]})") from None
+    except OSError as err:
+        raise DataFileError(f"cannot read {p}: {err.strerror}") from None
+    lines = [ln.rstrip("\r") for ln in text.split("\n")]  # physical lines: exact line numbers in errors
+    first = next((ln for ln in lines if ln.strip()), "")
+    if not first:
+        raise DataFileError(f"{p}: no interactions (empty file; expected {FORMAT_DESCRIPTIONS[fmt]})")
+    kind = _detect(first) if fmt == "auto" else fmt
+    rows: list[Interaction] = []
+    if kind in ("ml100k", "ml1m", "gowalla"):
+        sep = "::" if kind == "ml1m" else "\t"
+        for lineno, line in enumerate(lines, 1):
+            if line.strip():
+                rows.append(_row(p, lineno, line.split(sep), kind, kind != "gowalla"))
+    else:
+        reader = csv.reader(io.StringIO(text))
+        first_row = True
+        for fields in reader:
+            lineno = reader.line_num
+            if not fields or not any(f.strip() for f in fields):
+                continue
+            is_first, first_row = first_row, False
+            if is_first and (kind == "mlcsv" or _generic_header(fields)):
+                if kind == "mlcsv" and [f.strip() for f in fields] != _ML_CSV_HEADER:
+                    raise DataFileError(f"{p}:{lineno}: expected the header {','.join(_ML_CSV_HEADER)}, got {fields!r}")
+                continue
+            rows.append(_row(p, lineno, fields, kind, kind == "mlcsv"))
+    if not rows:
+        raise DataFileError(f"{p}: no interactions (only a header?); expected {FORMAT_DESCRIPTIONS[kind]}")
+    rows.sort(key=lambda r: r.ts)  # stable: ties keep file order
+    return rows
+
+
+def chronological_split(
+    interactions: Sequence[Interaction], train_fraction: float = 0.8
+) -> tuple[list[Interaction], list[Interaction]]:
+    """Split a log by time: the first ``round(train_fraction * n)`` events (in time order) and the rest.
+
+    Input that is not sorted by ``ts`` is stably sorted first. Events sharing the boundary timestamp are
+    split by file order (the cut is by event count, as in "first 80% of events").
+
+    Raises:
+        ValueError: ``train_fraction`` outside [0, 1].
+    """
+    if not 0.0 <= train_fraction <= 1.0:
+        raise ValueError(f"train_fraction must be in [0, 1], got {train_fraction}")
+    seq = list(interactions)
+    if any(seq[i].ts > seq[i + 1].ts for i in range(len(seq) - 1)):
+        seq.sort(key=lambda r: r.ts)
+    cut = round(train_fraction * len(seq))
+    return seq[:cut], seq[cut:]
+
+
+def build_vocabulary(interactions: Iterable[Interaction], min_count: int = 1) -> list[str]:
+    """Raw item ids in order of first appearance, keeping those seen at least ``min_count`` times.
+
+    The result is a checkpoint vocabulary: ``vocab[i]`` is the raw id of internal item index ``i + 1``
+    (index 0 is padding). First-appearance order means a later, larger log extends the vocabulary at the
+    end, so earlier indices keep their meaning.
+    """
+    counts: dict[str, int] = {}
+    for it in interactions:
+        counts[it.item] = counts.get(it.item, 0) + 1
+    return [item for item, c in counts.items() if c >= min_count]
+
+
+def user_sequences(interactions: Iterable[Interaction], vocab: Sequence[str]) -> dict[str, list[int]]:
+    """Per-user internal item index sequences (1-based, in the given order); unknown items are dropped.
+
+    Returns:
+        ``{raw_user_id: [index, ...]}`` in order of each user's first interaction.
+    """
+    index = {raw: i + 1 for i, raw in enumerate(vocab)}
+    out: dict[str, list[int]] = {}
+    for it in interactions:
+        idx = index.get(it.item)
+        if idx is not None:
+            out.setdefault(it.user, []).append(idx)
+    return out
+
+
+def item_counts(interactions: Iterable[Interaction], vocab: Sequence[str]) -> list[int]:
+    """Interaction count per internal index (length ``len(vocab) + 1``, entry 0 = padding = 0).
+
+    The format expected in checkpoint ``meta["item_counts"]`` for the recommender's popularity fallback.
+    """
+    index = {raw: i + 1 for i, raw in enumerate(vocab)}
+    counts = [0] * (len(vocab) + 1)
+    for it in interactions:
+        idx = index.get(it.item)
+        if idx is not None:
+            counts[idx] += 1
+    return counts

@@ -1,0 +1,149 @@
+"""Prequential (test-then-train, per event) evaluation of a recommendation stream.
+
+Definition used throughout the project: let user u's valid clicks in the evaluated stream be
+c_1, ..., c_n in stream order (the producer's order; per user this is time order). The recommendation
+emitted after click c_i (the one whose ``event_id`` is c_i's) is judged against c_{i+1}'s item, for
+i = 1 .. n-1; the last click of each user has no next click and is not judged. With the next item at 1-based
+rank r in the top-k list (r = inf if absent):
+
+    HR@k = 1[r <= k],   NDCG@k = 1 / log2(r + 1) if r <= k else 0      (one relevant item)
+
+and the reported values are means over all judged clicks (each event weighs the same, so active users
+weigh more than in leave-one-out, which averages per user). A judged click whose recommendation never
+arrived counts as a miss (HR = NDCG = 0) and is reported in ``missing``; duplicates of a recommendation
+(at-least-once re-delivery, same ``event_id``) are counted once (the first one received).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class PrequentialResult:
+    """Prequential HR@k / NDCG@k over judged clicks.
+
+    Attributes:
+        k: list length judged.
+        judged: number of (click, next click) pairs judged.
+        hits: judged pairs whose next item was in the top-k.
+        missing: judged pairs without a recommendation.
+        hr, ndcg: means over ``judged`` (0.0 when nothing was judged).
+        ranks: (judged,) float array of 1-based ranks of the next item in the list (inf = not in it).
+    """
+
+    k: int
+    judged: int
+    hits: int
+    missing: int
+    hr: float
+    ndcg: float
+    ranks: np.ndarray
+
+    def as_dict(self) -> dict[str, float | int]:
+        """``{"HR@k", "NDCG@k", "judged", "hits", "missing"}``."""
+        return {f"HR@{self.k}": self.hr, f"NDCG@{self.k}": self.ndcg, "judged": self.judged,
+                "hits": self.hits, "missing": self.missing}
+
+
+def next_click_pairs(clicks: Iterable[tuple[str, str, str]]) -> list[tuple[str, str]]:
+    """``(event_id of c_i, item of c_{i+1})`` for every user's consecutive clicks.
+
+    Args:
+        clicks: ``(user_id, item_id, event_id)`` in stream order.
+    """
+    last_event: dict[str, str] = {}
+    pairs: list[tuple[str, str]] = []
+    for user, item, event_id in clicks:
+        prev = last_event.get(user)
+        if prev is not None:
+            pairs.append((prev, item))
+        last_event[user] = event_id
+    return pairs
+
+
+def prequential_metrics(clicks: Iterable[tuple[str, str, str]], recommendations: Mapping[str, Sequence[str]],
+                        k: int = 10) -> PrequentialResult:
+    """Judge the recommendation emitted after each click against the same user's next click.
+
+    Args:
+        clicks: ``(user_id, item_id, event_id)`` of the valid clicks, in stream order.
+        recommendations: ``event_id -> ranked raw item ids`` (best first); lists longer than k are cut to k.
+        k: cut-off.
+
+    Returns:
+        :class:`PrequentialResult`.
+
+    Raises:
+        ValueError: ``k < 1``.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    pairs = next_click_pairs(clicks)
+    ranks = np.full(len(pairs), math.inf)
+    missing = 0
+    for j, (event_id, target) in enumerate(pairs):
+        rec = recommendations.get(event_id)
+        if rec is None:
+            missing += 1
+            continue
+        top = list(rec[:k])
+        if target in top:
+            ranks[j] = top.index(target) + 1
+    hit = ranks <= k
+    gains = np.where(hit, 1.0 / np.log2(np.where(hit, ranks, 1.0) + 1.0), 0.0)
+    n = len(pairs)
+    return PrequentialResult(k=k, judged=n, hits=int(hit.sum()), missing=missing,
+                             hr=float(hit.mean()) if n else 0.0, ndcg=float(gains.mean()) if n else 0.0,
+                             ranks=ranks)
+
+
+def latency_percentiles(latencies_s: Sequence[float], qs: Sequence[float] = (50, 99)) -> dict[str, float]:
+    """``{"p50_ms": ..., "p99_ms": ...}`` of latencies given in seconds (NaN when empty)."""
+    arr = np.asarray([x for x in latencies_s if x is not None and math.isfinite(x)], dtype=float)
+    return {f"p{int(q) if float(q).is_integer() else q}_ms":
+            (float(np.percentile(arr, q) * 1000.0) if arr.size else float("nan")) for q in qs}
+
+
+def popularity_recommendations(train_items: Iterable[str], clicks: Sequence[tuple[str, str, str]], k: int = 10, *,
+                               history: Mapping[str, Sequence[str]] | None = None,
+                               exclude_seen: bool = True) -> dict[str, list[str]]:
+    """Baseline for the same protocol: after each click, the k most frequent training items (ties: first seen).
+
+    Args:
+        train_items: item ids of the training interactions (their counts give the ranking).
+        clicks: ``(user_id, item_id, event_id)`` in stream order.
+        k: list length.
+        history: per user, items known before the stream (e.g. the training part), also excluded.
+        exclude_seen: leave out items the user already has (history + earlier stream clicks), as the score
+            worker does with ``--exclude-history``.
+
+    Returns:
+        ``event_id -> list`` for :func:`prequential_metrics`.
+    """
+    counts: dict[str, int] = {}
+    for it in train_items:
+        counts[it] = counts.get(it, 0) + 1
+    order = sorted(counts, key=lambda i: -counts[i])  # stable: ties keep first-seen order
+    seen: dict[str, set[str]] = {}
+    out: dict[str, list[str]] = {}
+    for user, item, event_id in clicks:
+        s = seen.get(user)
+        if s is None:
+            s = seen[user] = set(history.get(user, ())) if history else set()
+        s.add(item)
+        if not exclude_seen:
+            out[event_id] = order[:k]
+            continue
+        top: list[str] = []
+        for cand in order:
+            if cand not in s:
+                top.append(cand)
+                if len(top) == k:
+                    break
+        out[event_id] = top
+    return out

@@ -1,0 +1,82 @@
+"""Model hyper-parameters (the ``model:`` section of an experiment YAML).
+
+Defaults follow the ADRec paper and its reference configuration (Chen, Xu, Jiang, KDD 2025; see
+/work/shared/docs/adrec-notes.md): d = 128, L = 50, 4 heads, 2 blocks, dropout 0.1 inside
+blocks and 0.3 on the input embeddings, T = 32 diffusion steps with the "trunc_lin" noise schedule,
+λ = 0.001, "att" denoiser and no positional embeddings.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import model_validator
+
+from adrec_stream.config import StrictModel
+
+
+class ModelConfig(StrictModel):
+    """Hyper-parameters of :class:`~adrec_stream.model.adrec.ADRec` and :class:`~adrec_stream.model.sasrec.SASRec`.
+
+    Float fields also accept YAML integers (pydantic's strict mode converts int -> float).
+
+    Attributes:
+        kind: "adrec" (diffusion model) or "sasrec" (causal Transformer with full-softmax CE; SASRec+ when
+            ``positional`` is true, stage-1 embedding pre-training when false).
+        hidden_size: embedding / model width d.
+        max_len: history window L (histories are left-padded with item 0 to at most this length).
+        num_heads: attention heads (must divide ``hidden_size``).
+        num_blocks: Transformer blocks in the CAM (and in the "att" denoiser, or FFN blocks of the "mlp" one).
+        dropout: dropout inside blocks (attention probabilities, residual branches, FFN).
+        emb_dropout: dropout on the input item embeddings (before the input LayerNorm).
+        denoiser: "att" (causal Transformer over all positions) or "mlp" (per-token MLP).
+        diffusion_steps: T, the number of diffusion steps.
+        schedule: beta schedule, see :mod:`adrec_stream.model.schedule`.
+        lambda_uncertainty: λ, weight of ``x_t + time_emb(t)`` added to the condition in the ADM input.
+        positional: add learned position embeddings (right-aligned: the newest item always has position L-1).
+        sampling_steps: number of reverse steps at inference (None = T; fewer = strided subset of timesteps).
+        deterministic_sampling: start the reverse process from zeros and add no noise (reproducible scores).
+    """
+
+    kind: Literal["adrec", "sasrec"] = "adrec"
+    hidden_size: int = 128
+    max_len: int = 50
+    num_heads: int = 4
+    num_blocks: int = 2
+    dropout: float = 0.1
+    emb_dropout: float = 0.3
+    denoiser: Literal["att", "mlp"] = "att"
+    diffusion_steps: int = 32
+    schedule: Literal["trunc_lin", "linear", "cosine"] = "trunc_lin"
+    lambda_uncertainty: float = 0.001
+    positional: bool = False
+    sampling_steps: int | None = None
+    deterministic_sampling: bool = False
+
+    @model_validator(mode="after")
+    def _check_ranges(self) -> ModelConfig:
+        problems = []
+        if self.hidden_size < 2 or self.hidden_size % 2:
+            problems.append(f"hidden_size must be an even integer >= 2 (got {self.hidden_size})")
+        if self.num_heads < 1 or self.hidden_size % self.num_heads:
+            problems.append(f"num_heads must be >= 1 and divide hidden_size={self.hidden_size} (got {self.num_heads})")
+        if self.max_len < 1:
+            problems.append(f"max_len must be >= 1 (got {self.max_len})")
+        if self.num_blocks < 1:
+            problems.append(f"num_blocks must be >= 1 (got {self.num_blocks})")
+        for name in ("dropout", "emb_dropout"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                problems.append(f"{name} must be in [0, 1) (got {value})")
+        if self.diffusion_steps < 1:
+            problems.append(f"diffusion_steps must be >= 1 (got {self.diffusion_steps})")
+        if self.sampling_steps is not None and not 1 <= self.sampling_steps <= self.diffusion_steps:
+            problems.append(
+                f"sampling_steps must be in [1, diffusion_steps={self.diffusion_steps}] or null "
+                f"(got {self.sampling_steps})"
+            )
+        if self.lambda_uncertainty < 0:
+            problems.append(f"lambda_uncertainty must be >= 0 (got {self.lambda_uncertainty})")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self

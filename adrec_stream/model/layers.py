@@ -1,0 +1,195 @@
+"""Building blocks shared by ADRec and SASRec: masks, post-LN Transformer blocks with a key/value cache,
+per-token feed-forward blocks and the diffusion time embedding.
+
+Attention uses :func:`torch.nn.functional.scaled_dot_product_attention` (fused kernels on CPU and CUDA) with a
+boolean mask that combines the causal mask and a **key**-padding mask (ADRec notes, "known pitfalls": the
+reference masks padded queries instead, so its outputs depend on the amount of left padding). Padding query
+rows would have no admissible key; they are allowed to attend to themselves so that no row is fully masked
+(no NaN), and they never influence real positions because real queries never attend to padding keys.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+#: (keys, values) of one block, each (B, H, P, d/H)
+KVCache = tuple[torch.Tensor, torch.Tensor]
+
+
+def attention_mask(valid: torch.Tensor) -> torch.Tensor | None:
+    """Causal + key-padding mask for self-attention.
+
+    Args:
+        valid: (B, L) bool, True at real (non-padding) positions.
+
+    Returns:
+        (B, 1, L, L) bool mask, True = "query i may attend to key j": ``j <= i and valid[j]``, plus the diagonal
+        (so padding queries attend to themselves only). ``None`` when no position is padding, meaning "plain
+        causal" (lets the fused kernel use ``is_causal=True``).
+    """
+    if bool(valid.all()):
+        return None
+    length = valid.shape[1]
+    causal = torch.ones(length, length, dtype=torch.bool, device=valid.device).tril_()
+    eye = torch.eye(length, dtype=torch.bool, device=valid.device)
+    return ((causal & valid[:, None, :]) | eye).unsqueeze(1)
+
+
+class FeedForward(nn.Module):
+    """Position-wise FFN d → 4d → d with GELU and dropout (the FFN of a Transformer block)."""
+
+    def __init__(self, d: int, dropout: float) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(d, 4 * d)
+        self.fc2 = nn.Linear(4 * d, d)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(…, d) → (…, d)."""
+        return self.fc2(self.dropout(F.gelu(self.fc1(x))))
+
+
+class TransformerBlock(nn.Module):
+    """Post-LN Transformer block: ``x = LN(x + Drop(MHA(x)))``, ``x = LN(x + Drop(FFN(x)))``.
+
+    Supports incremental decoding: :meth:`forward` can return the per-head keys/values of its input, and
+    :meth:`step` runs new query positions against cached keys/values (exact, because attention is causal).
+    """
+
+    def __init__(self, d: int, num_heads: int, dropout: float) -> None:
+        super().__init__()
+        if d % num_heads:
+            raise ValueError(f"hidden size {d} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+        self.ln_attn = nn.LayerNorm(d)
+        self.ffn = FeedForward(d, dropout)
+        self.ln_ffn = nn.LayerNorm(d)
+        self.dropout = nn.Dropout(dropout)
+        self.attn_dropout = dropout
+
+    def _heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        b, length, _ = x.shape
+        q, k, v = self.qkv(x).view(b, length, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        return q, k, v  # each (B, H, L, d/H)
+
+    def keys_values(self, x: torch.Tensor) -> KVCache:
+        """Keys and values of ``x`` (B, L, d), each (B, H, L, d/H), without running the rest of the block."""
+        _, k, v = self._heads(x)
+        return k, v
+
+    def _finish(self, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+        b, _, length, _ = attn.shape
+        attn = attn.transpose(1, 2).reshape(b, length, -1)
+        x = self.ln_attn(x + self.dropout(self.proj(attn)))
+        return self.ln_ffn(x + self.dropout(self.ffn(x)))
+
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor | None, *, return_kv: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Causal self-attention block.
+
+        Args:
+            x: (B, L, d).
+            mask: (B, 1, L, L) bool from :func:`attention_mask`, or None for a plain causal mask.
+            return_kv: also return this block's keys and values, each (B, H, L, d/H), for :meth:`step`.
+
+        Returns:
+            (B, L, d), or ((B, L, d), (keys, values)) when ``return_kv``.
+        """
+        q, k, v = self._heads(x)
+        p = self.attn_dropout if self.training else 0.0
+        if mask is None:
+            attn = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+        else:
+            attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        out = self._finish(x, attn)
+        return (out, (k, v)) if return_kv else out
+
+    def step(self, x: torch.Tensor, caches: Sequence[tuple[slice, KVCache, torch.Tensor]]) -> torch.Tensor:
+        """Run ONE new last position per row against cached prefix keys/values.
+
+        Args:
+            x: (B, d) input of the new positions (2-D: the step path avoids length-1 dimensions).
+            caches: one entry per group of rows ``(rows, (keys, values), mask)``: ``rows`` a slice of the batch;
+                keys / values (b, H, P+1, d/H) hold the group's P prefix positions plus one free last slot, which
+                this call overwrites in place with the new position's key / value (no copy of the prefix per step);
+                ``mask`` (b, 1, 1, P+1) bool is True at real prefix positions and at the last slot. Groups may have
+                different P, so short histories do not read the padding of long ones.
+
+        Returns:
+            (B, d), equal to the last row of :meth:`forward` on each concatenated sequence.
+        """
+        b, d = x.shape
+        qkv = self.qkv(x).view(b, 3, self.num_heads, 1, d // self.num_heads)
+        q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]  # each (B, H, 1, d/H)
+        attn = x.new_empty(b, self.num_heads, 1, d // self.num_heads)
+        for rows, (keys, values), mask in caches:
+            keys[:, :, -1:] = k[rows]
+            values[:, :, -1:] = v[rows]
+            attn[rows] = F.scaled_dot_product_attention(q[rows], keys, values, attn_mask=mask)
+        x = self.ln_attn(x + self.dropout(self.proj(attn.view(b, d))))
+        return self.ln_ffn(x + self.dropout(self.ffn(x)))
+
+
+class FeedForwardBlock(nn.Module):
+    """Post-LN residual FFN block ``x = LN(x + Drop(FFN(x)))`` (one layer of the per-token "mlp" denoiser)."""
+
+    def __init__(self, d: int, dropout: float) -> None:
+        super().__init__()
+        self.ffn = FeedForward(d, dropout)
+        self.ln = nn.LayerNorm(d)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(…, d) → (…, d), each position independently."""
+        return self.ln(x + self.dropout(self.ffn(x)))
+
+
+def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Transformer-style sinusoidal embedding of (possibly fractional) timesteps.
+
+    Args:
+        t: (...) float timesteps (ADRec feeds t' = t·1000/T).
+        dim: even embedding size d.
+
+    Returns:
+        (..., d) float: ``[cos(t'·ω_i), sin(t'·ω_i)]`` with ω_i = 10000^(−i/(d/2)), i < d/2.
+    """
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = t.float().unsqueeze(-1) * freqs
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class TimeEmbedding(nn.Module):
+    """ADM time embedding: MLP d → 4d → d (SiLU) over ``sinusoidal(t·1000/T)``."""
+
+    def __init__(self, d: int, steps: int) -> None:
+        super().__init__()
+        self.d = d
+        self.steps = steps
+        self.scale = 1000.0 / steps
+        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.SiLU(), nn.Linear(4 * d, d))
+
+    def table(self, device: torch.device | None = None) -> torch.Tensor:
+        """Embeddings of all T timesteps, (T, d)."""
+        steps = torch.arange(self.steps, device=device if device is not None else self.mlp[0].weight.device)
+        return self.mlp(sinusoidal_embedding(steps.float() * self.scale, self.d))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        """t: (...) integer timesteps in [0, T) → (..., d).
+
+        When more than T timesteps are asked for (training: one per token), the MLP runs once on the T distinct
+        timesteps and the result is indexed (same values, a fraction of the cost).
+        """
+        if t.numel() > self.steps:
+            return F.embedding(t, self.table(t.device))
+        return self.mlp(sinusoidal_embedding(t.float() * self.scale, self.d))

@@ -1,0 +1,315 @@
+"""Top-k next-item recommendations from raw-id histories, with hot reload from the model registry.
+
+:class:`Recommender` wraps one loaded checkpoint: it maps raw item ids through the checkpoint vocabulary
+(``vocab[i]`` is the raw id of internal index ``i + 1``; index 0 is padding), drops ids the model has
+never seen, keeps the last L = ``model.cfg.max_len`` known items, left-pads, scores all items with
+``model.score`` in batches (full ranking, ADRec paper Sec. 3.4 inference: the last token is denoised
+from noise and compared with every item embedding) and maps the top-k indices back to raw ids. The
+padding index is never returned. Users without a usable history get the popularity fallback (items
+ranked by ``meta["item_counts"]``, uniform if absent), marked ``fallback=True``.
+
+:class:`ReloadingRecommender` polls a :class:`~adrec_stream.serving.registry.ModelRegistry` and swaps in a
+new version when ``LATEST`` changes; a version that fails to load (``CheckpointError``: truncated,
+corrupted, incompatible) is logged, remembered and skipped while the previous model keeps serving.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+
+from adrec_stream.errors import CheckpointError
+from adrec_stream.logging import get_logger
+from adrec_stream.model.checkpoint import Checkpoint, load_checkpoint
+from adrec_stream.serving.registry import ModelRegistry
+from adrec_stream.state.vocab import Vocabulary
+
+log = get_logger("adrec_stream.serving")
+
+
+class Recommendation(NamedTuple):
+    """Top-k raw item ids (best first) with their scores (finite floats, same length).
+
+    ``fallback`` is True when the list comes from popularity, not from the model (no known item in the
+    history, no model loaded, or non-finite model scores). ``model_version`` is the registry version that
+    produced it (None outside a registry).
+    """
+
+    items: list[str]
+    scores: list[float]
+    fallback: bool
+    model_version: int | None
+
+
+class Recommender:
+    """Serve one checkpoint. Thread-safe for concurrent :meth:`recommend` calls (read-only state).
+
+    Args:
+        checkpoint: a loaded :class:`~adrec_stream.model.checkpoint.Checkpoint`.
+        version: registry version of the checkpoint (reported in every :class:`Recommendation`).
+        batch_size: users per ``model.score`` call.
+        max_len: history length L fed to the model (default ``model.cfg.max_len``; must not exceed it).
+        deterministic: passed to ``model.score`` (None = the model config's ``deterministic_sampling``).
+
+    Raises:
+        CheckpointError: the vocabulary has duplicate ids, or ``meta["item_counts"]`` is present but not
+            a list of ``n_items + 1`` finite non-negative numbers.
+    """
+
+    def __init__(
+        self,
+        checkpoint: Checkpoint,
+        *,
+        version: int | None = None,
+        batch_size: int = 256,
+        max_len: int | None = None,
+        deterministic: bool | None = None,
+    ) -> None:
+        self.checkpoint = checkpoint
+        self.model = checkpoint.model
+        self.model.eval()
+        self.version = version
+        try:
+            self.vocabulary = Vocabulary(checkpoint.vocab)
+        except ValueError as err:
+            raise CheckpointError(f"{checkpoint.path}: bad vocabulary ({err}); re-save the checkpoint") from None
+        self.vocab = self.vocabulary.raw_ids
+        self.n_items = len(self.vocab)
+        model_len = int(self.model.cfg.max_len)
+        self.max_len = model_len if max_len is None else int(max_len)
+        if not 1 <= self.max_len <= model_len:
+            raise ValueError(f"max_len must be in [1, model max_len={model_len}], got {max_len}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
+        self.deterministic = deterministic
+        self.device = next(self.model.parameters()).device
+        self.popularity = self._popularity(checkpoint)
+        # Fallback ranking: most popular first, ties by lower index (stable sort of the negated counts).
+        order = torch.argsort(-self.popularity[1:], stable=True) + 1
+        self._fallback_order = order.tolist()
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | Path, *, version: int | None = None, device: str = "cpu", **kwargs: Any
+    ) -> Recommender:
+        """Load a checkpoint file (or folder with ``model.pt``) and wrap it.
+
+        Raises:
+            CheckpointError: missing, truncated, corrupted or incompatible checkpoint.
+        """
+        return cls(load_checkpoint(path, device=device), version=version, **kwargs)
+
+    def _popularity(self, ckpt: Checkpoint) -> torch.Tensor:
+        counts = ckpt.meta.get("item_counts") if isinstance(ckpt.meta, dict) else None
+        if counts is None:
+            return torch.zeros(self.n_items + 1, dtype=torch.float64)
+        ok = isinstance(counts, list) and len(counts) == self.n_items + 1
+        if ok:
+            try:
+                t = torch.tensor(counts, dtype=torch.float64)
+            except (TypeError, ValueError, RuntimeError):
+                ok = False
+            else:
+                ok = bool(torch.isfinite(t).all()) and bool((t >= 0).all())
+        if not ok:
+            raise CheckpointError(
+                f"{ckpt.path}: meta['item_counts'] must be a list of {self.n_items + 1} finite non-negative numbers "
+                "(entry i = interactions with item index i, entry 0 = padding); re-save the checkpoint"
+            )
+        t[0] = 0.0
+        return t
+
+    # ------------------------------------------------------------------ mapping
+    def to_indices(self, history: Sequence[str]) -> list[int]:
+        """Internal indices of the known raw ids of ``history`` (unknown ones dropped), last ``max_len`` kept."""
+        return self.vocabulary.encode(history)[-self.max_len :]
+
+    def fallback(self, k: int, exclude: Sequence[int] = ()) -> Recommendation:
+        """The popularity list: top-``k`` by ``meta["item_counts"]`` (uniform -> lowest indices first).
+
+        Scores are the counts (finite); ``exclude`` lists internal indices to leave out.
+        """
+        k = max(0, min(k, self.n_items))
+        skip = set(exclude)
+        items: list[str] = []
+        scores: list[float] = []
+        for idx in self._fallback_order:
+            if len(items) >= k:
+                break
+            if idx in skip:
+                continue
+            items.append(self.vocab[idx - 1])
+            scores.append(float(self.popularity[idx]))
+        return Recommendation(items, scores, True, self.version)
+
+    # ------------------------------------------------------------------ scoring
+    def recommend(
+        self, histories: Sequence[Sequence[str]], k: int = 10, *, exclude_history: bool = False
+    ) -> list[Recommendation]:
+        """Top-``k`` recommendations for each history.
+
+        Args:
+            histories: per user, raw item ids oldest first (any length; only the last ``max_len`` known
+                items are used).
+            k: list length (clamped to the number of items; with ``exclude_history`` it can be shorter).
+            exclude_history: leave out every known item of the history (also those older than the last
+                ``max_len`` that the model sees).
+
+        Returns:
+            One :class:`Recommendation` per history, in order. Never contains the padding index, never a
+            non-finite score; a row whose model scores are non-finite falls back to popularity (logged).
+        """
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        k_eff = min(k, self.n_items)
+        full = [self.vocabulary.encode(h) for h in histories]
+        mapped = [f[-self.max_len :] for f in full]
+        seen = [sorted(set(f)) for f in full] if exclude_history else None
+        out: list[Recommendation | None] = [None] * len(mapped)
+        rows = [i for i, m in enumerate(mapped) if m]
+        for i, m in enumerate(mapped):
+            if not m:
+                out[i] = self.fallback(k_eff)
+        for start in range(0, len(rows), self.batch_size):
+            chunk = rows[start : start + self.batch_size]
+            self._score_chunk(chunk, mapped, k_eff, seen, out)
+        return [r for r in out if r is not None]
+
+    def _score_chunk(
+        self,
+        chunk: list[int],
+        mapped: list[list[int]],
+        k: int,
+        seen: list[list[int]] | None,
+        out: list[Recommendation | None],
+    ) -> None:
+        width = max(len(mapped[i]) for i in chunk)
+        hist = torch.zeros(len(chunk), width, dtype=torch.long)
+        for row, i in enumerate(chunk):
+            seq = mapped[i]
+            hist[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
+        with torch.no_grad():
+            scores = self.model.score(hist.to(self.device), deterministic=self.deterministic).float().cpu()
+        if scores.shape != (len(chunk), self.n_items + 1):
+            raise RuntimeError(
+                f"model.score returned shape {tuple(scores.shape)}, expected ({len(chunk)}, {self.n_items + 1})"
+            )
+        scores[:, 0] = float("-inf")
+        if seen is not None:
+            for row, i in enumerate(chunk):
+                scores[row, seen[i]] = float("-inf")
+        top_vals, top_idx = torch.topk(scores, k, dim=1)
+        for row, i in enumerate(chunk):
+            excluded = seen[i] if seen is not None else []
+            keep = min(k, self.n_items - len(excluded))
+            vals = top_vals[row, :keep]
+            idx = top_idx[row, :keep]
+            if not bool(torch.isfinite(vals).all()):
+                log.warning("non_finite_scores", model_version=self.version, history_len=len(mapped[i]))
+                out[i] = self.fallback(keep, exclude=excluded)
+                continue
+            out[i] = Recommendation(
+                [self.vocab[j - 1] for j in idx.tolist()], vals.tolist(), False, self.version
+            )
+
+
+class ReloadingRecommender:
+    """A :class:`Recommender` that follows a :class:`ModelRegistry`'s ``LATEST`` version.
+
+    Every :meth:`recommend` call checks the registry at most once per ``poll_s`` seconds (a read of the
+    small ``LATEST`` file); when the current version differs from the one serving, it loads the new
+    checkpoint and swaps it in. A version that fails to load (``CheckpointError``) is logged as an error,
+    remembered (not retried unless its file changes) and the previous version keeps serving. Before any
+    version loads, every user gets an empty ``fallback=True`` recommendation (there is no vocabulary).
+
+    Args:
+        registry: the registry (or its root folder).
+        poll_s: minimum seconds between registry checks (0 = every call).
+        device: where to load models.
+        **recommender_kwargs: passed to :class:`Recommender` (batch_size, max_len, deterministic).
+    """
+
+    def __init__(
+        self,
+        registry: ModelRegistry | str | Path,
+        poll_s: float = 5.0,
+        *,
+        device: str = "cpu",
+        **recommender_kwargs: Any,
+    ) -> None:
+        self.registry = registry if isinstance(registry, ModelRegistry) else ModelRegistry(registry)
+        self.poll_s = float(poll_s)
+        self.device = device
+        self._kwargs = recommender_kwargs
+        self._current: Recommender | None = None
+        self._refused: dict[int, tuple[int, int]] = {}
+        self._reload_lock = threading.Lock()
+        self._last_poll = float("-inf")
+        self.reloads = 0
+        self.refusals = 0
+        self.check()
+
+    @property
+    def current(self) -> Recommender | None:
+        """The recommender serving now (None before the first successful load)."""
+        return self._current
+
+    @property
+    def version(self) -> int | None:
+        """Registry version serving now, or None."""
+        cur = self._current
+        return cur.version if cur is not None else None
+
+    def check(self) -> bool:
+        """Check the registry now; load and swap in a changed version. True if a new version was swapped in."""
+        with self._reload_lock:
+            self._last_poll = time.monotonic()
+            found = self.registry.latest()
+            if found is None:
+                return False
+            version, path = found
+            if version == self.version:
+                return False
+            try:
+                st = path.stat()
+                stamp = (st.st_size, st.st_mtime_ns)
+            except OSError:
+                stamp = (-1, -1)
+            if self._refused.get(version) == stamp:
+                return False
+            try:
+                rec = Recommender.from_checkpoint(path, version=version, device=self.device, **self._kwargs)
+            except CheckpointError as err:
+                self._refused[version] = stamp
+                self.refusals += 1
+                log.error("model_version_refused", version=version, path=str(path), error=str(err),
+                          serving_version=self.version)
+                return False
+            previous = self.version
+            self._current = rec
+            self.reloads += 1
+            log.info("model_version_loaded", version=version, previous_version=previous, path=str(path),
+                     n_items=rec.n_items)
+            return True
+
+    def maybe_reload(self) -> bool:
+        """:meth:`check` if at least ``poll_s`` seconds passed since the last check."""
+        if time.monotonic() - self._last_poll >= self.poll_s:
+            return self.check()
+        return False
+
+    def recommend(
+        self, histories: Sequence[Sequence[str]], k: int = 10, *, exclude_history: bool = False
+    ) -> list[Recommendation]:
+        """Like :meth:`Recommender.recommend`, with the newest loadable registry version."""
+        self.maybe_reload()
+        cur = self._current
+        if cur is None:
+            return [Recommendation([], [], True, None) for _ in histories]
+        return cur.recommend(histories, k, exclude_history=exclude_history)

@@ -1,0 +1,415 @@
+"""Per-user click windows in RocksDB (rocksdict), applied exactly once per Kafka offset.
+
+:class:`SequenceStore` keeps, for every user, the last ``window`` raw item ids (oldest first) and their
+event times. :meth:`SequenceStore.apply` writes a batch of consumed records in ONE RocksDB WriteBatch
+that holds both the sequence appends and the last applied offset of every (topic, partition) touched.
+Records at or below the stored offset are skipped, so replaying records after a crash (at-least-once
+delivery: the consumer restarts from its last *committed* Kafka offset, which may be older) changes
+nothing: the state is exactly-once in effect, also after ``kill -9`` (the write-ahead log survives a
+process crash; pass ``sync=True`` to also survive power loss, at a cost per batch).
+
+Order: a user's items are appended in the order records are given, i.e. Kafka partition order; the
+producer keys clicks by user id so that one user's clicks share a partition.
+
+On-disk layout (raw bytes keys, format version 1):
+
+- ``s:<user_id>`` -> orjson ``[[item, ...], [ts, ...]]`` (raw item ids as strings, epoch seconds)
+- ``o:<topic>\\x00<partition>`` -> last applied offset as ASCII decimal
+- ``m:format`` -> ``1``
+
+A RocksDB directory can be open in one process only. Opening writes ``<path>.pid`` beside the DB; a
+second opener gets :class:`~adrec_stream.errors.StoreLockedError` naming the path and that PID. A
+stale pid file left by a killed process does not block reopening (the OS releases RocksDB's LOCK file
+when the process dies; only the lock decides).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import orjson
+from rocksdict import Options, Rdict, WriteBatch, WriteOptions
+
+from adrec_stream.errors import StoreError, StoreLockedError
+from adrec_stream.stream.events import ClickEvent
+
+FORMAT_VERSION = b"1"
+_SEQ = b"s:"
+_OFF = b"o:"
+_FORMAT_KEY = b"m:format"
+_LOCK_MSG = re.compile(r"/LOCK\b|lock hold by current process", re.IGNORECASE)
+#: Keys read per iterator pass in :meth:`SequenceStore.users` (the iterator is dropped between passes so
+#: that an abandoned generator never keeps the DB locked after :meth:`SequenceStore.close`).
+_SCAN_CHUNK = 4096
+
+
+class SourceRecord(NamedTuple):
+    """A consumed Kafka record: its position and the decoded click (None = dead-lettered / skipped)."""
+
+    topic: str
+    partition: int
+    offset: int
+    event: ClickEvent | None
+
+
+class SequenceUpdate(NamedTuple):
+    """A user's window right after one click was applied: raw item ids oldest first, ``len <= window``."""
+
+    user_id: str
+    items: list[str]
+    event: ClickEvent
+    partition: int
+    offset: int
+
+
+def pid_file_for(path: str | Path) -> Path:
+    """The pid file written beside a store directory: ``<path>.pid``."""
+    p = Path(path)
+    return p.with_name(p.name + ".pid")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _read_owner(path: Path) -> dict | None:
+    try:
+        data = json.loads(pid_file_for(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("pid"), int) else None
+
+
+def _offset_key(topic: str, partition: int) -> bytes:
+    return _OFF + topic.encode("utf-8") + b"\x00" + str(partition).encode("ascii")
+
+
+class SequenceStore:
+    """Bounded per-user item windows plus applied offsets, in one RocksDB database.
+
+    Args:
+        path: RocksDB directory (created with its parents if missing).
+        window: items kept per user (>= 1); older ones are dropped on write. Lowering it on reopen trims
+            sequences on their next write and on every read.
+        sync: fsync the write-ahead log on every :meth:`apply` (survives power loss; slower).
+        cache_users: windows of up to this many recently written/read users are kept in memory (LRU) so
+            that hot users skip the RocksDB read and JSON decode; 0 disables. The cache is updated only
+            after a successful write, so it never holds state that is not on disk.
+
+    Raises:
+        StoreLockedError: the path is open in another process (or another store of this process); the
+            message names the path and the PID from the pid file.
+        StoreError: the database cannot be opened or has an unknown format version.
+        ValueError: ``window < 1``.
+
+    Thread-safe: calls are serialised by an internal lock (the order of ``apply`` calls made from several
+    threads is the callers' business). One process per path (see the module docstring).
+    """
+
+    def __init__(self, path: str | Path, *, window: int, sync: bool = False, cache_users: int = 100_000) -> None:
+        if not isinstance(window, int) or isinstance(window, bool) or window < 1:
+            raise ValueError(f"window must be an integer >= 1, got {window!r}")
+        if cache_users < 0:
+            raise ValueError(f"cache_users must be >= 0, got {cache_users}")
+        self.path = Path(path)
+        self.window = window
+        self._cache: OrderedDict[str, tuple[list[str], list[float]]] = OrderedDict()
+        self._cache_size = cache_users
+        self._lock = threading.RLock()
+        self._db: Rdict | None = None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        opts = Options(raw_mode=True)
+        opts.create_if_missing(True)
+        try:
+            self._db = Rdict(str(self.path), options=opts)
+        except Exception as err:  # rocksdict raises plain Exception
+            msg = str(err)
+            if _LOCK_MSG.search(msg):
+                raise self._locked_error(msg) from None
+            raise StoreError(
+                f"cannot open the sequence store at {self.path}: {msg}; check the path and permissions, or "
+                "move the directory away to rebuild the state by replaying the clicks topic"
+            ) from None
+        self._write_opts = WriteOptions()
+        self._write_opts.sync = sync
+        try:
+            fmt = self._db.get(_FORMAT_KEY)
+            if fmt is None:
+                self._db.put(_FORMAT_KEY, FORMAT_VERSION, self._write_opts)
+            elif fmt != FORMAT_VERSION:
+                raise StoreError(
+                    f"sequence store at {self.path} has format {fmt!r}, this code reads {FORMAT_VERSION!r}; "
+                    "use a new state_dir or rebuild the state by replaying the clicks topic"
+                )
+            self._offsets = self._load_offsets()
+            self._write_pid_file()
+        except BaseException:
+            self._db.close()
+            self._db = None
+            raise
+
+    # ----------------------------------------------------------------- open / close
+    def _locked_error(self, msg: str) -> StoreLockedError:
+        owner = _read_owner(self.path)
+        if owner is None:
+            who = f"no readable pid file at {pid_file_for(self.path)}"
+        elif owner["pid"] == os.getpid():
+            who = f"PID {owner['pid']} (this process: close the other SequenceStore on this path first)"
+        else:
+            state = "running" if _pid_alive(owner["pid"]) else "not running here (other host or container?)"
+            who = f"PID {owner['pid']} on {owner.get('host', '?')}, {state}"
+        return StoreLockedError(
+            f"sequence store {self.path} is locked by another process: {who}. Stop that worker, or give this "
+            f"one its own state_dir (RocksDB: {msg})"
+        )
+
+    def _write_pid_file(self) -> None:
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "opened_at": time.time()}
+        pf = pid_file_for(self.path)
+        tmp = pf.with_name(pf.name + f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(info))
+        os.replace(tmp, pf)
+
+    def close(self) -> None:
+        """Close the database (idempotent) and remove the pid file if it is ours."""
+        with self._lock:
+            if self._db is None:
+                return
+            self._db.close()
+            self._db = None
+            self._cache.clear()
+            owner = _read_owner(self.path)
+            if owner is not None and owner["pid"] == os.getpid():
+                try:
+                    pid_file_for(self.path).unlink()
+                except FileNotFoundError:
+                    pass
+
+    @property
+    def closed(self) -> bool:
+        """True after :meth:`close`."""
+        return self._db is None
+
+    def __enter__(self) -> SequenceStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _open_db(self) -> Rdict:
+        if self._db is None:
+            raise StoreError(f"sequence store {self.path} is closed; open a new SequenceStore")
+        return self._db
+
+    # ----------------------------------------------------------------- encoding
+    def _decode_entry(self, raw: bytes | None) -> tuple[list[str], list[float]]:
+        if raw is None:
+            return [], []
+        items, ts = orjson.loads(raw)
+        if len(items) > self.window:
+            items, ts = items[-self.window :], ts[-self.window :]
+        return items, ts
+
+    def _load_offsets(self) -> dict[tuple[str, int], int]:
+        out: dict[tuple[str, int], int] = {}
+        db = self._open_db()
+        it = db.iter()
+        try:
+            it.seek(_OFF)
+            while it.valid():
+                k = it.key()
+                if not k.startswith(_OFF):
+                    break
+                topic, _, part = k[len(_OFF) :].rpartition(b"\x00")
+                out[(topic.decode("utf-8"), int(part))] = int(it.value())
+                it.next()
+        finally:
+            del it
+        return out
+
+    def _remember(self, user: str, entry: tuple[list[str], list[float]]) -> None:
+        if not self._cache_size:
+            return
+        self._cache[user] = entry
+        self._cache.move_to_end(user)
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+
+    def _load_many(self, users: Sequence[str], *, copy: bool) -> dict[str, tuple[list[str], list[float]]]:
+        """Windows of ``users`` from the LRU cache or one RocksDB multi-get (copies if ``copy``)."""
+        out: dict[str, tuple[list[str], list[float]]] = {}
+        missing: list[str] = []
+        for u in users:
+            hit = self._cache.get(u)
+            if hit is None:
+                missing.append(u)
+            else:
+                self._cache.move_to_end(u)
+                out[u] = (list(hit[0]), list(hit[1])) if copy else hit
+        if missing:
+            raws = self._open_db().get([_SEQ + u.encode("utf-8") for u in missing])
+            for u, raw in zip(missing, raws):
+                entry = self._decode_entry(raw)
+                if raw is not None:
+                    self._remember(u, (list(entry[0]), list(entry[1])) if copy else entry)
+                out[u] = entry
+        return out
+
+    # ----------------------------------------------------------------- writes
+    def _write_batch(self, wb: WriteBatch) -> None:
+        """Ingest one WriteBatch atomically (separate method so that tests can inject a failure)."""
+        self._open_db().write(wb, self._write_opts)
+
+    def apply(self, records: Sequence[SourceRecord]) -> list[SequenceUpdate]:
+        """Apply consumed records in order, atomically, skipping already applied offsets.
+
+        For each record whose offset is above the stored last applied offset of its (topic, partition):
+        append ``event.item_id`` (and ``event.ts``) to the user's window, trim it to ``window`` items,
+        and advance the partition's offset; an ``event`` of None only advances the offset (dead letters).
+        All changes go into one RocksDB WriteBatch; if writing it fails nothing is changed, neither the
+        sequences nor the offsets.
+
+        Returns:
+            One :class:`SequenceUpdate` per applied click, in input order (skipped records give none).
+
+        Raises:
+            StoreError: the write failed (state unchanged; retry or restart from the committed offset),
+                or the store is closed.
+            ValueError: a record has a negative offset or partition.
+        """
+        with self._lock:
+            self._open_db()
+            pending_off: dict[tuple[str, int], int] = {}
+            fresh: list[SourceRecord] = []
+            for r in records:
+                if r.offset < 0 or r.partition < 0:
+                    raise ValueError(f"record {r.topic}:{r.partition}:{r.offset} has a negative partition/offset")
+                tp = (r.topic, r.partition)
+                last = pending_off.get(tp, self._offsets.get(tp))
+                if last is not None and r.offset <= last:
+                    continue
+                pending_off[tp] = r.offset
+                fresh.append(r)
+            if not fresh:
+                return []
+            users = list(dict.fromkeys(r.event.user_id for r in fresh if r.event is not None))
+            seqs = self._load_many(users, copy=True)
+            updates: list[SequenceUpdate] = []
+            w = self.window
+            for r in fresh:
+                ev = r.event
+                if ev is None:
+                    continue
+                items, ts = seqs[ev.user_id]
+                items.append(ev.item_id)
+                ts.append(ev.ts)
+                if len(items) > w:
+                    del items[: len(items) - w]
+                    del ts[: len(ts) - w]
+                updates.append(SequenceUpdate(ev.user_id, list(items), ev, r.partition, r.offset))
+            wb = WriteBatch(raw_mode=True)
+            for u, entry in seqs.items():
+                wb.put(_SEQ + u.encode("utf-8"), orjson.dumps(entry))
+            for (topic, part), off in pending_off.items():
+                wb.put(_offset_key(topic, part), str(off).encode("ascii"))
+            try:
+                self._write_batch(wb)
+            except Exception as err:
+                raise StoreError(
+                    f"write of {len(fresh)} records to the sequence store {self.path} failed: {err}; nothing "
+                    "was applied (offsets not advanced); retry, or restart the worker to resume from the "
+                    "stored offsets"
+                ) from err
+            self._offsets.update(pending_off)
+            for u, entry in seqs.items():
+                self._remember(u, entry)
+            return updates
+
+    def forget_offsets(self, topic: str, partitions: Iterable[int] | None = None) -> None:
+        """Drop stored offsets of ``topic`` (all partitions, or the given ones); sequences are kept.
+
+        Use when the broker's log was reset (e.g. the embedded memory broker restarted empty, so offsets
+        start again from 0 and would otherwise all be skipped as already applied).
+        """
+        with self._lock:
+            self._open_db()
+            keys = [tp for tp in self._offsets if tp[0] == topic and (partitions is None or tp[1] in set(partitions))]
+            if not keys:
+                return
+            wb = WriteBatch(raw_mode=True)
+            for t, p in keys:
+                wb.delete(_offset_key(t, p))
+            self._write_batch(wb)
+            for tp in keys:
+                del self._offsets[tp]
+
+    # ----------------------------------------------------------------- reads
+    def applied_offset(self, topic: str, partition: int) -> int | None:
+        """Last applied offset of (topic, partition), or None if nothing was applied. Resume at this + 1."""
+        with self._lock:
+            self._open_db()
+            return self._offsets.get((topic, partition))
+
+    def applied_offsets(self, topic: str | None = None) -> dict[tuple[str, int], int]:
+        """All stored (topic, partition) -> last applied offset (optionally of one topic)."""
+        with self._lock:
+            self._open_db()
+            return {tp: o for tp, o in self._offsets.items() if topic is None or tp[0] == topic}
+
+    def sequence(self, user_id: str) -> list[str]:
+        """The user's raw item ids, oldest first (at most ``window``); [] for an unknown user."""
+        return self.history(user_id)[0]
+
+    def history(self, user_id: str) -> tuple[list[str], list[float]]:
+        """The user's raw item ids and their event times (epoch seconds), oldest first (fresh lists)."""
+        with self._lock:
+            self._open_db()
+            return self._load_many([user_id], copy=True)[user_id]
+
+    def sequences(self, user_ids: Sequence[str]) -> list[list[str]]:
+        """Windows of many users (cache, then one RocksDB multi-get), in the order given ([] for unknown)."""
+        with self._lock:
+            self._open_db()
+            if not user_ids:
+                return []
+            got = self._load_many(list(dict.fromkeys(user_ids)), copy=False)
+            return [list(got[u][0]) for u in user_ids]
+
+    def users(self) -> Iterator[str]:
+        """All user ids with a stored window, in byte order of their UTF-8 encoding."""
+        start = _SEQ
+        inclusive = True
+        while True:
+            batch: list[str] = []
+            with self._lock:
+                it = self._open_db().iter()
+                try:
+                    it.seek(start)
+                    while it.valid() and len(batch) < _SCAN_CHUNK:
+                        k = it.key()
+                        if not k.startswith(_SEQ):
+                            break
+                        if inclusive or k != start:
+                            batch.append(k[len(_SEQ) :].decode("utf-8"))
+                        it.next()
+                finally:
+                    del it
+            yield from batch
+            if len(batch) < _SCAN_CHUNK:
+                return
+            start, inclusive = _SEQ + batch[-1].encode("utf-8"), False

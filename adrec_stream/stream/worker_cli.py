@@ -1,0 +1,98 @@
+"""``adrec-stream worker ingest|score``: run one streaming worker in the foreground.
+
+The worker joins its consumer group on the configured cluster (the embedded broker's ``broker.host:port``
+or ``bootstrap_servers``), logs structlog JSON to stderr, and stops on SIGINT/SIGTERM. Exit codes: 0 after
+a clean stop, :data:`~adrec_stream.stream.app.EXIT_AGENT_CRASHED` (3) when the agent failed (the crashing
+supervisor stopped the worker; restart it and it resumes from the last committed offset), 2 on config errors
+or an unreachable cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import yaml
+
+from adrec_stream.errors import ConfigError
+from adrec_stream.stream.config import DEFAULT_STREAM_CONFIG, StreamConfig, load_stream_config
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["broker.port=19092", "window=50"]`` -> ``{"broker.port": 19092, "window": 50}`` (values parsed as YAML).
+
+    Raises:
+        ConfigError: an item without ``=``.
+    """
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects KEY=VALUE (dotted key, YAML value), got {pair!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def add_common_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--config`` and repeatable ``--set KEY=VALUE`` (shared by worker and replay)."""
+    parser.add_argument("--config", default=str(DEFAULT_STREAM_CONFIG), help="stream config YAML")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set broker.port=19092 (repeatable)")
+
+
+def load_from_args(args: argparse.Namespace) -> StreamConfig:
+    """Load the stream config named by ``--config`` with the ``--set`` overrides applied."""
+    return load_stream_config(args.config, parse_overrides(args.set))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register ``role`` and the config options."""
+    parser.add_argument("role", choices=["ingest", "score"], help="ingest: clicks -> state; score: -> recommendations")
+    add_common_config_arguments(parser)
+    parser.add_argument("--exclude-history", action="store_true",
+                        help="score: never recommend items already in the user's window")
+    parser.add_argument("--crash-after-batches", type=int, default=None, help=argparse.SUPPRESS)
+
+
+def run_worker(cfg: StreamConfig, role: str, *, log_level: str = "INFO", exclude_history: bool = False,
+               crash_after_batches: int | None = None) -> int:
+    """Run the worker of ``role`` until stopped; returns the process exit code (see module docstring)."""
+    import faust  # noqa: PLC0415
+
+    from adrec_stream.logging import get_logger  # noqa: PLC0415
+    from adrec_stream.stream.app import EXIT_AGENT_CRASHED, build_app  # noqa: PLC0415
+
+    try:
+        import uvloop  # noqa: PLC0415
+
+        uvloop.install()
+    except ImportError:
+        pass
+    from adrec_stream.stream.broker import effective_bootstrap, ensure_topics  # noqa: PLC0415
+
+    log = get_logger("adrec_stream.worker", role=role)
+    # fail fast with a clear message when the cluster is unreachable; create missing topics (faust itself
+    # is told not to declare topics, so partitions always come from the config)
+    ensure_topics(effective_bootstrap(cfg), cfg.topics.all())
+    app = build_app(cfg, role, exclude_history=exclude_history,  # type: ignore[arg-type]
+                    crash_after_batches=crash_after_batches)
+    worker = faust.Worker(app, loglevel=log_level if log_level != "INFO" else "WARNING", quiet=True,
+                          override_logging=False, redirect_stdouts=False)
+    worker.spinner = None  # no terminal escape codes in the JSON log stream
+    code: int = 0
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    stats = app.adrec_stats
+    log.info("worker_stopped", **stats.as_dict(), failed=repr(stats.failed) if stats.failed else None)
+    if stats.failed is not None:
+        return EXIT_AGENT_CRASHED
+    return code
+
+
+def run(args: argparse.Namespace) -> int:
+    """CLI entry: load config and run the worker."""
+    cfg = load_from_args(args)
+    return run_worker(cfg, args.role, log_level=args.log_level, exclude_history=args.exclude_history,
+                      crash_after_batches=args.crash_after_batches)

@@ -1,0 +1,135 @@
+"""``adrec-stream train``: train ADRec (three stages) or the SASRec+ baseline on a dataset.pkl split."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from adrec_stream.data.adrec_pkl import AdrecDataset, load_adrec_dataset
+from adrec_stream.data.batching import loo_histories
+from adrec_stream.errors import CheckpointError, ConfigError
+from adrec_stream.logging import get_logger
+from adrec_stream.model import load_checkpoint, save_checkpoint
+from adrec_stream.training.config import STAGES, ExperimentConfig, load_experiment
+from adrec_stream.training.trainer import TrainResult, train_model
+
+#: sub-folders of the output directory holding the stage-1 and stage-2 checkpoints; the selected
+#: final model (after finetune) is the checkpoint of the output directory itself.
+STAGE_DIRS = {"pretrain": "pretrain", "align": "align"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the ``train`` options."""
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.description = (
+        "Train ADRec (stages pretrain -> align -> finetune) or the SASRec+ baseline (single stage) on a\n"
+        "leave-one-out dataset.pkl split, selecting weights on validation (train.metric, early stopping).\n\n"
+        "Output layout: DIR/pretrain/ (stage-1 SASRec whose item table is kept), DIR/align/ (stage 2),\n"
+        "and the selected final model in DIR itself (what `adrec-stream evaluate --checkpoint DIR` reads).\n"
+        "Running one stage alone loads the previous stage's output from DIR: --stage align reads\n"
+        "DIR/pretrain/, --stage finetune reads DIR/align/ (run the earlier stages first)."
+    )
+    parser.add_argument("--dataset", required=True, help="dataset.pkl (or its folder), e.g. ../shared/data/adrec/beauty")
+    parser.add_argument("--config", default="configs/adrec.yaml", help="experiment YAML (default configs/adrec.yaml)")
+    parser.add_argument("--output", required=True, help="output directory for the checkpoints")
+    parser.add_argument("--stage", default="all", choices=[*STAGES, "all"],
+                        help="stage to run (default all; SASRec+ has only 'finetune', which 'all' means for it)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if available, else CPU), cpu or cuda")
+    parser.add_argument("--seed", type=int, default=None, help="override train.seed (default from the config: 2025)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="override the epoch budget of the pretrain and finetune stages (align keeps train.align_epochs)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set train.pretrain_lr=0.002 (value parsed as YAML; repeatable)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects KEY=VALUE (e.g. train.lr=0.001), got {item!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    if args.seed is not None:
+        out["train.seed"] = args.seed
+    if args.epochs is not None:
+        out["train.pretrain_epochs"] = args.epochs
+        out["train.finetune_epochs"] = args.epochs
+    return out
+
+
+def _save(path: Path, model: torch.nn.Module, ds: AdrecDataset, exp: ExperimentConfig, res: TrainResult,
+          stage: str, extra: dict[str, Any]) -> Path:
+    meta = {
+        "dataset": ds.name, "stage": stage, "seed": exp.train.seed, "epochs_run": res.epochs_run,
+        "stage_epochs": res.stage_epochs, "best_epoch": res.best_epoch, "metric": exp.train.metric,
+        "best_val_metric": res.best_metric, "item_counts": ds.item_counts(), "wall_s": round(res.wall_s, 3),
+        "history": res.history, **extra,
+    }
+    config = exp.model_dump(mode="json")
+    if stage == "pretrain":  # the stage-1 encoder is a SASRec without positions
+        config = {**config, "model": {**config["model"], "kind": "sasrec", "positional": False}}
+    path.mkdir(parents=True, exist_ok=True)  # a directory: the checkpoint is <path>/model.pt
+    return save_checkpoint(path, model, vocab=ds.vocab(), config=config, meta=meta)
+
+
+def _load_stage(path: Path, what: str) -> Any:
+    try:
+        return load_checkpoint(path)
+    except CheckpointError as err:
+        raise CheckpointError(f"{err} -- {what}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the requested stage(s) and write their checkpoints; prints the final checkpoint path."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    exp = load_experiment(args.config, _overrides(args))
+    ds = load_adrec_dataset(args.dataset)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    log = get_logger("train", dataset=ds.name, kind=exp.model.kind)
+    stages = exp.stages() if args.stage == "all" else (args.stage,)
+    if exp.model.kind == "sasrec" and stages != ("finetune",):
+        raise ConfigError("the SASRec+ baseline (model.kind: sasrec) has a single stage: use --stage all or finetune")
+    val = loo_histories(ds.train, ds.val, ds.test, "val", exp.model.max_len)
+    extra = {"command": shlex.join(["adrec-stream", *sys.argv[1:]]), "dataset_path": str(args.dataset)}
+    t0 = time.perf_counter()
+    table = None
+    model = None
+    final = None
+    for stage in stages:
+        kwargs: dict[str, Any] = {}
+        if stage == "align":
+            if table is None:
+                ck = _load_stage(out / STAGE_DIRS["pretrain"], "run `--stage pretrain` first with the same --output")
+                table = ck.model.item_emb.weight.detach().clone()
+            kwargs["pretrained_table"] = table
+        elif stage == "finetune" and exp.model.kind == "adrec":
+            if model is None:
+                ck = _load_stage(out / STAGE_DIRS["align"], "run `--stage align` first with the same --output")
+                model = ck.model
+            kwargs["init_model"] = model
+        res = train_model(ds.train, ds.n_items, exp, val=val, stages=(stage,), device=args.device,
+                          progress=not args.no_progress, log=log, **kwargs)
+        target = out / STAGE_DIRS[stage] if stage in STAGE_DIRS else out
+        extra["total_wall_s"] = round(time.perf_counter() - t0, 3)
+        final = _save(target, res.model, ds, exp, res, stage, extra)
+        log.info("stage_done", stage=stage, checkpoint=str(final), best_val=res.best_metric,
+                 epochs=res.epochs_run, wall_s=round(res.wall_s, 1))
+        if stage == "pretrain":
+            table = res.pretrained_table
+        else:
+            model = res.model
+    print(json.dumps({"checkpoint": str(final), "stages": list(stages),
+                      "wall_s": round(time.perf_counter() - t0, 1)}))
+    return 0

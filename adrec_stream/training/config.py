@@ -1,0 +1,90 @@
+"""Experiment configuration: ``model`` (:class:`~adrec_stream.model.config.ModelConfig`) + ``train``.
+
+Loaded from YAML (``configs/adrec.yaml``, ``configs/sasrec.yaml``) with unknown or ill-typed keys
+refused (:class:`~adrec_stream.errors.ConfigError`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from adrec_stream.config import StrictModel, load_config, parse_config
+from adrec_stream.model.config import ModelConfig
+
+STAGES: tuple[str, ...] = ("pretrain", "align", "finetune")
+
+LooseFloat = Field(strict=False)  # accept YAML ints (e.g. ``lr: 1``) for float fields
+
+
+class TrainConfig(StrictModel):
+    """Optimisation and model-selection settings (paper Sec. 4.1; reference defaults).
+
+    Epoch budgets are per stage: ``pretrain_epochs`` (SASRec without positions, full-softmax CE,
+    only its item table is kept), ``align_epochs`` (ADRec with that table frozen),
+    ``finetune_epochs`` (everything trained; also the single stage of the SASRec+ baseline).
+    ``pretrain_lr`` / ``align_lr`` / ``finetune_lr`` override ``lr`` for one stage when set.
+    Early stopping: every ``eval_every`` epochs the validation ``metric`` (e.g. "NDCG@10") is
+    computed; after ``patience`` evaluations without improvement the stage stops and the best
+    weights are kept. ``val_users`` evaluates a fixed random subset of users (None = all).
+    """
+
+    lr: float = Field(1e-3, strict=False, gt=0)
+    weight_decay: float = Field(1e-5, strict=False, ge=0)
+    batch_size: int = Field(512, gt=0)
+    pretrain_epochs: int = Field(100, ge=0)
+    align_epochs: int = Field(5, ge=0)
+    finetune_epochs: int = Field(500, ge=0)
+    pretrain_lr: float | None = Field(None, strict=False, gt=0)
+    align_lr: float | None = Field(None, strict=False, gt=0)
+    finetune_lr: float | None = Field(None, strict=False, gt=0)
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
+    min_lr_ratio: float = Field(0.0, strict=False, ge=0, le=1)
+    max_grad_norm: float | None = Field(None, strict=False, gt=0)
+    eval_every: int = Field(5, gt=0)
+    patience: int = Field(4, gt=0)
+    metric: Literal["HR@5", "NDCG@5", "HR@10", "NDCG@10", "HR@20", "NDCG@20"] = "NDCG@10"
+    val_users: int | None = Field(None, gt=0)
+    eval_batch_size: int = Field(512, gt=0)
+    bucket_by_length: bool = True
+    seed: int = 2025
+    finetune_stream_lr: float | None = Field(None, strict=False, gt=0)
+
+    def stage_lr(self, stage: str) -> float:
+        """Learning rate of ``stage`` (its override, else ``lr``)."""
+        return getattr(self, f"{stage}_lr", None) or self.lr
+
+    def stage_epochs(self, stage: str) -> int:
+        """Epoch budget of ``stage``."""
+        return int(getattr(self, f"{stage}_epochs"))
+
+
+class ExperimentConfig(StrictModel):
+    """A full experiment: the model architecture and the training schedule."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    def stages(self) -> tuple[str, ...]:
+        """Stages this model kind trains with: ADRec all three; SASRec+ only "finetune"."""
+        return STAGES if self.model.kind == "adrec" else ("finetune",)
+
+
+def load_experiment(path: str | Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
+    """Load an experiment YAML (dotted ``overrides`` applied first).
+
+    Raises:
+        ConfigError: missing file, bad YAML, unknown keys, or ill-typed values.
+    """
+    return load_config(path, ExperimentConfig, overrides)
+
+
+def experiment_from_dict(data: dict[str, Any], source: str = "<checkpoint config>") -> ExperimentConfig:
+    """Rebuild an :class:`ExperimentConfig` from ``model_dump()`` output (e.g. a checkpoint's config).
+
+    Raises:
+        ConfigError: unknown or ill-typed keys.
+    """
+    return parse_config(data, ExperimentConfig, source)

@@ -1,0 +1,361 @@
+"""Three-stage training (paper Sec. 3.4) and the stage-3 fine-tune used by the streaming worker.
+
+1. ``pretrain``: a SASRec without positions trained with full-softmax CE at every position;
+   only its item table is kept.
+2. ``align``: the table is loaded into ADRec and frozen for real (``requires_grad=False`` and
+   left out of the optimiser, so weight decay cannot shrink it); the rest trains on CE + MSE.
+3. ``finetune``: everything trains with the same loss. The SASRec+ baseline trains only this stage.
+
+Each stage: Adam (lr, weight decay), cosine LR over the stage's epoch budget, one backward of the
+model's combined loss per batch, validation every ``eval_every`` epochs on ``metric``, early stop
+after ``patience`` evaluations without improvement, and the best weights restored at the end.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from adrec_stream.data.batching import training_windows, window_batches
+from adrec_stream.errors import ConfigError
+from adrec_stream.evaluation.offline import evaluate_model
+from adrec_stream.logging import get_logger
+from adrec_stream.model import build_model
+from adrec_stream.training.config import STAGES, ExperimentConfig
+
+
+@dataclass
+class TrainResult:
+    """Outcome of :func:`train_model`.
+
+    Attributes:
+        model: the model of the last stage run, holding its best (validation-selected) weights.
+        best_metric: best validation value of the selection metric in the last stage (None if
+            no validation data was given).
+        history: one dict per epoch (stage, epoch, loss, ce, mse, lr, seconds, and the
+            validation metrics on evaluation epochs).
+        epochs_run: total epochs run over all stages.
+        wall_s: wall-clock seconds of the whole call.
+        stage_epochs: epochs run per stage.
+        best_epoch: epoch (within the last stage) of the selected weights.
+        pretrained_table: the item table kept from stage 1 (FloatTensor (N+1, d)), if run.
+    """
+
+    model: torch.nn.Module
+    best_metric: float | None
+    history: list[dict[str, Any]]
+    epochs_run: int
+    wall_s: float
+    stage_epochs: dict[str, int] = field(default_factory=dict)
+    best_epoch: int | None = None
+    pretrained_table: torch.Tensor | None = None
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """``None``/"auto" -> CUDA if available else CPU; "cpu"/"cuda"/"cuda:N" as given.
+
+    Raises:
+        ConfigError: CUDA requested but not available, or an unknown device name.
+    """
+    if name is None or name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu or cuda") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but CUDA is not available here; use --device cpu or auto")
+    return dev
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) generators."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def _cosine(total_steps: int, min_ratio: float):
+    def factor(step: int) -> float:
+        if total_steps <= 0:
+            return 1.0
+        frac = min(step, total_steps) / total_steps
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * frac))
+
+    return factor
+
+
+@dataclass
+class _StageRun:
+    epochs: int
+    best_metric: float | None
+    best_epoch: int | None
+
+
+def _run_stage(
+    model: torch.nn.Module,
+    windows: list[list[int]],
+    exp: ExperimentConfig,
+    stage: str,
+    *,
+    epochs: int,
+    lr: float,
+    schedule: str,
+    val: tuple[list[list[int]], list[int]] | None,
+    device: torch.device,
+    progress: bool,
+    log: Any,
+    rng: np.random.Generator,
+    history: list[dict[str, Any]],
+) -> _StageRun:
+    """Train the parameters of ``model`` that require grad for ``epochs`` epochs (see module doc)."""
+    tc = exp.train
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr, weight_decay=tc.weight_decay)
+    steps_per_epoch = math.ceil(len(windows) / tc.batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, _cosine(epochs * steps_per_epoch, tc.min_lr_ratio) if schedule == "cosine" else (lambda _s: 1.0)
+    )
+    best, best_state, best_epoch, bad = -math.inf, None, None, 0
+    epoch = 0
+    for epoch in range(1, epochs + 1):
+        model.train()
+        t0 = time.perf_counter()
+        sums = {"loss": 0.0, "ce": 0.0, "mse": 0.0}
+        n_batches = 0
+        batches = window_batches(windows, tc.batch_size, shuffle=True, bucket=tc.bucket_by_length, rng=rng)
+        for hist, tgt in tqdm(batches, total=steps_per_epoch, disable=not progress, desc=f"{stage} {epoch}/{epochs}",
+                              leave=False):
+            out = model.loss(hist.to(device), tgt.to(device))
+            opt.zero_grad(set_to_none=True)
+            out["loss"].backward()
+            if tc.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm)
+            opt.step()
+            sched.step()
+            for k in sums:
+                if k in out:
+                    sums[k] += float(out[k].detach())
+            n_batches += 1
+        rec: dict[str, Any] = {"stage": stage, "epoch": epoch, "lr": opt.param_groups[0]["lr"],
+                               "epoch_s": round(time.perf_counter() - t0, 3)}
+        rec.update({k: v / max(n_batches, 1) for k, v in sums.items()})
+        do_eval = val is not None and (epoch % tc.eval_every == 0 or epoch == epochs)
+        if do_eval:
+            t1 = time.perf_counter()
+            metrics = evaluate_model(model, val[0], val[1], batch_size=tc.eval_batch_size, device=device, seed=tc.seed)
+            rec["eval_s"] = round(time.perf_counter() - t1, 3)
+            rec.update({f"val_{k}": v for k, v in metrics.items() if k != "n_users"})
+            value = metrics[tc.metric]
+            if value > best:
+                best, best_epoch, bad = value, epoch, 0
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                bad += 1
+            rec["best"] = best
+            log.info("eval", **rec)
+            history.append(rec)
+            if bad >= tc.patience:
+                log.info("early_stop", stage=stage, epoch=epoch, best_epoch=best_epoch, best=best)
+                break
+        else:
+            log.info("epoch", **rec)
+            history.append(rec)
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return _StageRun(epochs=epoch, best_metric=None if best_state is None else best, best_epoch=best_epoch)
+
+
+def _load_table(model: torch.nn.Module, table: torch.Tensor) -> None:
+    """Copy a stage-1 item table (N+1, d) into ``model.item_emb``.
+
+    Raises:
+        ConfigError: the shapes differ (other dataset or hidden size).
+    """
+    weight = model.item_emb.weight
+    if tuple(table.shape) != tuple(weight.shape):
+        raise ConfigError(f"pre-trained table has shape {tuple(table.shape)}, the model expects "
+                          f"{tuple(weight.shape)}: same dataset and hidden_size are required")
+    with torch.no_grad():
+        weight.copy_(table.to(weight.device))
+
+
+def pretrain_config(exp: ExperimentConfig):
+    """Model config of the stage-1 encoder: the same architecture as a SASRec without positions."""
+    return exp.model.model_copy(update={"kind": "sasrec", "positional": False})
+
+
+def train_model(
+    train_seqs: list[list[int]],
+    n_items: int,
+    exp: ExperimentConfig,
+    *,
+    val: tuple[list[list[int]], list[int]] | None = None,
+    stages: Sequence[str] | None = None,
+    device: str | None = None,
+    progress: bool = True,
+    log: Any = None,
+    init_model: torch.nn.Module | None = None,
+    pretrained_table: torch.Tensor | None = None,
+    epochs: dict[str, int] | None = None,
+) -> TrainResult:
+    """Train ADRec (three stages) or SASRec+ (one stage) on per-user training sequences.
+
+    Args:
+        train_seqs: per-user chronological item ids (1..n_items); one window of the last
+            ``max_len + 1`` items per user is the training sample.
+        n_items: number of items N.
+        exp: experiment config (model + train sections).
+        val: (histories, targets) for validation/early stopping; None = no selection (last weights).
+        stages: subset of ("pretrain", "align", "finetune") in that order; None = all stages the
+            model kind uses (``exp.stages()``).
+        device: "auto"/None, "cpu", "cuda".
+        progress: show tqdm progress bars.
+        log: structlog logger (default: ``get_logger("train")``).
+        init_model: continue from this model (e.g. the stage-2 output when running finetune alone).
+        pretrained_table: FloatTensor (N+1, d) from stage 1 when running align without pretrain.
+        epochs: per-stage epoch overrides (default: the config's budgets).
+
+    Returns:
+        :class:`TrainResult`.
+
+    Raises:
+        ConfigError: unknown stage or stage order, align without a pre-trained table, a stage not
+            applicable to the model kind, or a table of the wrong shape.
+    """
+    t_start = time.perf_counter()
+    log = log if log is not None else get_logger("train")
+    stages = tuple(stages) if stages is not None else exp.stages()
+    bad = [s for s in stages if s not in STAGES]
+    if bad or list(stages) != sorted(stages, key=STAGES.index):
+        raise ConfigError(f"stages must be a subset of {STAGES} in that order, got {list(stages)}")
+    if exp.model.kind == "sasrec" and set(stages) - {"finetune"}:
+        raise ConfigError("the SASRec+ baseline trains in a single stage: use stage 'finetune' (or 'all')")
+    dev = resolve_device(device)
+    tc = exp.train
+    seed_everything(tc.seed)
+    rng = np.random.default_rng(tc.seed)
+    windows = training_windows(train_seqs, exp.model.max_len)
+    if not windows:
+        raise ConfigError("no user has two or more training items: nothing to train on")
+    if val is not None and tc.val_users is not None and tc.val_users < len(val[1]):
+        pick = np.sort(np.random.default_rng(tc.seed + 1).choice(len(val[1]), tc.val_users, replace=False))
+        val = ([val[0][i] for i in pick], [val[1][i] for i in pick])
+    budgets = {s: tc.stage_epochs(s) for s in STAGES}
+    budgets.update(epochs or {})
+    history: list[dict[str, Any]] = []
+    stage_epochs: dict[str, int] = {}
+    model: torch.nn.Module | None = None
+    result = _StageRun(0, None, None)
+    common = dict(val=val, device=dev, progress=progress, log=log, rng=rng, history=history)
+
+    if "pretrain" in stages:
+        enc = build_model(n_items, pretrain_config(exp)).to(dev)
+        log.info("stage_start", stage="pretrain", epochs=budgets["pretrain"], windows=len(windows), device=str(dev))
+        result = _run_stage(enc, windows, exp, "pretrain", epochs=budgets["pretrain"], lr=tc.stage_lr("pretrain"),
+                            schedule=tc.lr_schedule, **common)
+        stage_epochs["pretrain"] = result.epochs
+        pretrained_table = enc.item_emb.weight.detach().clone()
+        model = enc
+    if "align" in stages or "finetune" in stages:
+        # the ADRec (or SASRec+) to train: the given one when continuing, else a fresh one
+        model = init_model.to(dev) if init_model is not None else build_model(n_items, exp.model).to(dev)
+        if pretrained_table is not None and (init_model is None or "align" in stages):
+            _load_table(model, pretrained_table)
+    if "align" in stages:
+        if pretrained_table is None:
+            raise ConfigError("stage 'align' needs the stage-1 item table: run 'pretrain' first (or pass it)")
+        table = model.item_emb.weight
+        table.requires_grad_(False)
+        log.info("stage_start", stage="align", epochs=budgets["align"])
+        result = _run_stage(model, windows, exp, "align", epochs=budgets["align"], lr=tc.stage_lr("align"),
+                            schedule=tc.lr_schedule, **{**common, "val": val if stages[-1] == "align" else None})
+        table.requires_grad_(True)
+        stage_epochs["align"] = result.epochs
+    if "finetune" in stages:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        log.info("stage_start", stage="finetune", epochs=budgets["finetune"])
+        result = _run_stage(model, windows, exp, "finetune", epochs=budgets["finetune"], lr=tc.stage_lr("finetune"),
+                            schedule=tc.lr_schedule, **common)
+        stage_epochs["finetune"] = result.epochs
+    return TrainResult(model=model, best_metric=result.best_metric, history=history,
+                       epochs_run=sum(stage_epochs.values()), wall_s=time.perf_counter() - t_start,
+                       stage_epochs=stage_epochs, best_epoch=result.best_epoch, pretrained_table=pretrained_table)
+
+
+def finetune(
+    model: torch.nn.Module,
+    sequences: list[list[int]],
+    exp: ExperimentConfig,
+    *,
+    epochs: int,
+    device: str | None = None,
+    progress: bool = False,
+    seed: int | None = None,
+) -> dict[str, float]:
+    """Stage 3 on fresh windows (used by the streaming fine-tune worker), in place.
+
+    Every parameter trains with the model's combined loss (CE + MSE for ADRec), Adam with
+    ``train.finetune_stream_lr`` (else the finetune lr) and ``train.weight_decay``, constant LR,
+    no validation. The model is moved to ``device`` and left there, in eval mode.
+
+    Args:
+        model: an ADRec/SASRec built by :func:`~adrec_stream.model.build_model`.
+        sequences: per-user internal item ids (oldest first); the last ``max_len + 1`` items of
+            each sequence with at least two items form one training window.
+        exp: experiment config (the model's own config is used for ``max_len``).
+        epochs: passes over the windows (0 = nothing to do).
+        device: "auto"/None, "cpu", "cuda".
+        progress: show a tqdm bar.
+        seed: shuffling seed (default ``train.seed``).
+
+    Returns:
+        {"loss", "ce", "mse": mean over batches, "steps", "windows", "epochs", "wall_s"}.
+    """
+    t0 = time.perf_counter()
+    tc = exp.train
+    dev = resolve_device(device)
+    model.to(dev)
+    max_len = int(getattr(getattr(model, "cfg", None), "max_len", exp.model.max_len))
+    windows = training_windows(sequences, max_len)
+    stats = {"loss": float("nan"), "ce": float("nan"), "mse": float("nan"), "steps": 0,
+             "windows": len(windows), "epochs": 0, "wall_s": 0.0}
+    if not windows or epochs <= 0:
+        model.eval()
+        stats["wall_s"] = time.perf_counter() - t0
+        return stats
+    for p in model.parameters():
+        p.requires_grad_(True)
+    params = list(model.parameters())
+    opt = torch.optim.Adam(params, lr=tc.finetune_stream_lr or tc.stage_lr("finetune"), weight_decay=tc.weight_decay)
+    rng = np.random.default_rng(tc.seed if seed is None else seed)
+    sums = {"loss": 0.0, "ce": 0.0, "mse": 0.0}
+    steps = 0
+    model.train()
+    for _ in range(epochs):
+        batches = window_batches(windows, tc.batch_size, shuffle=True, bucket=tc.bucket_by_length, rng=rng)
+        for hist, tgt in tqdm(batches, disable=not progress, desc="finetune", leave=False):
+            out = model.loss(hist.to(dev), tgt.to(dev))
+            opt.zero_grad(set_to_none=True)
+            out["loss"].backward()
+            if tc.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm)
+            opt.step()
+            for k in sums:
+                if k in out:
+                    sums[k] += float(out[k].detach())
+            steps += 1
+    model.eval()
+    stats.update({k: v / max(steps, 1) for k, v in sums.items()})
+    stats.update(steps=steps, epochs=epochs, wall_s=time.perf_counter() - t0)
+    return stats

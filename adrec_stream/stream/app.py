@@ -11,6 +11,15 @@ twice); only then are the batch's events acknowledged, so the committed offset n
 effect is not stored. Publishing before storing makes the sequence updates at-least-once (a crash between
 the delivery and the write re-publishes them with the same ``event_id``) instead of losing them.
 Tombstones and records with an empty key and no ``user_id`` are skipped (counted), their offsets commit.
+The sequence store is opened when the app is built, before the worker joins its group, so a store held by
+another process fails the start with one clear :class:`~adrec_stream.errors.StoreLockedError` line (exit 2).
+A failed RocksDB write (nothing applied, see :meth:`SequenceStore.apply`) is retried
+``batch.store_write_attempts`` times in place; if it keeps failing the agent fails (below) without acking.
+Broker reset: when a partition delivers records at or below the stored applied offset although the
+partition's log end (fetch high watermark, correct also on Tansu) is not above that offset, the broker lost
+its log (embedded memory broker restarted empty, or the topic was recreated); the worker logs an error event
+``broker_reset_detected`` with the numbers, forgets the stored offsets of that partition and applies the new
+log's records instead of skipping them as duplicates. See docs/reliability.md.
 The agent runs under :class:`mode.CrashingSupervisor`: a handler failure stops the worker (exit code
 :data:`EXIT_AGENT_CRASHED`) instead of restarting the agent past the failed batch; the next start resumes at
 the last committed offset.
@@ -45,6 +54,9 @@ from adrec_stream.stream.events import DecodeError, decode_click, dead_letter_re
 #: Exit code of a worker whose agent crashed (the supervisor - demo, systemd - restarts it).
 EXIT_AGENT_CRASHED = 3
 
+#: Seconds to wait before retry n of a failed sequence-store write (times n).
+STORE_RETRY_BACKOFF_S = 0.2
+
 #: Decode reasons that are skipped (counted, offset committed) rather than dead-lettered.
 SKIP_REASONS = frozenset({"tombstone", "empty_key"})
 
@@ -63,6 +75,8 @@ class WorkerStats:
     published: int = 0
     fallback: int = 0
     batches: int = 0
+    write_retries: int = 0
+    broker_resets: int = 0
     started: float = field(default_factory=time.time)
     failed: BaseException | None = None
 
@@ -113,6 +127,44 @@ def preview_updates(store: Any, records: list) -> list:
     return out
 
 
+class WriteFaultInjector:
+    """Test hook: the sequence store's WriteBatch fails ``times`` times for a batch holding ``offset``.
+
+    Wraps :meth:`SequenceStore._write_batch`; ``current`` is set to the records of the batch about to be
+    applied. The failure is an ``OSError`` raised before RocksDB sees the batch, which
+    :meth:`SequenceStore.apply` turns into a :class:`~adrec_stream.errors.StoreError` (nothing applied),
+    like a real failed write. Never active in production (``adrec-stream worker`` hides the option).
+    """
+
+    def __init__(self, offset: int, times: int) -> None:
+        self.offset = offset
+        self.remaining = times
+        self.current: list = []
+
+    @classmethod
+    def parse(cls, spec: str) -> WriteFaultInjector:
+        """``"OFFSET:TIMES"`` (or ``"OFFSET"`` = once) -> injector.
+
+        Raises:
+            ValueError: not of that form.
+        """
+        off, _, times = spec.partition(":")
+        return cls(int(off), int(times or 1))
+
+    def install(self, store: Any) -> None:
+        """Wrap ``store._write_batch``."""
+        write = store._write_batch
+
+        def faulty(wb: Any) -> None:
+            if self.remaining > 0 and any(r.offset == self.offset for r in self.current):
+                self.remaining -= 1
+                raise OSError(f"injected RocksDB write failure for the batch holding offset {self.offset} "
+                              "(test hook)")
+            write(wb)
+
+        store._write_batch = faulty
+
+
 def recommend_batch(recommender: Any, histories: list[list[str]], k: int, exclude_history: bool) -> list:
     """Top-``k`` per history; with ``exclude_history`` no item of the WHOLE window is returned.
 
@@ -132,7 +184,7 @@ def recommend_batch(recommender: Any, histories: list[list[str]], k: int, exclud
 
 
 def build_app(cfg: StreamConfig, role: Role, *, exclude_history: bool = False,
-              crash_after_batches: int | None = None) -> Any:
+              crash_after_batches: int | None = None, inject_write_failure: str | None = None) -> Any:
     """Build the faust app of one worker role.
 
     Args:
@@ -141,9 +193,18 @@ def build_app(cfg: StreamConfig, role: Role, *, exclude_history: bool = False,
         exclude_history: score worker: leave items already in the user's window out of the top-k.
         crash_after_batches: test hook: raise inside the handler after this many batches (before acking),
             to exercise the crashing supervisor. None in production.
+        inject_write_failure: test hook ``"OFFSET:TIMES"``: the store write of the batch holding that
+            clicks offset fails TIMES times (:class:`WriteFaultInjector`). None in production.
 
     Returns:
-        A ``faust.App`` with the role's agent; ``app.adrec_stats`` holds its :class:`WorkerStats`.
+        A ``faust.App`` with the role's agent; ``app.adrec_stats`` holds its :class:`WorkerStats`, and for
+        the ingest role ``app.adrec_store`` the open :class:`SequenceStore` (closed by the agent on exit;
+        closing again is a no-op).
+
+    Raises:
+        StoreLockedError: ingest role, the sequence store is open in another process (message names the
+            path and PID).
+        StoreError: ingest role, the store cannot be opened.
     """
     import faust  # noqa: PLC0415 - heavy import, only in workers
     import mode  # noqa: PLC0415
@@ -201,13 +262,22 @@ def build_app(cfg: StreamConfig, role: Role, *, exclude_history: bool = False,
             await asyncio.gather(*futures)
 
     if role == "ingest":
+        from faust.types import TP  # noqa: PLC0415
+
+        from adrec_stream.errors import StoreError  # noqa: PLC0415
+        from adrec_stream.state.store import SequenceStore, SourceRecord  # noqa: PLC0415
+
+        # opened here, before the worker starts: a locked store is a clear start-up error, not an agent crash
+        store_path = Path(cfg.state_dir) / "sequences"
+        store_path.parent.mkdir(parents=True, exist_ok=True)
+        app.adrec_store = SequenceStore(store_path, window=cfg.window)
+        faults = WriteFaultInjector.parse(inject_write_failure) if inject_write_failure else None
+        if faults is not None:
+            faults.install(app.adrec_store)
+
         @app.agent(clicks, supervisor_strategy=mode.CrashingSupervisor, name="ingest")
         async def ingest(stream: Any) -> None:
-            from adrec_stream.state.store import SequenceStore, SourceRecord  # noqa: PLC0415
-
-            store_path = Path(cfg.state_dir) / "sequences"
-            store_path.parent.mkdir(parents=True, exist_ok=True)
-            store = SequenceStore(store_path, window=cfg.window)
+            store = app.adrec_store
             log.info("ingest_started", store=str(store_path), window=cfg.window)
             try:
                 # noack(): acks are off for good. noack_take alone restores acking in its `finally`, so on a
@@ -225,6 +295,49 @@ def build_app(cfg: StreamConfig, role: Role, *, exclude_history: bool = False,
                 raise
             finally:
                 store.close()
+
+        def _highwater(topic_name: str, partition: int) -> int | None:
+            """Log end offset of a partition as carried by the consumer's fetch responses (None if unknown)."""
+            try:
+                hw = app.consumer.highwater(TP(topic_name, partition))
+            except Exception:  # noqa: BLE001 - consumer not ready / partition not assigned
+                return None
+            return int(hw) if hw is not None and hw >= 0 else None
+
+        def _reconcile_broker_reset(store: Any, records: list) -> None:
+            """Forget stored offsets of partitions whose log restarted below them (see module docstring)."""
+            first: dict[tuple[str, int], int] = {}
+            for r in records:
+                first.setdefault((r.topic, r.partition), r.offset)
+            for (topic_name, part), lowest in first.items():
+                stored = store.applied_offset(topic_name, part)
+                if stored is None or lowest > stored:
+                    continue  # the usual case: nothing at or below the stored offset
+                hw = _highwater(topic_name, part)
+                if hw is None or hw > stored:
+                    continue  # an ordinary re-delivery: the log still holds the stored offset
+                stats.broker_resets += 1
+                log.error("broker_reset_detected", topic=topic_name, partition=part, stored_applied_offset=stored,
+                          log_end_offset=hw, first_offset_received=lowest,
+                          action="forgot the stored offset of this partition; records of the new log are applied",
+                          hint="the broker lost its log (embedded memory broker restarted empty, or the topic was "
+                               "recreated); records produced while it was down or lost with it are not recovered")
+                store.forget_offsets(topic_name, [part])
+
+        async def _apply_with_retry(store: Any, records: list) -> list:
+            attempts = cfg.batch.store_write_attempts
+            for attempt in range(1, attempts + 1):
+                if faults is not None:
+                    faults.current = records
+                try:
+                    return store.apply(records)
+                except StoreError as err:
+                    if attempt >= attempts or store.closed:
+                        raise
+                    stats.write_retries += 1
+                    log.warning("store_write_retry", attempt=attempt, attempts=attempts, error=str(err)[:300])
+                    await asyncio.sleep(STORE_RETRY_BACKOFF_S * attempt)
+            raise AssertionError("unreachable")
 
         async def _ingest_batch(events: list, store: Any, SourceRecord: Any) -> None:  # noqa: N803
             stats.received += len(events)
@@ -247,6 +360,7 @@ def build_app(cfg: StreamConfig, role: Role, *, exclude_history: bool = False,
                 records.append(SourceRecord(msg.topic, msg.partition, msg.offset, click))
                 if click is not None:
                     produced[(msg.partition, msg.offset)] = _ts_s(msg)
+            _reconcile_broker_reset(store, records)
             # Publish the updates the batch WILL produce, then store it: a crash in between re-delivers
             # the batch (not yet stored), which then publishes again (duplicates, same event_id) and stores
             # once; storing first would lose the updates of a crash between the write and the delivery.
@@ -263,7 +377,7 @@ def build_app(cfg: StreamConfig, role: Role, *, exclude_history: bool = False,
             await _deliver(dl_futures)  # dead letters are out before their offsets count as applied
             await _deliver(futures)
             stats.published += len(futures)
-            applied = store.apply(records)
+            applied = await _apply_with_retry(store, records)
             if [(u.partition, u.offset, u.items) for u in applied] != \
                     [(u.partition, u.offset, u.items) for u in preview]:
                 raise RuntimeError("sequence store changed between preview and apply (a second writer?)")

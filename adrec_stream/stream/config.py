@@ -177,12 +177,17 @@ class ConsumerConfig(StrictModel):
 
 
 class BatchConfig(StrictModel):
-    """Batch sizes: records per ingest WriteBatch, its max wait (s), users per scoring forward pass."""
+    """Batch sizes: records per ingest WriteBatch, its max wait (s), users per scoring forward pass.
+
+    ``store_write_attempts``: tries of one batch's RocksDB write before the ingest agent fails (a failed
+    write changes nothing, so retrying is safe); the worker then exits and resumes from its committed offset.
+    """
 
     ingest_max_records: PosInt = 1000
     ingest_within_s: PosFloat = 0.05
     score_max_users: PosInt = 256
     produce_linger_s: NonNegFloat = 0.01
+    store_write_attempts: PosInt = 3
 
 
 class ReplayConfig(StrictModel):

@@ -52,11 +52,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--exclude-history", action="store_true",
                         help="score: never recommend items already in the user's window")
     parser.add_argument("--crash-after-batches", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--inject-write-failure", default=None, metavar="OFFSET:TIMES", help=argparse.SUPPRESS)
 
 
 def run_worker(cfg: StreamConfig, role: str, *, log_level: str = "INFO", exclude_history: bool = False,
-               crash_after_batches: int | None = None) -> int:
-    """Run the worker of ``role`` until stopped; returns the process exit code (see module docstring)."""
+               crash_after_batches: int | None = None, inject_write_failure: str | None = None) -> int:
+    """Run the worker of ``role`` until stopped; returns the process exit code (see module docstring).
+
+    Raises:
+        StoreLockedError: ingest, the sequence store is held by another process (the CLI prints it as one
+            line naming the path and PID, exit 2).
+        BrokerError: the cluster is unreachable.
+    """
     import faust  # noqa: PLC0415
 
     from adrec_stream.logging import get_logger  # noqa: PLC0415
@@ -75,7 +82,7 @@ def run_worker(cfg: StreamConfig, role: str, *, log_level: str = "INFO", exclude
     # is told not to declare topics, so partitions always come from the config)
     ensure_topics(effective_bootstrap(cfg), cfg.topics.all())
     app = build_app(cfg, role, exclude_history=exclude_history,  # type: ignore[arg-type]
-                    crash_after_batches=crash_after_batches)
+                    crash_after_batches=crash_after_batches, inject_write_failure=inject_write_failure)
     worker = faust.Worker(app, loglevel=log_level if log_level != "INFO" else "WARNING", quiet=True,
                           override_logging=False, redirect_stdouts=False)
     worker.spinner = None  # no terminal escape codes in the JSON log stream
@@ -84,6 +91,10 @@ def run_worker(cfg: StreamConfig, role: str, *, log_level: str = "INFO", exclude
         worker.execute_from_commandline()
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        store = getattr(app, "adrec_store", None)
+        if store is not None:
+            store.close()  # no-op when the agent closed it
     stats = app.adrec_stats
     log.info("worker_stopped", **stats.as_dict(), failed=repr(stats.failed) if stats.failed else None)
     if stats.failed is not None:
@@ -95,4 +106,5 @@ def run(args: argparse.Namespace) -> int:
     """CLI entry: load config and run the worker."""
     cfg = load_from_args(args)
     return run_worker(cfg, args.role, log_level=args.log_level, exclude_history=args.exclude_history,
-                      crash_after_batches=args.crash_after_batches)
+                      crash_after_batches=args.crash_after_batches,
+                      inject_write_failure=args.inject_write_failure)

@@ -69,9 +69,9 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def _save(path: Path, model: torch.nn.Module, ds: AdrecDataset, exp: ExperimentConfig, res: TrainResult,
           stage: str, extra: dict[str, Any]) -> Path:
+    """Write ``<path>/model.pt``; meta["stage_epochs"] / ["pipeline_wall_s"] cover all stages so far."""
     meta = {
-        "dataset": ds.name, "stage": stage, "seed": exp.train.seed, "epochs_run": res.epochs_run,
-        "stage_epochs": res.stage_epochs, "best_epoch": res.best_epoch, "metric": exp.train.metric,
+        "dataset": ds.name, "stage": stage, "seed": exp.train.seed, "epochs_run": res.epochs_run, "best_epoch": res.best_epoch, "metric": exp.train.metric,
         "best_val_metric": res.best_metric, "item_counts": ds.item_counts(), "wall_s": round(res.wall_s, 3),
         "history": res.history, **extra,
     }
@@ -107,22 +107,31 @@ def run(args: argparse.Namespace) -> int:
     table = None
     model = None
     final = None
+    stage_epochs: dict[str, int] = {}
+    previous_wall = 0.0  # wall time of earlier stages run by earlier invocations
     for stage in stages:
         kwargs: dict[str, Any] = {}
         if stage == "align":
             if table is None:
                 ck = _load_stage(out / STAGE_DIRS["pretrain"], "run `--stage pretrain` first with the same --output")
                 table = ck.model.item_emb.weight.detach().clone()
+                stage_epochs.update(ck.meta.get("stage_epochs", {}))
+                previous_wall = float(ck.meta.get("pipeline_wall_s", 0.0))
             kwargs["pretrained_table"] = table
         elif stage == "finetune" and exp.model.kind == "adrec":
             if model is None:
                 ck = _load_stage(out / STAGE_DIRS["align"], "run `--stage align` first with the same --output")
                 model = ck.model
+                stage_epochs.update(ck.meta.get("stage_epochs", {}))
+                previous_wall = float(ck.meta.get("pipeline_wall_s", 0.0))
             kwargs["init_model"] = model
         res = train_model(ds.train, ds.n_items, exp, val=val, stages=(stage,), device=args.device,
                           progress=not args.no_progress, log=log, **kwargs)
         target = out / STAGE_DIRS[stage] if stage in STAGE_DIRS else out
+        stage_epochs.update(res.stage_epochs)
+        extra["stage_epochs"] = dict(stage_epochs)
         extra["total_wall_s"] = round(time.perf_counter() - t0, 3)
+        extra["pipeline_wall_s"] = round(previous_wall + time.perf_counter() - t0, 3)
         final = _save(target, res.model, ds, exp, res, stage, extra)
         log.info("stage_done", stage=stage, checkpoint=str(final), best_val=res.best_metric,
                  epochs=res.epochs_run, wall_s=round(res.wall_s, 1))

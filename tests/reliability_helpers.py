@@ -1,0 +1,134 @@
+"""Helpers shared by tests/test_reliability*.py: partition-exact producing, committed offsets, store reads."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import orjson
+
+from adrec_stream.state.store import SequenceStore
+from adrec_stream.stream.config import StreamConfig
+from adrec_stream.stream.events import ClickEvent, encode_click
+
+
+def produce_to(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes | None]], partition: int | None,
+               *, retries_s: float = 0.0) -> None:
+    """Produce (key, value) records in order to one ``partition`` (None: by key), acks=all, then flush.
+
+    ``retries_s`` > 0 keeps retrying sends for that long (producing while the broker is down).
+    """
+    from kafka import KafkaProducer
+
+    extra = {"retries": 1_000_000, "retry_backoff_ms": 200, "delivery_timeout_ms": int(retries_s * 1000),
+             "request_timeout_ms": 5000, "max_in_flight_requests_per_connection": 1,
+             "enable_idempotence": False} if retries_s else {}
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, **extra)
+    try:
+        for key, value in records:
+            producer.send(topic, key=key, value=value, partition=partition)
+        producer.flush(max(30.0, retries_s + 10))
+    finally:
+        producer.close(5)
+
+
+def click_records(clicks: list[ClickEvent]) -> list[tuple[bytes, bytes]]:
+    """Clicks as (key = user id, value = JSON) records."""
+    return [(c.user_id.encode(), encode_click(c)) for c in clicks]
+
+
+def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int | None]:
+    """Committed offset (next record to consume) of ``group`` per partition of ``topic`` (None: none committed).
+
+    Uses OffsetFetch (``KafkaConsumer.committed``), which does not join the group and is not affected by
+    Tansu's ListOffsets end-offset bug.
+    """
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        return {p: consumer.committed(TopicPartition(topic, p)) for p in range(partitions)}
+    finally:
+        consumer.close()
+
+
+def wait_committed(bootstrap: str, group: str, topic: str, expected: dict[int, int], timeout_s: float = 60.0,
+                   alive: object = None) -> dict[int, int | None]:
+    """Poll until the group's committed offsets equal ``expected`` on those partitions; return the last read."""
+    deadline = time.time() + timeout_s
+    parts = max(expected) + 1
+    got: dict[int, int | None] = {}
+    while time.time() < deadline:
+        got = committed_offsets(bootstrap, group, topic, parts)
+        if all(got.get(p) == o for p, o in expected.items()):
+            return got
+        time.sleep(0.5)
+    return got
+
+
+def store_contents(cfg: StreamConfig) -> tuple[dict[str, list[str]], dict[tuple[str, int], int]]:
+    """(user -> window, applied offsets) of the ingest worker's store (worker must be stopped)."""
+    with SequenceStore(Path(cfg.state_dir) / "sequences", window=cfg.window) as store:
+        return {u: store.sequence(u) for u in store.users()}, store.applied_offsets()
+
+
+def expected_windows(clicks: list[ClickEvent], window: int) -> dict[str, list[str]]:
+    """Per-user last ``window`` item ids of an uninterrupted, in-order application of ``clicks``."""
+    seqs: dict[str, list[str]] = defaultdict(list)
+    for c in clicks:
+        seqs[c.user_id].append(c.item_id)
+    return {u: s[-window:] for u, s in seqs.items()}
+
+
+def by_event_id(records: list) -> dict[str, list[dict]]:
+    """Consumed JSON records grouped by their ``event_id`` (duplicates kept, in arrival order)."""
+    out: dict[str, list[dict]] = defaultdict(list)
+    for r in records:
+        v = orjson.loads(r.value)
+        out[v["event_id"]].append(v)
+    return out
+
+
+def restart_broker_empty(broker_cfg, port: int, outage_s: float, topics) -> None:
+    """Stop the embedded broker, wait ``outage_s``, start it again on the same port (memory storage: empty)
+    and recreate ``topics``."""
+    from adrec_stream.stream.broker import ensure_topics, start_broker, stop_broker
+
+    stop_broker(broker_cfg)
+    time.sleep(outage_s)
+    deadline = time.time() + 30
+    while True:
+        try:
+            handle = start_broker(broker_cfg, port=port, owned=True)
+            break
+        except Exception:  # noqa: BLE001 - port still in TIME_WAIT / held: retry briefly
+            if time.time() > deadline:
+                raise
+            time.sleep(0.5)
+    ensure_topics(handle.bootstrap, topics)
+
+
+def kill9_after(bootstrap: str, topic: str, n: int, proc, timeout_s: float = 120.0) -> int:
+    """Count records arriving on ``topic`` (from the beginning); SIGKILL ``proc`` once ``n`` arrived.
+
+    Returns the count seen at the kill. Raises AssertionError if ``proc`` exits or ``timeout_s`` passes first.
+    """
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                             fetch_max_wait_ms=100, auto_offset_reset="earliest")
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        seen, deadline = 0, time.time() + timeout_s
+        while seen < n:
+            assert proc.poll() is None, f"worker exited ({proc.returncode}) after {seen} records"
+            assert time.time() < deadline, f"only {seen} of {n} records on {topic} within {timeout_s} s"
+            seen += sum(len(r) for r in consumer.poll(timeout_ms=100).values())
+        proc.kill()
+        proc.wait(30)
+        return seen
+    finally:
+        consumer.close()

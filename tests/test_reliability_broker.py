@@ -1,0 +1,98 @@
+"""Scenario 5: the embedded broker restarts EMPTY under a running ingest worker (own private broker).
+
+Tansu's memory storage loses all topics and committed offsets on restart, so new clicks start again at
+offset 0, below the offsets the worker's store remembers. The worker must notice (``broker_reset_detected``
+error event), reconcile its stored offsets and apply the new clicks, without a process restart.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from adrec_stream.stream.broker import ensure_topics, start_broker, stop_broker
+from adrec_stream.stream.compat import true_end_offsets
+from adrec_stream.stream.config import BrokerConfig
+from adrec_stream.stream.events import ClickEvent
+from conftest import consume, last_log_event
+from reliability_helpers import (by_event_id, click_records, expected_windows, produce_to, restart_broker_empty,
+                                 store_contents, wait_committed)
+
+pytestmark = pytest.mark.broker
+
+
+@pytest.fixture
+def private_broker(tmp_path: Path):
+    """(BrokerConfig, port) of a broker owned by this test only (it gets restarted); always stopped."""
+    d = tmp_path / "pbroker"
+    bcfg = BrokerConfig(data_dir=str(d), pid_file=str(d / "tansu.pid"), log_file=str(d / "tansu.log"))
+    handle = start_broker(bcfg, port=0, owned=True)
+    bcfg = bcfg.model_copy(update={"port": handle.port, "tansu_compat": True})
+    try:
+        yield bcfg
+    finally:
+        stop_broker(bcfg)
+
+
+def _clicks(n: int, start: int, users: int = 5) -> list[ClickEvent]:
+    return [ClickEvent(f"u{i % users}", str(i % 40 + 1), 1_700_000_000.0 + i, f"e{i}") for i in range(start, start + n)]
+
+
+def _run_broker_reset(cfg, private_broker, spawn_worker, outage_s: float, produce_during_outage: bool) -> None:
+    bootstrap = cfg.broker.address
+    topic = cfg.topics.clicks.name
+    ensure_topics(bootstrap, cfg.topics.all())
+    before = _clicks(40, 0)
+    produce_to(bootstrap, topic, click_records(before), partition=None)
+    worker = spawn_worker("ingest", cfg)
+    assert len(by_event_id(consume(bootstrap, cfg.topics.sequence_updates.name, 40, timeout_s=60))) == 40
+
+    during = _clicks(10, 40)
+    producer = None
+    if produce_during_outage:  # connected before the outage, sends while the broker is down, retrying
+        from kafka import KafkaProducer
+
+        producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", retries=1_000_000, retry_backoff_ms=250,
+                                 request_timeout_ms=5000, delivery_timeout_ms=int((outage_s + 60) * 1000),
+                                 max_in_flight_requests_per_connection=1, reconnect_backoff_max_ms=2000,
+                                 enable_idempotence=False)  # the restarted broker forgot producer ids
+        assert producer.partitions_for(topic)
+    stop_broker(private_broker)
+    futures = [producer.send(topic, key=k, value=v) for k, v in click_records(during)] if producer else []
+    restart_broker_empty(private_broker, private_broker.port, outage_s, cfg.topics.all())
+    if producer is not None:
+        producer.flush(outage_s + 60)
+        assert all(f.succeeded() for f in futures), [f.exception for f in futures if f.failed()]
+        producer.close(5)
+    else:
+        produce_to(bootstrap, topic, click_records(during), partition=None)
+    after = _clicks(10, 50)
+    produce_to(bootstrap, topic, click_records(after), partition=None)
+
+    new = by_event_id(consume(bootstrap, cfg.topics.sequence_updates.name, 20, timeout_s=120))
+    assert sorted(new) == sorted(c.event_id for c in during + after)  # applied, not skipped as duplicates
+    assert worker.proc.poll() is None  # the same process, no restart
+    ends = {p: e for p, e in true_end_offsets(bootstrap, topic, compat=True).items() if e > 0}
+    assert wait_committed(bootstrap, cfg.groups.ingest, topic, ends, timeout_s=30) == ends  # lag back to 0
+    assert worker.stop() == 0
+    reset = last_log_event(worker.log(), "broker_reset_detected")
+    assert reset["log_end_offset"] <= reset["stored_applied_offset"]
+    assert last_log_event(worker.log(), "worker_stopped")["broker_resets"] >= 1
+    seqs, offsets = store_contents(cfg)
+    assert seqs == expected_windows(before + during + after, cfg.window)
+    assert {p: o + 1 for (_, p), o in offsets.items()} == ends
+
+
+def test_broker_restart_empty_is_detected_and_reconciled(stream_config, private_broker, spawn_worker):
+    """Short outage (3 s): new clicks after the empty restart are applied by the running worker."""
+    cfg = stream_config.model_copy(update={"broker": private_broker, "window": 100})
+    _run_broker_reset(cfg, private_broker, spawn_worker, outage_s=3.0, produce_during_outage=False)
+
+
+@pytest.mark.slow
+def test_broker_down_60s_while_producing_with_retries(stream_config, private_broker, spawn_worker):
+    """60 s outage while a producer keeps retrying: after the (empty) restart the buffered clicks are
+    delivered and applied, the worker keeps running, and the committed offsets reach the log end (lag 0)."""
+    cfg = stream_config.model_copy(update={"broker": private_broker, "window": 100})
+    _run_broker_reset(cfg, private_broker, spawn_worker, outage_s=60.0, produce_during_outage=True)

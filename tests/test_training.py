@@ -140,8 +140,10 @@ def test_short_ml100k_run_beats_popularity() -> None:
         train=TrainConfig(batch_size=128, lr=2e-3, pretrain_epochs=10, align_epochs=1, finetune_epochs=6,
                           eval_every=3, patience=1),
     )
-    t0 = time.perf_counter()
+    # CPU seconds of this process (all threads): < 90 s means < 90 s wall on 2 idle cores, and unlike
+    # wall time it does not fail when other jobs share the machine
+    t0 = time.process_time()
     res = train_model(ds.train, ds.n_items, exp, val=val, progress=False)
-    assert time.perf_counter() - t0 < 90
+    assert time.process_time() - t0 < 90
     assert res.stage_epochs == {"pretrain": 10, "align": 1, "finetune": 6}
     assert res.best_metric > pop["NDCG@10"]  # popularity: 0.0208 on this split

@@ -3,7 +3,6 @@ the streaming fine-tune, and a short ml-100k run that beats popularity on valida
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -140,10 +139,7 @@ def test_short_ml100k_run_beats_popularity() -> None:
         train=TrainConfig(batch_size=128, lr=2e-3, pretrain_epochs=10, align_epochs=1, finetune_epochs=6,
                           eval_every=3, patience=1),
     )
-    # CPU seconds of this process (all threads): < 90 s means < 90 s wall on 2 idle cores, and unlike
-    # wall time it does not fail when other jobs share the machine
-    t0 = time.process_time()
+    # speed is measured by `adrec-stream bench train`, not asserted here (docs/benchmarks.md)
     res = train_model(ds.train, ds.n_items, exp, val=val, progress=False)
-    assert time.process_time() - t0 < 90
     assert res.stage_epochs == {"pretrain": 10, "align": 1, "finetune": 6}
     assert res.best_metric > pop["NDCG@10"]  # popularity: 0.0208 on this split

@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Streaming sequential recommendation with ADRec (KDD 2025) on Kafka + RocksDB.",
     )
     parser.add_argument("--version", action="version", version=f"adrec-stream {__version__}")
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    parser.add_argument("--log-level", default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="minimum level of the JSON log lines on stderr (default INFO)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)

@@ -52,6 +52,10 @@ def test_cli_start_status_stop(tmp_path: Path, capsys):
         assert broker_cli.run(argparse.Namespace(action="status", port=None, config=str(cfg_path))) == 0
         status = json.loads(capsys.readouterr().out)
         assert status["running"] is True and status["reachable"] is True and status["pid"] == pid
+        # clients of the same config find the broker started on a free port (no --set broker.port needed)
+        scfg = StreamConfig.model_validate(yaml.safe_load(cfg_path.read_text()))
+        assert scfg.broker.port == 9092 and status["bootstrap"] != "127.0.0.1:9092"
+        assert effective_bootstrap(scfg) == status["bootstrap"] == info["bootstrap"]
         assert status["topics"] == {"clicks": 3, "recommendations": 4, "clicks-dead-letter": 1,
                                     "sequence-updates": 4}
         with pytest.raises(BrokerError, match="already running"):
@@ -96,8 +100,9 @@ def test_unreachable_cluster_is_a_broker_error(tmp_path: Path):
         list_topics(f"127.0.0.1:{free_port()}", timeout_s=2.0)
 
 
-def test_effective_bootstrap_embedded_vs_external():
-    emb = StreamConfig.model_validate({"broker": {"port": 19093}})
+def test_effective_bootstrap_embedded_vs_external(tmp_path: Path):
+    d = tmp_path / "no-broker-here"
+    emb = StreamConfig.model_validate({"broker": {"port": 19093, "data_dir": str(d), "pid_file": str(d / "tansu.pid")}})
     ext = StreamConfig.model_validate({"bootstrap_servers": "kafka-1:9092,kafka-2:9092", "broker": {"embedded": False}})
     assert effective_bootstrap(emb) == "127.0.0.1:19093"
     assert effective_bootstrap(ext) == "kafka-1:9092,kafka-2:9092"

@@ -57,8 +57,16 @@ class BrokerHandle:
 
 
 def effective_bootstrap(cfg: StreamConfig) -> str:
-    """Bootstrap servers the clients use: the embedded broker's address, or ``bootstrap_servers`` otherwise."""
-    return cfg.broker.address if cfg.broker.embedded else cfg.bootstrap_servers
+    """Bootstrap servers the clients use.
+
+    External cluster (``broker.embedded: false``): ``bootstrap_servers``. Embedded broker: the address recorded
+    by the running broker of this config (its state file under ``broker.data_dir``, so ``broker start --port 0``
+    is found by ``worker`` and ``replay`` without repeating the port), else ``broker.host:broker.port``.
+    """
+    if not cfg.broker.embedded:
+        return cfg.bootstrap_servers
+    running = running_broker(cfg.broker)
+    return f"{running.host}:{running.port}" if running else cfg.broker.address
 
 
 def free_port(host: str = "127.0.0.1") -> int:

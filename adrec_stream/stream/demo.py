@@ -327,13 +327,28 @@ def _on_sigterm(signum: int, frame: Any) -> None:  # noqa: ARG001
     raise KeyboardInterrupt
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register ``--data``, ``--config`` and ``--limit``."""
     parser.add_argument("--data", default=None,
                         help="interaction log (default from configs/demo.yaml: ../shared/data/events/ml-100k/u.data)")
     parser.add_argument("--config", default=str(DEFAULT_DEMO_CONFIG), help="demo config YAML")
-    parser.add_argument("--limit", type=int, default=None, help="replay at most N held-out events")
-    parser.add_argument("--rate", type=float, default=None, help="replay rate (events/s; default: config, 0 = max)")
+    parser.add_argument("--limit", type=_positive_int, default=None, help="replay at most N held-out events (N >= 1)")
+    parser.add_argument("--rate", type=_non_negative_float, default=None,
+                        help="replay rate (events/s; default: config, 0 = max)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -357,9 +372,10 @@ def run(args: argparse.Namespace) -> int:
     data_path = Path(args.data).expanduser() if args.data else _repo_path(dcfg.data)
     if not data_path.is_file():
         raise DataFileError(
-            f"demo data file not found: {data_path.resolve()} (expected the MovieLens 100K ratings file u.data: "
-            "user<TAB>item<TAB>rating<TAB>unix_ts; the default is ../shared/data/events/ml-100k/u.data relative to "
-            f"the repository {REPO_ROOT}); pass --data PATH"
+            f"demo data file not found: {data_path.resolve()} (expected an interaction log: MovieLens 100K u.data "
+            "(user<TAB>item<TAB>rating<TAB>unix_ts), MovieLens ratings.csv (userId,movieId,rating,timestamp), "
+            "MovieLens 1M ratings.dat (user::item::rating::ts) or a user,item,ts CSV; the default is "
+            f"../shared/data/events/ml-100k/u.data relative to the repository {REPO_ROOT}); pass --data PATH"
         )
     run_dir = _repo_path(dcfg.work_dir)
     if run_dir.exists() and any(run_dir.iterdir()) and not (run_dir / MARKER).exists():

@@ -134,16 +134,8 @@ def _run_stage(
         batches = window_batches(windows, tc.batch_size, shuffle=True, bucket=tc.bucket_by_length, rng=rng)
         for hist, tgt in tqdm(batches, total=steps_per_epoch, disable=not progress, desc=f"{stage} {epoch}/{epochs}",
                               leave=False):
-            out = model.loss(hist.to(device), tgt.to(device))
-            opt.zero_grad(set_to_none=True)
-            out["loss"].backward()
-            if tc.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm)
-            opt.step()
+            _accumulate(sums, _optimizer_step(model, opt, params, hist.to(device), tgt.to(device), tc.max_grad_norm))
             sched.step()
-            for k in sums:
-                if k in out:
-                    sums[k] += float(out[k].detach())
             n_batches += 1
         rec: dict[str, Any] = {"stage": stage, "epoch": epoch, "lr": opt.param_groups[0]["lr"],
                                "epoch_s": round(time.perf_counter() - t0, 3)}
@@ -193,6 +185,33 @@ def pretrain_config(exp: ExperimentConfig):
     """Model config of the stage-1 encoder: the same architecture as a SASRec without positions."""
     return exp.model.model_copy(update={"kind": "sasrec", "positional": False})
 
+
+
+def _optimizer_step(
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    params: list[torch.nn.Parameter],
+    hist: torch.Tensor,
+    tgt: torch.Tensor,
+    max_grad_norm: float | None,
+) -> dict[str, torch.Tensor]:
+    """One update: the model's combined loss on a (B, L) batch, ONE backward pass, optional clipping, step.
+
+    Returns the model's loss dict ("loss", "ce", "mse")."""
+    out = model.loss(hist, tgt)
+    opt.zero_grad(set_to_none=True)
+    out["loss"].backward()
+    if max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    opt.step()
+    return out
+
+
+def _accumulate(sums: dict[str, float], out: dict[str, torch.Tensor]) -> None:
+    """Add the batch's loss terms to the running sums (keys present in both)."""
+    for k in sums:
+        if k in out:
+            sums[k] += float(out[k].detach())
 
 def train_model(
     train_seqs: list[list[int]],
@@ -345,15 +364,7 @@ def finetune(
     for _ in range(epochs):
         batches = window_batches(windows, tc.batch_size, shuffle=True, bucket=tc.bucket_by_length, rng=rng)
         for hist, tgt in tqdm(batches, disable=not progress, desc="finetune", leave=False):
-            out = model.loss(hist.to(dev), tgt.to(dev))
-            opt.zero_grad(set_to_none=True)
-            out["loss"].backward()
-            if tc.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm)
-            opt.step()
-            for k in sums:
-                if k in out:
-                    sums[k] += float(out[k].detach())
+            _accumulate(sums, _optimizer_step(model, opt, params, hist.to(dev), tgt.to(dev), tc.max_grad_norm))
             steps += 1
     model.eval()
     stats.update({k: v / max(steps, 1) for k, v in sums.items()})

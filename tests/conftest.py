@@ -25,6 +25,17 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 _counter = itertools.count()
 
 
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Tiny tensors: one torch thread avoids oversubscription stalls on a shared 2-core machine."""
+    import torch  # noqa: PLC0415
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def broker_config(tmp_path_factory: pytest.TempPathFactory) -> BrokerConfig:
     """Broker section with PID/log/state files in a session temp folder (port chosen at start)."""

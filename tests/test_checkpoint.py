@@ -16,13 +16,7 @@ VOCAB = [f"item-{i}" for i in range(1, N_ITEMS + 1)]
 HIST = torch.tensor([[0, 0, 3, 4, 5], [0, 0, 0, 0, 7], [0, 0, 0, 0, 0]])
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors: one thread avoids oversubscription stalls on the shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_model(kind: str = "adrec", **kw) -> ADRec | SASRec:

@@ -18,13 +18,7 @@ BABY = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "adrec" 
 TINY_CFG = ModelConfig(hidden_size=16, num_heads=2, max_len=10, diffusion_steps=4)
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors: one thread avoids oversubscription stalls on the shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

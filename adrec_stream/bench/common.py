@@ -13,6 +13,12 @@ import torch
 from adrec_stream.model import ModelConfig, build_model
 
 
+def sig(x: float, digits: int = 4) -> float:
+    """``x`` rounded to ``digits`` significant digits (small timings keep their precision, so ratios of the
+    printed figures agree with the printed ratio)."""
+    return float(f"{x:.{digits}g}")
+
+
 def machine_info() -> dict[str, Any]:
     """Where a benchmark ran: CPU count, torch threads, torch version, load average at the start (the machine is
     shared, so the load explains noisy figures), and the accelerator if one is used."""

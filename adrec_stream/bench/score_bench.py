@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from adrec_stream.bench.common import fresh_model, machine_info, timed
+from adrec_stream.bench.common import fresh_model, machine_info, sig, timed
 from adrec_stream.data.adrec_pkl import load_adrec_dataset
 from adrec_stream.data.batching import left_pad, loo_histories
 from adrec_stream.model import ModelConfig, load_checkpoint
@@ -109,9 +109,9 @@ def bench_score(
         "benchmark": "score",
         "dataset": ds.name,
         "n_items": ds.n_items,
-        "per_user_ms": round(per_user_ms, 4),
-        "reference_per_user_ms": round(reference_per_user_ms, 3),
-        "speedup": round(reference_per_user_ms / per_user_ms, 1),
+        "per_user_ms": sig(per_user_ms),
+        "reference_per_user_ms": sig(reference_per_user_ms),
+        "speedup": sig(reference_per_user_ms / per_user_ms, 3),
         "users_measured": len(fast_hists),
         "reference_users_measured": len(ref_hists),
         "rounds": ROUNDS,

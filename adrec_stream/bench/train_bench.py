@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from adrec_stream.bench.common import fresh_model, machine_info, timed
+from adrec_stream.bench.common import fresh_model, machine_info, sig, timed
 from adrec_stream.data.adrec_pkl import load_adrec_dataset
 from adrec_stream.data.batching import left_pad, training_windows, window_batches
 from adrec_stream.model import ModelConfig
@@ -138,9 +138,9 @@ def bench_train(
         "n_items": ds.n_items,
         "windows": len(windows),
         "batch_size": batch_size,
-        "epoch_s": round(epoch_s, 3),
-        "reference_epoch_s": round(reference_epoch_s, 3),
-        "speedup": round(reference_epoch_s / epoch_s, 2),
+        "epoch_s": sig(epoch_s),
+        "reference_epoch_s": sig(reference_epoch_s),
+        "speedup": sig(reference_epoch_s / epoch_s, 3),
         "steps_measured": {"fast": len(fast_times), "reference": len(ref_times)},
         "extrapolated": {"fast": not full_epoch, "reference": ref_count < n_ref},
         "fast": {

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from pathlib import Path
 
 import orjson
 
-from adrec_stream.state.store import SequenceStore
+from adrec_stream.state.partitioned import read_all
 from adrec_stream.stream.config import StreamConfig
 from adrec_stream.stream.events import ClickEvent, encode_click
 
@@ -68,9 +67,8 @@ def wait_committed(bootstrap: str, group: str, topic: str, expected: dict[int, i
 
 
 def store_contents(cfg: StreamConfig) -> tuple[dict[str, list[str]], dict[tuple[str, int], int]]:
-    """(user -> window, applied offsets) of the ingest worker's store (worker must be stopped)."""
-    with SequenceStore(Path(cfg.state_dir) / "sequences", window=cfg.window) as store:
-        return {u: store.sequence(u) for u in store.users()}, store.applied_offsets()
+    """(user -> window, applied offsets) across the ingest workers' per-partition stores (workers stopped)."""
+    return read_all(cfg.state_dir, window=cfg.window)
 
 
 def expected_windows(clicks: list[ClickEvent], window: int) -> dict[str, list[str]]:

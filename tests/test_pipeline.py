@@ -8,7 +8,7 @@ from collections import defaultdict
 import orjson
 import pytest
 
-from adrec_stream.state.store import SequenceStore
+from adrec_stream.state.partitioned import read_all, user_sequence
 from adrec_stream.stream.app import EXIT_AGENT_CRASHED
 from adrec_stream.stream.broker import effective_bootstrap
 from adrec_stream.stream.events import ClickEvent, encode_click
@@ -95,9 +95,9 @@ def test_clicks_to_recommendations_with_dead_letters(stream_config, tiny_registr
     stopped = last_log_event(ingest.log(), "worker_stopped")
     assert stopped["applied"] == len(valid) and stopped["dead_lettered"] == len(malformed)
     assert stopped["skipped"] == 2
-    with SequenceStore(f"{cfg.state_dir}/sequences", window=cfg.window) as store:
-        for user, seq in _expected_sequences(valid, cfg.window).items():
-            assert store.sequence(user) == seq
+    for user, seq in _expected_sequences(valid, cfg.window).items():
+        assert user_sequence(cfg.state_dir, cfg.topics.clicks.name, cfg.topics.clicks.partitions, user,
+                             window=cfg.window) == seq
 
 
 def test_ingest_crash_and_restart_applies_nothing_twice(stream_config, spawn_worker):
@@ -110,8 +110,7 @@ def test_ingest_crash_and_restart_applies_nothing_twice(stream_config, spawn_wor
     crashing = spawn_worker("ingest", cfg, "--crash-after-batches", "1")
     crashing.proc.wait(90)
     assert crashing.proc.returncode == EXIT_AGENT_CRASHED
-    with SequenceStore(f"{cfg.state_dir}/sequences", window=cfg.window) as store:
-        applied_before = sum(len(store.sequence(u)) for u in store.users())
+    applied_before = sum(len(s) for s in read_all(cfg.state_dir, window=cfg.window)[0].values())
     assert 0 < applied_before < len(first)  # one batch was stored, then the handler failed before acking
 
     second = _clicks(100, start=300)
@@ -123,5 +122,4 @@ def test_ingest_crash_and_restart_applies_nothing_twice(stream_config, spawn_wor
     assert sorted(ids) == sorted(c.event_id for c in first + second)  # each click's update exactly once
     stopped = last_log_event(again.log(), "worker_stopped")
     assert stopped["duplicates_skipped"] == applied_before  # the re-delivered batch was not applied again
-    with SequenceStore(f"{cfg.state_dir}/sequences", window=cfg.window) as store:
-        assert {u: store.sequence(u) for u in store.users()} == _expected_sequences(first + second, cfg.window)
+    assert read_all(cfg.state_dir, window=cfg.window)[0] == _expected_sequences(first + second, cfg.window)

@@ -1,5 +1,6 @@
 """Reliability scenarios of issue 4 (fast part): real Tansu broker (session fixture), real RocksDB, real
-worker subprocesses. Slow crash / rebalance / long-outage scenarios are in test_reliability_slow.py.
+worker subprocesses. Slow crash / long-outage scenarios are in test_reliability_slow.py, the two-worker
+rebalance (scenario 4) in test_reliability_rebalance.py.
 
 Each test names its scenario; docs/reliability.md maps scenarios -> guarantees -> these tests.
 """
@@ -9,10 +10,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import orjson
 import pytest
 
+from adrec_stream.state.partitioned import partition_store_path
 from adrec_stream.state.store import SequenceStore
 from adrec_stream.stream.app import EXIT_AGENT_CRASHED
 from adrec_stream.stream.broker import effective_bootstrap
@@ -116,27 +119,32 @@ def test_store_write_failure_on_click_k_of_10(stream_config, spawn_worker, failu
 
 
 def test_worker_on_locked_store_fails_with_one_clear_line(stream_config, tmp_path):
-    """Scenario 6 (worker level): the store is held by another process -> `adrec-stream worker ingest` exits 2
-    with one line naming the store path and the holding PID, no traceback. (Library level and reopen after
-    kill -9: tests/test_store_lock.py.)"""
-    cfg = stream_config
+    """Scenario 6 (worker level): the store of partition 0 is held by another process -> `adrec-stream worker
+    ingest` waits ``store_lock_wait_s`` when the partition's first record arrives, then exits 2 with one line
+    naming the store path and the holding PID, no traceback. (Library level and reopen after kill -9:
+    tests/test_store_lock.py.)"""
+    cfg = stream_config.model_copy(update={"store_lock_wait_s": 1.5})
     cfg_path = write_stream_config(cfg, tmp_path / "stream.yaml")
-    path = f"{cfg.state_dir}/sequences"
+    path = str(partition_store_path(cfg.state_dir, cfg.topics.clicks.name, 0))
+    produce_to(effective_bootstrap(cfg), cfg.topics.clicks.name, click_records([_click("u1", "1", 0)]), partition=0)
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time\nfrom adrec_stream.state.store import SequenceStore\n"
          "s = SequenceStore(sys.argv[1], window=5)\nprint('open', flush=True)\ntime.sleep(120)", path],
         stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "open"
+        t0 = time.monotonic()
         res = subprocess.run([str(REPO_ROOT / ".venv" / "bin" / "adrec-stream"), "worker", "ingest", "--config",
-                              str(cfg_path)], capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
+                              str(cfg_path)], capture_output=True, text=True, timeout=90, cwd=REPO_ROOT)
+        took = time.monotonic() - t0
     finally:
         holder.kill()
         holder.wait(10)
-    assert res.returncode == 2
+    assert res.returncode == 2, res.stderr[-2000:]
     err_lines = [ln for ln in res.stderr.splitlines() if ln.startswith("adrec-stream worker: error:")]
     assert len(err_lines) == 1, res.stderr[-2000:]
-    assert path in err_lines[0] and f"PID {holder.pid}" in err_lines[0]
+    assert path in err_lines[0] and f"PID {holder.pid}" in err_lines[0] and "waited 1.5 s" in err_lines[0]
+    assert took >= 1.5
     assert "Traceback" not in res.stderr + res.stdout
     with SequenceStore(path, window=5) as store:  # after the holder's kill -9 the store reopens
         assert store.applied_offsets() == {}

@@ -11,15 +11,22 @@ twice); only then are the batch's events acknowledged, so the committed offset n
 effect is not stored. Publishing before storing makes the sequence updates at-least-once (a crash between
 the delivery and the write re-publishes them with the same ``event_id``) instead of losing them.
 Tombstones and records with an empty key and no ``user_id`` are skipped (counted), their offsets commit.
-The sequence store is opened when the app is built, before the worker joins its group, so a store held by
-another process fails the start with one clear :class:`~adrec_stream.errors.StoreLockedError` line (exit 2).
+State is per partition (:mod:`adrec_stream.state.partitioned`): one SequenceStore per clicks partition at
+``state_dir/sequences/<topic>-<partition>``, opened at the partition's first record (waiting up to
+``store_lock_wait_s`` for the previous owner to release its RocksDB lock, then failing with a clear
+:class:`~adrec_stream.errors.StoreLockedError`) and closed when the partition is revoked (faust calls the
+revocation handler after the events in flight were processed). Ingest workers on one host sharing
+``state_dir`` therefore hand partitions over WITH their state; a batch is previewed, written and retried per
+partition, and its events are acknowledged per partition once that partition's write succeeded. Records of
+a partition revoked while buffered are neither applied nor acknowledged (the new owner gets them).
 A failed RocksDB write (nothing applied, see :meth:`SequenceStore.apply`) is retried
 ``batch.store_write_attempts`` times in place; if it keeps failing the agent fails (below) without acking.
 Broker reset: when a partition delivers records at or below the stored applied offset although the
 partition's log end (fetch high watermark, correct also on Tansu) is not above that offset, the broker lost
 its log (embedded memory broker restarted empty, or the topic was recreated); the worker logs an error event
-``broker_reset_detected`` with the numbers, forgets the stored offsets of that partition and applies the new
-log's records instead of skipping them as duplicates. See docs/reliability.md.
+``broker_reset_detected`` with the numbers, forgets the stored offset of that partition (in that
+partition's store) and applies the new log's records instead of skipping them as duplicates.
+See docs/reliability.md.
 The agent runs under :class:`mode.CrashingSupervisor`: a handler failure stops the worker (exit code
 :data:`EXIT_AGENT_CRASHED`) instead of restarting the agent past the failed batch; the next start resumes at
 the last committed offset.
@@ -38,6 +45,7 @@ Sequence update value (JSON): ``user_id``, ``items`` (raw ids, oldest first, <= 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,6 +173,19 @@ class WriteFaultInjector:
         store._write_batch = faulty
 
 
+def _drop_tracebacks_of(err: BaseException) -> None:
+    """Strip the traceback of ``err`` from log records of every root handler (the message line stays)."""
+
+    def _filter(record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is err:
+            record.exc_info, record.exc_text = None, None
+        return True
+
+    for handler in [*logging.getLogger().handlers, logging.lastResort]:
+        if handler is not None:
+            handler.addFilter(_filter)
+
+
 def recommend_batch(recommender: Any, histories: list[list[str]], k: int, exclude_history: bool) -> list:
     """Top-``k`` per history; with ``exclude_history`` no item of the WHOLE window is returned.
 
@@ -198,13 +219,13 @@ def build_app(cfg: StreamConfig, role: Role, *, exclude_history: bool = False,
 
     Returns:
         A ``faust.App`` with the role's agent; ``app.adrec_stats`` holds its :class:`WorkerStats`, and for
-        the ingest role ``app.adrec_store`` the open :class:`SequenceStore` (closed by the agent on exit;
-        closing again is a no-op).
+        the ingest role ``app.adrec_stores`` its :class:`~adrec_stream.state.partitioned.PartitionStores`
+        (closed by the agent on exit; closing again is a no-op). A partition store still locked by another
+        process after ``store_lock_wait_s`` fails the agent with :class:`StoreLockedError` (in
+        ``app.adrec_stats.failed``; ``adrec-stream worker`` prints it as one line and exits 2).
 
     Raises:
-        StoreLockedError: ingest role, the sequence store is open in another process (message names the
-            path and PID).
-        StoreError: ingest role, the store cannot be opened.
+        StoreError: ingest role, ``state_dir/sequences`` holds the single-store layout of an earlier build.
     """
     import faust  # noqa: PLC0415 - heavy import, only in workers
     import mode  # noqa: PLC0415
@@ -264,37 +285,59 @@ def build_app(cfg: StreamConfig, role: Role, *, exclude_history: bool = False,
     if role == "ingest":
         from faust.types import TP  # noqa: PLC0415
 
-        from adrec_stream.errors import StoreError  # noqa: PLC0415
-        from adrec_stream.state.store import SequenceStore, SourceRecord  # noqa: PLC0415
+        from adrec_stream.errors import StoreError, StoreLockedError  # noqa: PLC0415
+        from adrec_stream.state.partitioned import PartitionStores  # noqa: PLC0415
+        from adrec_stream.state.store import SourceRecord  # noqa: PLC0415
 
-        # opened here, before the worker starts: a locked store is a clear start-up error, not an agent crash
-        store_path = Path(cfg.state_dir) / "sequences"
-        store_path.parent.mkdir(parents=True, exist_ok=True)
-        app.adrec_store = SequenceStore(store_path, window=cfg.window)
         faults = WriteFaultInjector.parse(inject_write_failure) if inject_write_failure else None
-        if faults is not None:
-            faults.install(app.adrec_store)
+        # one store per clicks partition, opened at the partition's first record, closed when it is revoked;
+        # the layout is checked here so that a wrong state_dir is a clear start-up error
+        stores = PartitionStores(cfg.state_dir, window=cfg.window, lock_wait_s=cfg.store_lock_wait_s,
+                                 on_open=faults.install if faults is not None else None)
+        app.adrec_stores = stores
+        owned: set[int] = set()  # clicks partitions assigned to this worker now
+
+        @app.on_partitions_assigned.connect
+        async def _own(sender: Any, assigned: Any, **_: Any) -> None:
+            owned.clear()
+            owned.update(tp.partition for tp in assigned if tp.topic == t.clicks.name)
+
+        @app.on_partitions_revoked.connect
+        async def _revoked(sender: Any, revoked: Any, **_: Any) -> None:
+            # faust calls this after the agent finished the events in flight (consumer wait_empty)
+            parts = {tp.partition for tp in revoked if tp.topic == t.clicks.name}
+            owned.difference_update(parts)
+            closed = stores.close((t.clicks.name, p) for p in parts)
+            log.info("partitions_revoked", role=role, partitions=sorted(parts),
+                     stores_closed=[f"{name}-{p}" for name, p in closed])
 
         @app.agent(clicks, supervisor_strategy=mode.CrashingSupervisor, name="ingest")
         async def ingest(stream: Any) -> None:
-            store = app.adrec_store
-            log.info("ingest_started", store=str(store_path), window=cfg.window)
+            log.info("ingest_started", stores=str(stores.path(t.clicks.name, 0).parent), window=cfg.window)
             try:
                 # noack(): acks are off for good. noack_take alone restores acking in its `finally`, so on a
                 # handler failure the events still passing through the stream would be acked (and committed)
                 # although never applied - measured: 2 of 400 clicks lost in the crash test without this.
                 manual = stream.noack()
                 async for events in manual.noack_take(cfg.batch.ingest_max_records, within=cfg.batch.ingest_within_s):
-                    await _ingest_batch(events, store, SourceRecord)
+                    done = await _ingest_batch(events)
                     for ev in events:
-                        await manual.ack(ev)
+                        if ev.message.partition in done:
+                            await manual.ack(ev)
+            except StoreLockedError as err:
+                # an operations problem, not a bug: no traceback in the log (faust logs agent crashes with
+                # one); `adrec-stream worker` prints the error as one line and exits 2
+                stats.failed = err
+                log.error("ingest_failed", error=str(err))
+                _drop_tracebacks_of(err)
+                raise
             except BaseException as err:
                 if not isinstance(err, asyncio.CancelledError):
                     stats.failed = err
                     log.error("ingest_failed", error=repr(err))
                 raise
             finally:
-                store.close()
+                stores.close_all()
 
         def _highwater(topic_name: str, partition: int) -> int | None:
             """Log end offset of a partition as carried by the consumer's fetch responses (None if unknown)."""
@@ -304,46 +347,54 @@ def build_app(cfg: StreamConfig, role: Role, *, exclude_history: bool = False,
                 return None
             return int(hw) if hw is not None and hw >= 0 else None
 
-        def _reconcile_broker_reset(store: Any, records: list) -> None:
-            """Forget stored offsets of partitions whose log restarted below them (see module docstring)."""
-            first: dict[tuple[str, int], int] = {}
-            for r in records:
-                first.setdefault((r.topic, r.partition), r.offset)
-            for (topic_name, part), lowest in first.items():
-                stored = store.applied_offset(topic_name, part)
-                if stored is None or lowest > stored:
-                    continue  # the usual case: nothing at or below the stored offset
-                hw = _highwater(topic_name, part)
-                if hw is None or hw > stored:
-                    continue  # an ordinary re-delivery: the log still holds the stored offset
-                stats.broker_resets += 1
-                log.error("broker_reset_detected", topic=topic_name, partition=part, stored_applied_offset=stored,
-                          log_end_offset=hw, first_offset_received=lowest,
-                          action="forgot the stored offset of this partition; records of the new log are applied",
-                          hint="the broker lost its log (embedded memory broker restarted empty, or the topic was "
-                               "recreated); records produced while it was down or lost with it are not recovered")
-                store.forget_offsets(topic_name, [part])
+        def _reconcile_broker_reset(store: Any, topic_name: str, part: int, records: list) -> None:
+            """Forget the stored offset of a partition whose log restarted below it (see module docstring)."""
+            lowest = records[0].offset
+            stored = store.applied_offset(topic_name, part)
+            if stored is None or lowest > stored:
+                return  # the usual case: nothing at or below the stored offset
+            hw = _highwater(topic_name, part)
+            if hw is None or hw > stored:
+                return  # an ordinary re-delivery: the log still holds the stored offset
+            stats.broker_resets += 1
+            log.error("broker_reset_detected", topic=topic_name, partition=part, stored_applied_offset=stored,
+                      log_end_offset=hw, first_offset_received=lowest,
+                      action="forgot the stored offset of this partition; records of the new log are applied",
+                      hint="the broker lost its log (embedded memory broker restarted empty, or the topic was "
+                           "recreated); records produced while it was down or lost with it are not recovered")
+            store.forget_offsets(topic_name, [part])
 
-        async def _apply_with_retry(store: Any, records: list) -> list:
+        async def _apply_with_retry(store: Any, records: list) -> list | None:
+            """``store.apply(records)`` with in-place retries; None if the store was closed by a revocation."""
             attempts = cfg.batch.store_write_attempts
             for attempt in range(1, attempts + 1):
                 if faults is not None:
                     faults.current = records
+                if store.closed:
+                    return None
                 try:
                     return store.apply(records)
                 except StoreError as err:
-                    if attempt >= attempts or store.closed:
+                    if store.closed:
+                        return None
+                    if attempt >= attempts:
                         raise
                     stats.write_retries += 1
-                    log.warning("store_write_retry", attempt=attempt, attempts=attempts, error=str(err)[:300])
+                    log.warning("store_write_retry", attempt=attempt, attempts=attempts, partition=records[0].partition,
+                                error=str(err)[:300])
                     await asyncio.sleep(STORE_RETRY_BACKOFF_S * attempt)
             raise AssertionError("unreachable")
 
-        async def _ingest_batch(events: list, store: Any, SourceRecord: Any) -> None:  # noqa: N803
+        async def _ingest_batch(events: list) -> set[int]:
+            """Process one batch; returns the partitions whose events may be acknowledged (effects stored)."""
             stats.received += len(events)
-            records, dl_futures, produced = [], [], {}
+            groups: dict[int, list] = {}
+            dl_futures, produced, dropped = [], {}, 0
             for ev in events:
                 msg = ev.message
+                if msg.partition not in owned:
+                    dropped += 1  # revoked while buffered: the new owner gets it again (not acked here)
+                    continue
                 try:
                     click = decode_click(msg.value, msg.key, item_id_type=cfg.item_id_type,
                                          max_bytes=cfg.max_event_bytes,
@@ -357,35 +408,50 @@ def build_app(cfg: StreamConfig, role: Role, *, exclude_history: bool = False,
                         dl_futures.append(await dead.send(
                             key=msg.key, value=dead_letter_record(err, msg.topic, msg.partition, msg.offset,
                                                                   msg.key, msg.value)))
-                records.append(SourceRecord(msg.topic, msg.partition, msg.offset, click))
+                groups.setdefault(msg.partition, []).append(SourceRecord(msg.topic, msg.partition, msg.offset, click))
                 if click is not None:
                     produced[(msg.partition, msg.offset)] = _ts_s(msg)
-            _reconcile_broker_reset(store, records)
+            if dropped:
+                log.warning("records_of_revoked_partition_dropped", count=dropped)
             # Publish the updates the batch WILL produce, then store it: a crash in between re-delivers
             # the batch (not yet stored), which then publishes again (duplicates, same event_id) and stores
             # once; storing first would lose the updates of a crash between the write and the delivery.
-            preview = preview_updates(store, records)
+            # Each partition has its own store: preview, write and retry are per partition.
+            work = []
+            for part, records in groups.items():
+                store = await stores.open_async(records[0].topic, part)
+                _reconcile_broker_reset(store, records[0].topic, part, records)
+                work.append((part, store, records, preview_updates(store, records)))
             now = _now()
             futures = []
-            for u in preview:
-                value = orjson.dumps({
-                    "user_id": u.user_id, "items": list(u.items), "event_id": u.event.event_id,
-                    "event_ts": u.event.ts, "produced_ts": produced.get((u.partition, u.offset)),
-                    "ingest_ts": now, "source": {"partition": u.partition, "offset": u.offset},
-                })
-                futures.append(await updates.send(key=u.user_id.encode(), value=value))
+            for _, _, _, preview in work:
+                for u in preview:
+                    value = orjson.dumps({
+                        "user_id": u.user_id, "items": list(u.items), "event_id": u.event.event_id,
+                        "event_ts": u.event.ts, "produced_ts": produced.get((u.partition, u.offset)),
+                        "ingest_ts": now, "source": {"partition": u.partition, "offset": u.offset},
+                    })
+                    futures.append(await updates.send(key=u.user_id.encode(), value=value))
             await _deliver(dl_futures)  # dead letters are out before their offsets count as applied
             await _deliver(futures)
             stats.published += len(futures)
-            applied = await _apply_with_retry(store, records)
-            if [(u.partition, u.offset, u.items) for u in applied] != \
-                    [(u.partition, u.offset, u.items) for u in preview]:
-                raise RuntimeError("sequence store changed between preview and apply (a second writer?)")
-            stats.applied += len(applied)
-            stats.duplicates_skipped += sum(r.event is not None for r in records) - len(applied)
+            done: set[int] = set()
+            for part, store, records, preview in work:
+                applied = await _apply_with_retry(store, records)
+                if applied is None:
+                    log.warning("partition_revoked_before_write", partition=part, records=len(records))
+                    continue  # not acked: the new owner applies (and re-publishes, same event_id) these
+                if [(u.partition, u.offset, u.items) for u in applied] != \
+                        [(u.partition, u.offset, u.items) for u in preview]:
+                    raise RuntimeError(f"sequence store of partition {part} changed between preview and apply "
+                                       "(a second writer?)")
+                done.add(part)
+                stats.applied += len(applied)
+                stats.duplicates_skipped += sum(r.event is not None for r in records) - len(applied)
             stats.batches += 1
             if crash_after_batches is not None and stats.batches >= crash_after_batches:
                 raise RuntimeError(f"injected failure after {stats.batches} batches (test hook)")
+            return done
 
     else:
         @app.agent(updates, supervisor_strategy=mode.CrashingSupervisor, name="score")

@@ -205,6 +205,9 @@ class StreamConfig(StrictModel):
     :class:`~adrec_stream.state.store.SequenceStore`; it should be >= the model's history length L (the
     recommender uses the last L known items of it). ``item_id_type`` "int" makes the decoder refuse item
     ids that are not decimal integers (e.g. "12a"); "str" accepts any non-empty string.
+    ``state_dir`` holds one sequence store per clicks partition (``sequences/<topic>-<partition>``); ingest
+    workers on one host share it. ``store_lock_wait_s``: how long an ingest worker that was assigned a
+    partition waits for the previous owner to release that partition's store before failing.
     """
 
     bootstrap_servers: Annotated[str, Field(min_length=1)] = "127.0.0.1:9092"
@@ -216,6 +219,7 @@ class StreamConfig(StrictModel):
     batch: BatchConfig = BatchConfig()
     replay: ReplayConfig = ReplayConfig()
     state_dir: Annotated[str, Field(min_length=1)] = "var/state"
+    store_lock_wait_s: NonNegFloat = 30.0
     registry_dir: Annotated[str, Field(min_length=1)] = "var/registry"
     registry_poll_s: PosFloat = 5.0
     window: PosInt = 200

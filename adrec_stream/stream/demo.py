@@ -8,7 +8,8 @@ Steps (all settings in ``configs/demo.yaml``; relative paths there are relative 
    training part, internal ids from its vocabulary, with a SMALL epoch budget (printed), or load it from the
    cache folder when the same data/config was trained before. It is published to a fresh model registry with
    ``item_counts`` (popularity fallback) in its meta.
-3. Load the training part into the sequence store (``bootstrap_state``) so known users keep their history;
+3. Load the training part into the per-partition sequence stores (``bootstrap_state``, each user into the
+   store of the clicks partition its key maps to) so known users keep their history;
    start the embedded broker (Tansu, free loopback port), the ingest and score workers as subprocesses, and
    wait until both have joined their consumer groups.
 4. Replay the held-out part into the clicks topic (paced, default 100 events/s) while consuming the
@@ -309,14 +310,28 @@ def _derived_stream_config(dcfg: DemoConfig, run_dir: Path) -> tuple[Any, Path]:
     return load_stream_config(_repo_path(dcfg.stream_config), over), run_dir / "stream.yaml"
 
 
-def _bootstrap_state(scfg: Any, train: list, source: str) -> None:
-    """Apply the training interactions to the sequence store (pseudo-topic ``bootstrap:<source>``)."""
+def _bootstrap_state(scfg: Any, train: list, source: str) -> dict[int, int]:
+    """Apply the training interactions to the per-partition sequence stores (pseudo-topic ``bootstrap:<source>``).
+
+    Each user's history goes into the store of the clicks partition its key (UTF-8 user id) maps to under
+    the producer's default partitioner (:func:`~adrec_stream.state.partitioned.partition_for_key`), i.e.
+    where the ingest worker that owns that partition will look for it. Returns clicks per partition.
+    """
+    from adrec_stream.state.partitioned import partition_for_key, partition_store_path  # noqa: PLC0415
     from adrec_stream.state.store import SequenceStore, SourceRecord  # noqa: PLC0415
     from adrec_stream.stream.events import ClickEvent  # noqa: PLC0415
 
-    with SequenceStore(Path(scfg.state_dir) / "sequences", window=scfg.window) as store:
-        store.apply([SourceRecord(f"bootstrap:{source}", 0, i, ClickEvent(x.user, x.item, x.ts, f"{source}:{i}"))
-                     for i, x in enumerate(train)])
+    n = scfg.topics.clicks.partitions
+    by_part: dict[int, list[SourceRecord]] = {}
+    for i, x in enumerate(train):
+        part = partition_for_key(str(x.user).encode("utf-8"), n)
+        by_part.setdefault(part, []).append(
+            SourceRecord(f"bootstrap:{source}", 0, i, ClickEvent(x.user, x.item, x.ts, f"{source}:{i}")))
+    for part, records in by_part.items():
+        with SequenceStore(partition_store_path(scfg.state_dir, scfg.topics.clicks.name, part),
+                           window=scfg.window) as store:
+            store.apply(records)
+    return {p: len(r) for p, r in sorted(by_part.items())}
 
 
 def _write_config(scfg: Any, path: Path) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from adrec_stream.errors import ConfigError
+from adrec_stream.errors import ConfigError, StoreLockedError
 from adrec_stream.stream.config import DEFAULT_STREAM_CONFIG, StreamConfig, load_stream_config
 
 
@@ -60,8 +60,8 @@ def run_worker(cfg: StreamConfig, role: str, *, log_level: str = "INFO", exclude
     """Run the worker of ``role`` until stopped; returns the process exit code (see module docstring).
 
     Raises:
-        StoreLockedError: ingest, the sequence store is held by another process (the CLI prints it as one
-            line naming the path and PID, exit 2).
+        StoreLockedError: ingest, a partition's sequence store stayed held by another process for
+            ``store_lock_wait_s`` (the CLI prints it as one line naming the path and PID, exit 2).
         BrokerError: the cluster is unreachable.
     """
     import faust  # noqa: PLC0415
@@ -92,11 +92,13 @@ def run_worker(cfg: StreamConfig, role: str, *, log_level: str = "INFO", exclude
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     finally:
-        store = getattr(app, "adrec_store", None)
-        if store is not None:
-            store.close()  # no-op when the agent closed it
+        stores = getattr(app, "adrec_stores", None)
+        if stores is not None:
+            stores.close_all()  # no-op when the agent closed them
     stats = app.adrec_stats
     log.info("worker_stopped", **stats.as_dict(), failed=repr(stats.failed) if stats.failed else None)
+    if isinstance(stats.failed, StoreLockedError):
+        raise stats.failed  # a partition's store stayed locked: one clear line, exit 2
     if stats.failed is not None:
         return EXIT_AGENT_CRASHED
     return code

@@ -40,6 +40,7 @@ import orjson
 from rocksdict import Options, Rdict, WriteBatch, WriteOptions
 
 from adrec_stream.errors import StoreError, StoreLockedError
+from adrec_stream.procs import pid_alive
 from adrec_stream.stream.events import ClickEvent
 
 FORMAT_VERSION = b"1"
@@ -75,16 +76,6 @@ def pid_file_for(path: str | Path) -> Path:
     """The pid file written beside a store directory: ``<path>.pid``."""
     p = Path(path)
     return p.with_name(p.name + ".pid")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _read_owner(path: Path) -> dict | None:
@@ -171,7 +162,7 @@ class SequenceStore:
         elif owner["pid"] == os.getpid():
             who = f"PID {owner['pid']} (this process: close the other SequenceStore on this path first)"
         else:
-            state = "running" if _pid_alive(owner["pid"]) else "not running here (other host or container?)"
+            state = "running" if pid_alive(owner["pid"]) else "not running here (other host or container?)"
             who = f"PID {owner['pid']} on {owner.get('host', '?')}, {state}"
         return StoreLockedError(
             f"sequence store {self.path} is locked by another process: {who}. Stop that worker, or give this "

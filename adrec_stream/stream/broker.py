@@ -24,6 +24,7 @@ from typing import Iterable
 
 from adrec_stream.errors import BrokerError
 from adrec_stream.logging import get_logger
+from adrec_stream.procs import pid_alive
 from adrec_stream.stream.config import BrokerConfig, StreamConfig, TopicConfig
 
 log = get_logger("adrec_stream.broker")
@@ -84,27 +85,12 @@ def _port_open(host: str, port: int, timeout: float = 0.2) -> bool:
         return False
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie child still answers kill(0); look at /proc when available
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][:1] != "Z"
-    except OSError:
-        return True
-
-
 def _is_tansu(pid: int) -> bool:
     """True when ``pid`` runs a tansu binary (guards against signalling a recycled PID)."""
     try:
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
-        return _pid_alive(pid)  # no /proc: trust the PID file
+        return pid_alive(pid)  # no /proc: trust the PID file
     return bool(cmd) and b"tansu" in Path(cmd[0].decode(errors="replace")).name.encode()
 
 
@@ -131,7 +117,7 @@ def _log_tail(path: str | Path, n: int = 15) -> str:
 def running_broker(cfg: BrokerConfig) -> BrokerHandle | None:
     """The broker recorded in ``cfg``'s PID/state files if its process is alive, else None."""
     st = _read_state(cfg)
-    if not st or not _pid_alive(int(st["pid"])) or not _is_tansu(int(st["pid"])):
+    if not st or not pid_alive(int(st["pid"])) or not _is_tansu(int(st["pid"])):
         return None
     return BrokerHandle(
         pid=int(st["pid"]), host=st.get("host", cfg.host), port=int(st.get("port", cfg.port)),
@@ -248,7 +234,7 @@ def _terminate(pid: int, timeout_s: float) -> str:
     deadline = time.time() + timeout_s
     while time.time() < deadline:
         _reap(pid)
-        if not _pid_alive(pid):
+        if not pid_alive(pid):
             return "terminated"
         time.sleep(0.05)
     try:
@@ -257,7 +243,7 @@ def _terminate(pid: int, timeout_s: float) -> str:
         return "terminated"
     for _ in range(100):
         _reap(pid)
-        if not _pid_alive(pid):
+        if not pid_alive(pid):
             break
         time.sleep(0.02)
     return "killed"
@@ -288,7 +274,7 @@ def stop_broker(cfg: BrokerConfig, timeout_s: float = 3.0) -> str:
     if not st:
         return "not running"
     pid = int(st["pid"])
-    if not _pid_alive(pid) or not _is_tansu(pid):
+    if not pid_alive(pid) or not _is_tansu(pid):
         _remove_files(cfg)
         return "not running"
     how = _terminate(pid, timeout_s)

@@ -55,6 +55,26 @@ def parse_config(data: Any, model: type[M], source: str = "<config>") -> M:
         raise ConfigError(format_validation_error(err, source)) from None
 
 
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """Command-line ``--set`` items to dotted overrides for :func:`load_config`.
+
+    ``["broker.port=19092", "window=50"]`` -> ``{"broker.port": 19092, "window": 50}`` (values parsed as YAML).
+
+    Raises:
+        ConfigError: an item without ``=`` or with an empty key.
+    """
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects KEY=VALUE (dotted key, YAML value, e.g. train.lr=0.001), got {pair!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--set {pair!r}: the value is not valid YAML: {err}") from None
+    return out
+
+
 def load_config(path: str | Path, model: type[M], overrides: dict[str, Any] | None = None) -> M:
     """Load a YAML file into ``model``; ``overrides`` (dotted keys) are applied first.
 

@@ -7,7 +7,6 @@ import pickle
 from pathlib import Path
 
 import pytest
-import torch
 
 from adrec_stream.bench.score_bench import bench_score
 from adrec_stream.bench.train_bench import bench_train

@@ -10,27 +10,10 @@ or an unreachable cluster.
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
-import yaml
-
-from adrec_stream.errors import ConfigError, StoreLockedError
+from adrec_stream.config import parse_overrides
+from adrec_stream.errors import StoreLockedError
 from adrec_stream.stream.config import DEFAULT_STREAM_CONFIG, StreamConfig, load_stream_config
-
-
-def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """``["broker.port=19092", "window=50"]`` -> ``{"broker.port": 19092, "window": 50}`` (values parsed as YAML).
-
-    Raises:
-        ConfigError: an item without ``=``.
-    """
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set expects KEY=VALUE (dotted key, YAML value), got {pair!r}")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
 
 
 def add_common_config_arguments(parser: argparse.ArgumentParser) -> None:

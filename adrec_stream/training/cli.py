@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
+from adrec_stream.config import parse_overrides
 from adrec_stream.data.adrec_pkl import AdrecDataset, load_adrec_dataset
 from adrec_stream.data.batching import loo_histories
 from adrec_stream.errors import CheckpointError, ConfigError
@@ -53,12 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set expects KEY=VALUE (e.g. train.lr=0.001), got {item!r}")
-        out[key.strip()] = yaml.safe_load(value)
+    out = parse_overrides(args.set)
     if args.seed is not None:
         out["train.seed"] = args.seed
     if args.epochs is not None:

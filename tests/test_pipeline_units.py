@@ -9,7 +9,7 @@ import torch
 from adrec_stream.model import ModelConfig, build_model, save_checkpoint
 from adrec_stream.serving.recommender import Recommender
 from adrec_stream.state.store import SequenceStore, SourceRecord
-from adrec_stream.stream.app import preview_updates, recommend_batch
+from adrec_stream.stream.app import recommend_batch
 from adrec_stream.stream.events import ClickEvent
 
 
@@ -30,7 +30,7 @@ def test_preview_equals_apply_including_skips_and_trimming(tmp_path: Path):
             _rec(0, 3, "a", "Y"),   # duplicate inside the batch: skipped
             _rec(2, 0, "c", "5"),   # new partition, new user
         ]
-        preview = preview_updates(store, batch)
+        preview = store.preview(batch)
         assert store.sequence("a") == ["1", "2"]  # preview wrote nothing
         applied = store.apply(batch)
     assert preview == applied

@@ -266,6 +266,59 @@ class SequenceStore:
         """Ingest one WriteBatch atomically (separate method so that tests can inject a failure)."""
         self._open_db().write(wb, self._write_opts)
 
+    def _plan(
+        self, records: Sequence[SourceRecord]
+    ) -> tuple[int, dict[tuple[str, int], int], dict[str, tuple[list[str], list[float]]], list[SequenceUpdate]]:
+        """What :meth:`apply` would do, computed on copies (the store and its cache are not changed).
+
+        Returns:
+            (number of records above their partition's applied offset, the new last applied offset per
+            (topic, partition), the new (items, timestamps) entry of every touched user, the updates).
+
+        Raises:
+            ValueError: a record has a negative offset or partition.
+        """
+        pending_off: dict[tuple[str, int], int] = {}
+        fresh: list[SourceRecord] = []
+        for r in records:
+            if r.offset < 0 or r.partition < 0:
+                raise ValueError(f"record {r.topic}:{r.partition}:{r.offset} has a negative partition/offset")
+            tp = (r.topic, r.partition)
+            last = pending_off.get(tp, self._offsets.get(tp))
+            if last is not None and r.offset <= last:
+                continue
+            pending_off[tp] = r.offset
+            fresh.append(r)
+        users = list(dict.fromkeys(r.event.user_id for r in fresh if r.event is not None))
+        seqs = self._load_many(users, copy=True)
+        updates: list[SequenceUpdate] = []
+        w = self.window
+        for r in fresh:
+            ev = r.event
+            if ev is None:
+                continue
+            items, ts = seqs[ev.user_id]
+            items.append(ev.item_id)
+            ts.append(ev.ts)
+            if len(items) > w:
+                del items[: len(items) - w]
+                del ts[: len(ts) - w]
+            updates.append(SequenceUpdate(ev.user_id, list(items), ev, r.partition, r.offset))
+        return len(fresh), pending_off, seqs, updates
+
+    def preview(self, records: Sequence[SourceRecord]) -> list[SequenceUpdate]:
+        """The updates :meth:`apply` would return for ``records`` now, without writing anything.
+
+        Lets a caller publish a batch's sequence updates before storing it (so a crash between the two never
+        loses updates). Same skipping and trimming rules as :meth:`apply` (one shared computation).
+
+        Raises:
+            StoreError: the store is closed. ValueError: a negative offset or partition.
+        """
+        with self._lock:
+            self._open_db()
+            return self._plan(records)[3]
+
     def apply(self, records: Sequence[SourceRecord]) -> list[SequenceUpdate]:
         """Apply consumed records in order, atomically, skipping already applied offsets.
 
@@ -285,34 +338,9 @@ class SequenceStore:
         """
         with self._lock:
             self._open_db()
-            pending_off: dict[tuple[str, int], int] = {}
-            fresh: list[SourceRecord] = []
-            for r in records:
-                if r.offset < 0 or r.partition < 0:
-                    raise ValueError(f"record {r.topic}:{r.partition}:{r.offset} has a negative partition/offset")
-                tp = (r.topic, r.partition)
-                last = pending_off.get(tp, self._offsets.get(tp))
-                if last is not None and r.offset <= last:
-                    continue
-                pending_off[tp] = r.offset
-                fresh.append(r)
-            if not fresh:
+            n_fresh, pending_off, seqs, updates = self._plan(records)
+            if not n_fresh:
                 return []
-            users = list(dict.fromkeys(r.event.user_id for r in fresh if r.event is not None))
-            seqs = self._load_many(users, copy=True)
-            updates: list[SequenceUpdate] = []
-            w = self.window
-            for r in fresh:
-                ev = r.event
-                if ev is None:
-                    continue
-                items, ts = seqs[ev.user_id]
-                items.append(ev.item_id)
-                ts.append(ev.ts)
-                if len(items) > w:
-                    del items[: len(items) - w]
-                    del ts[: len(ts) - w]
-                updates.append(SequenceUpdate(ev.user_id, list(items), ev, r.partition, r.offset))
             wb = WriteBatch(raw_mode=True)
             for u, entry in seqs.items():
                 wb.put(_SEQ + u.encode("utf-8"), orjson.dumps(entry))
@@ -322,7 +350,7 @@ class SequenceStore:
                 self._write_batch(wb)
             except Exception as err:
                 raise StoreError(
-                    f"write of {len(fresh)} records to the sequence store {self.path} failed: {err}; nothing "
+                    f"write of {n_fresh} records to the sequence store {self.path} failed: {err}; nothing "
                     "was applied (offsets not advanced); retry, or restart the worker to resume from the "
                     "stored offsets"
                 ) from err

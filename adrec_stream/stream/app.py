@@ -4,7 +4,7 @@ Ingest worker (consumer group ``groups.ingest``), at-least-once with exact state
 "What held"): records are taken in batches with ``stream.noack_take(n, within)`` (values kept as raw bytes),
 decoded with :func:`~adrec_stream.stream.events.decode_click`; malformed ones are sent to the dead-letter topic
 (reason + source partition/offset); one sequence update per click not yet applied is computed
-(:func:`preview_updates`) and published; once all these deliveries are confirmed, the whole batch goes to
+(:meth:`SequenceStore.preview`) and published; once all these deliveries are confirmed, the whole batch goes to
 :meth:`SequenceStore.apply` - one RocksDB WriteBatch holding the sequence appends and the last applied offset
 per partition, skipping records at or below the stored offset (so a re-delivered record is never applied
 twice); only then are the batch's events acknowledged, so the committed offset never passes an event whose
@@ -102,37 +102,6 @@ def _now() -> float:
 def _ts_s(msg: Any) -> float | None:
     ts = getattr(msg, "timestamp", None)
     return float(ts) if ts else None
-
-
-def preview_updates(store: Any, records: list) -> list:
-    """The :class:`SequenceUpdate` list that ``store.apply(records)`` would return, without writing.
-
-    Same rules as :meth:`SequenceStore.apply`: records at or below the stored (or an earlier record's)
-    offset of their partition are skipped; each click appends its item to the user's window, trimmed to
-    ``store.window``. Reads with one multi-get.
-    """
-    from adrec_stream.state.store import SequenceUpdate  # noqa: PLC0415
-
-    pending: dict[tuple[str, int], int] = {}
-    fresh = []
-    for r in records:
-        tp = (r.topic, r.partition)
-        last = pending.get(tp, store.applied_offset(r.topic, r.partition))
-        if last is not None and r.offset <= last:
-            continue
-        pending[tp] = r.offset
-        if r.event is not None:
-            fresh.append(r)
-    users = list(dict.fromkeys(r.event.user_id for r in fresh))
-    seqs = dict(zip(users, store.sequences(users)))
-    out = []
-    for r in fresh:
-        items = seqs[r.event.user_id]
-        items.append(r.event.item_id)
-        if len(items) > store.window:
-            del items[: len(items) - store.window]
-        out.append(SequenceUpdate(r.event.user_id, list(items), r.event, r.partition, r.offset))
-    return out
 
 
 class WriteFaultInjector:
@@ -421,7 +390,7 @@ def build_app(cfg: StreamConfig, role: Role, *, exclude_history: bool = False,
             for part, records in groups.items():
                 store = await stores.open_async(records[0].topic, part)
                 _reconcile_broker_reset(store, records[0].topic, part, records)
-                work.append((part, store, records, preview_updates(store, records)))
+                work.append((part, store, records, store.preview(records)))
             now = _now()
             futures = []
             for _, _, _, preview in work:

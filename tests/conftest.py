@@ -160,17 +160,46 @@ def spawn_worker(tmp_path: Path) -> Iterator:
     yield spawn
     for w in started:
         w.stop()
+        # Shown by pytest only when the test failed: the worker's own structured events, for diagnosis.
+        events = [ln for ln in w.log().splitlines() if ln.lstrip().startswith("{") or '{"' in ln]
+        print(f"--- {w.role} worker log ({w.log_path}), last {min(len(events), 60)} JSON lines ---",
+              *events[-60:], sep="\n", file=sys.stderr)
+
+
+#: attempts per record in :func:`send_checked` (a failed delivery is re-sent, never silently dropped)
+SEND_ATTEMPTS = 8
+
+
+def send_checked(producer, topic: str, records: list[tuple[bytes | None, bytes | None]],
+                 partition: int | None = None, *, flush_s: float = 30.0) -> None:
+    """Send (key, value) records in order, flush, and make sure EVERY one was delivered.
+
+    A record whose delivery failed (e.g. a non-retriable ``UnknownError`` from a broker that has just restarted)
+    is re-sent, in the original order among the failed ones, up to :data:`SEND_ATTEMPTS` times with a short
+    backoff; if it still fails the test fails with the error. (Before this check, a failed delivery was dropped
+    silently and a test waited in vain for records that were never in the log.)
+    """
+    pending = list(records)
+    for attempt in range(1, SEND_ATTEMPTS + 1):
+        futures = [producer.send(topic, key=k, value=v, partition=partition) for k, v in pending]
+        producer.flush(flush_s)
+        failed = [(rec, f.exception) for rec, f in zip(pending, futures, strict=True) if not f.succeeded()]
+        if not failed:
+            return
+        if attempt == SEND_ATTEMPTS:
+            raise AssertionError(f"{len(failed)} of {len(records)} records to {topic} not delivered after "
+                                 f"{SEND_ATTEMPTS} attempts: {failed[0][1]!r}")
+        pending = [rec for rec, _ in failed]
+        time.sleep(0.25 * attempt)
 
 
 def produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes | None]]) -> None:
-    """Produce (key, value) records in order (one producer, acks=all) and flush."""
+    """Produce (key, value) records in order (one producer, acks=all), flush and check every delivery."""
     from kafka import KafkaProducer
 
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
     try:
-        for key, value in records:
-            producer.send(topic, key=key, value=value)
-        producer.flush(30)
+        send_checked(producer, topic, records)
     finally:
         producer.close(5)
 

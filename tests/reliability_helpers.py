@@ -10,11 +10,13 @@ import orjson
 from adrec_stream.state.partitioned import read_all
 from adrec_stream.stream.config import StreamConfig
 from adrec_stream.stream.events import ClickEvent, encode_click
+from conftest import send_checked
 
 
 def produce_to(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes | None]], partition: int | None,
                *, retries_s: float = 0.0) -> None:
-    """Produce (key, value) records in order to one ``partition`` (None: by key), acks=all, then flush.
+    """Produce (key, value) records in order to one ``partition`` (None: by key), acks=all, flush, and check
+    every delivery (:func:`conftest.send_checked`: failed ones are re-sent, never dropped silently).
 
     ``retries_s`` > 0 keeps retrying sends for that long (producing while the broker is down).
     """
@@ -25,9 +27,7 @@ def produce_to(bootstrap: str, topic: str, records: list[tuple[bytes | None, byt
              "enable_idempotence": False} if retries_s else {}
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, **extra)
     try:
-        for key, value in records:
-            producer.send(topic, key=key, value=value, partition=partition)
-        producer.flush(max(30.0, retries_s + 10))
+        send_checked(producer, topic, records, partition, flush_s=max(30.0, retries_s + 10))
     finally:
         producer.close(5)
 

@@ -97,6 +97,31 @@ def test_early_stopping_keeps_the_best_weights(monkeypatch: pytest.MonkeyPatch) 
     assert not torch.equal(snapshots[2], snapshots[4])
 
 
+def test_any_metric_selection_follows_the_reference_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    """metric "any": an evaluation where only HR@20 improves still resets patience and takes the weights."""
+    evals = iter([(0.10, 0.20), (0.12, 0.19), (0.11, 0.25), (0.11, 0.24), (0.10, 0.23), (0.9, 0.9)])
+    snapshots: dict[int, torch.Tensor] = {}
+
+    def fake_eval(model, hists, targets, **_):
+        ndcg, hr = next(evals)
+        snapshots[len(snapshots) + 1] = model.item_emb.weight.detach().clone()
+        return {"NDCG@10": ndcg, "HR@20": hr, "n_users": len(targets)}
+
+    monkeypatch.setattr(trainer, "evaluate_model", fake_eval)
+    exp = _small_exp("sasrec", finetune_epochs=10, metric="any")
+    res = train_model(_toy_sequences(), 30, exp, val=([[1]], [2]), progress=False)
+    # epoch 2 improves NDCG@10 only, epoch 3 HR@20 only (NDCG@10 fell): both count; 4 and 5 improve nothing
+    assert res.stage_epochs == {"finetune": 5} and res.best_epoch == 3
+    assert res.best_metric == 0.11  # NDCG@10 of the selected epoch is what "best" reports
+    assert torch.equal(res.model.item_emb.weight, snapshots[3])
+    # the single-metric rule on the same sequence stops earlier and keeps epoch 2
+    evals = iter([(0.10, 0.20), (0.12, 0.19), (0.11, 0.25), (0.11, 0.24), (0.9, 0.9)])
+    snapshots.clear()
+    res = train_model(_toy_sequences(), 30, _small_exp("sasrec", finetune_epochs=10), val=([[1]], [2]),
+                      progress=False)
+    assert res.stage_epochs == {"finetune": 4} and res.best_epoch == 2 and res.best_metric == 0.12
+
+
 def test_same_seed_gives_identical_weights() -> None:
     exp = _small_exp("sasrec", finetune_epochs=2, seed=7)
     a = train_model(_toy_sequences(), 30, exp, progress=False).model

@@ -133,8 +133,9 @@ class ADRec(SequenceModel):
                 timesteps (see :meth:`NoiseSchedule.reverse_coefficients`).
             deterministic: None → cfg.deterministic_sampling. True: start from x = 0 (the prior mean) and add no
                 noise, so scores depend on the history only.
-            generator: RNG (on the model's device) for the initial and per-step noise, drawn as one (B, steps, d)
-                tensor on both paths, so equal seeds give equal scores with and without the cache.
+            generator: RNG (on the model's device) for the initial and per-step noise, drawn as one (steps, B, d)
+                tensor in history-length order on both paths, so equal seeds give equal scores with and without
+                the cache (a row's draws follow its rank in the batch's length order).
             use_cache: True (fast path): CAM and the denoiser's history prefix run once per length group, trimmed
                 (key/value cache for "att"; nothing for "mlp"), then only the last token per step.
                 False (reference path, as the reference code does it): at every step rebuild the denoiser input
@@ -151,20 +152,21 @@ class ADRec(SequenceModel):
         if b == 0:
             return self._full_scores(self.item_emb.weight.new_zeros(0, d))
         t_table = self.time_emb.table(self.device)  # (T, d)
-        # all Gaussian draws at once, same order on both paths: x_T, then one per step except the last
-        noise = None if det else torch.randn((b, len(timesteps), d), generator=generator, device=self.device)
-        x = history.new_zeros(b, d, dtype=t_table.dtype) if noise is None else noise[:, 0]
+        # Rows are processed in length order (see length_groups); the Gaussian draws are made in that order,
+        # all at once, step-major (steps, B, d): x_T, then one per step except the last. Both paths use the same
+        # draws for the same user, so equal seeds give equal scores with and without the cache.
+        order, groups = length_groups(history)
+        noise = None if det else torch.randn((len(timesteps), b, d), generator=generator, device=self.device)
 
         if use_cache:
-            order, groups = length_groups(history)
             c_last, caches = self._prefix_state(history[order], groups, t_table[0])
-            if noise is not None:
-                noise = noise.index_select(0, order)  # a sorted row keeps the draws of its original row
-                x = noise[:, 0]
         else:
             c, valid, mask = self._cam(history)
             x_prefix = self._clean_prefix(history, valid)
             t_full = torch.zeros(history.shape, dtype=torch.long, device=self.device)
+            if noise is not None:  # the caller's row order: row order[j] gets the draws of sorted row j
+                noise = torch.empty_like(noise).index_copy_(1, order, noise)
+        x = history.new_zeros(b, d, dtype=t_table.dtype) if noise is None else noise[0]
 
         for i, t in enumerate(timesteps):
             if use_cache:
@@ -173,12 +175,12 @@ class ADRec(SequenceModel):
                 x_full = torch.cat([x_prefix, x.unsqueeze(1)], dim=1)
                 t_full[:, -1] = t
                 t_emb = self.time_emb.mlp(sinusoidal_embedding(t_full.float() * self.time_emb.scale, d))
-                x0_pred = self.denoiser(self._denoiser_input(c, x_full, t_emb), mask)[:, -1]
+                x0_pred = self.denoiser(self._denoiser_input(c, x_full, t_emb), mask)[:, -1].contiguous()
             s = timesteps[i + 1] if i + 1 < len(timesteps) else -1
             coef_x0, coef_xt, noise_std = self.schedule.reverse_coefficients(t, s)
-            x = coef_x0 * x0_pred + coef_xt * x
+            x = x0_pred.mul_(coef_x0).add_(x, alpha=coef_xt)  # DDPM posterior mean (x0_pred is a fresh tensor)
             if noise is not None and noise_std > 0:
-                x = x + noise_std * noise[:, i + 1]
+                x.add_(noise[i + 1], alpha=noise_std)
         if use_cache:
             x = torch.empty_like(x).index_copy_(0, order, x)  # back to the caller's row order
         return self._full_scores(x)

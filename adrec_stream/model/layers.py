@@ -125,18 +125,28 @@ class TransformerBlock(nn.Module):
                 different P, so short histories do not read the padding of long ones.
 
         Returns:
-            (B, d), equal to the last row of :meth:`forward` on each concatenated sequence.
+            (B, d), equal to the last row of :meth:`forward` on each concatenated sequence (to float rounding).
+
+        Raises:
+            RuntimeError: called in training mode (this path has no dropout; it serves inference only).
+
+        The residual additions are folded into the GEMMs (``addmm`` with the residual as the accumulator) and
+        the GELU runs in place, so a step allocates few (B, 4d) / (B, d) buffers: the per-step work is the
+        12·d² multiply-adds per row and the attention against the cache, little else.
         """
+        if self.training:
+            raise RuntimeError("TransformerBlock.step is an inference path; call model.eval() first")
         b, d = x.shape
-        qkv = self.qkv(x).view(b, 3, self.num_heads, 1, d // self.num_heads)
+        qkv = F.linear(x, self.qkv.weight, self.qkv.bias).view(b, 3, self.num_heads, 1, d // self.num_heads)
         q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]  # each (B, H, 1, d/H)
         attn = x.new_empty(b, self.num_heads, 1, d // self.num_heads)
         for rows, (keys, values), mask in caches:
             keys[:, :, -1:] = k[rows]
             values[:, :, -1:] = v[rows]
             attn[rows] = F.scaled_dot_product_attention(q[rows], keys, values, attn_mask=mask)
-        x = self.ln_attn(x + self.dropout(self.proj(attn.view(b, d))))
-        return self.ln_ffn(x + self.dropout(self.ffn(x)))
+        x = self.ln_attn(torch.addmm(x, attn.view(b, d), self.proj.weight.t()).add_(self.proj.bias))
+        hidden = torch.ops.aten.gelu_(torch.addmm(self.ffn.fc1.bias, x, self.ffn.fc1.weight.t()))
+        return self.ln_ffn(torch.addmm(x, hidden, self.ffn.fc2.weight.t()).add_(self.ffn.fc2.bias))
 
 
 class FeedForwardBlock(nn.Module):

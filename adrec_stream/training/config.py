@@ -28,7 +28,10 @@ class TrainConfig(StrictModel):
     ``pretrain_lr`` / ``align_lr`` / ``finetune_lr`` override ``lr`` for one stage when set.
     Early stopping: every ``eval_every`` epochs the validation ``metric`` (e.g. "NDCG@10") is
     computed; after ``patience`` evaluations without improvement the stage stops and the best
-    weights are kept. ``val_users`` evaluates a fixed random subset of users (None = all).
+    weights are kept. ``metric: any`` is the reference code's rule: an evaluation counts as an
+    improvement (new selected weights, patience reset) when ANY of the six validation metrics
+    exceeds its own best so far; the test figures still come from that one checkpoint.
+    ``val_users`` evaluates a fixed random subset of users (None = all).
     """
 
     lr: float = Field(1e-3, strict=False, gt=0)
@@ -45,7 +48,7 @@ class TrainConfig(StrictModel):
     max_grad_norm: float | None = Field(None, strict=False, gt=0)
     eval_every: int = Field(5, gt=0)
     patience: int = Field(4, gt=0)
-    metric: Literal["HR@5", "NDCG@5", "HR@10", "NDCG@10", "HR@20", "NDCG@20"] = "NDCG@10"
+    metric: Literal["HR@5", "NDCG@5", "HR@10", "NDCG@10", "HR@20", "NDCG@20", "any"] = "NDCG@10"
     val_users: int | None = Field(None, gt=0)
     eval_batch_size: int = Field(512, gt=0)
     bucket_by_length: bool = True

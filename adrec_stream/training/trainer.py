@@ -125,6 +125,7 @@ def _run_stage(
         opt, _cosine(epochs * steps_per_epoch, tc.min_lr_ratio) if schedule == "cosine" else (lambda _s: 1.0)
     )
     best, best_state, best_epoch, bad = -math.inf, None, None, 0
+    bests: dict[str, float] = {}  # best value so far of each validation metric
     epoch = 0
     for epoch in range(1, epochs + 1):
         model.train()
@@ -146,9 +147,8 @@ def _run_stage(
             metrics = evaluate_model(model, val[0], val[1], batch_size=tc.eval_batch_size, device=device, seed=tc.seed)
             rec["eval_s"] = round(time.perf_counter() - t1, 3)
             rec.update({f"val_{k}": v for k, v in metrics.items() if k != "n_users"})
-            value = metrics[tc.metric]
-            if value > best:
-                best, best_epoch, bad = value, epoch, 0
+            if _improved(metrics, tc.metric, bests):
+                best, best_epoch, bad = metrics[SELECTION_REPORT_METRIC if tc.metric == "any" else tc.metric], epoch, 0
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             else:
                 bad += 1
@@ -165,6 +165,20 @@ def _run_stage(
         model.load_state_dict(best_state)
     model.eval()
     return _StageRun(epochs=epoch, best_metric=None if best_state is None else best, best_epoch=best_epoch)
+
+
+#: metric whose value is reported as "best" (log, checkpoint meta) when ``train.metric`` is "any"
+SELECTION_REPORT_METRIC = "NDCG@10"
+
+
+def _improved(metrics: dict[str, float], metric: str, bests: dict[str, float]) -> bool:
+    """Whether this evaluation improves the selection ``metric`` (or, for "any", at least one of the six
+    metrics, as the reference code's early stopping does); updates ``bests`` (per-metric best so far) in place."""
+    names = [k for k in metrics if k != "n_users"] if metric == "any" else [metric]
+    better = [k for k in names if metrics[k] > bests.get(k, -math.inf)]
+    for k in better:
+        bests[k] = metrics[k]
+    return bool(better)
 
 
 def _load_table(model: torch.nn.Module, table: torch.Tensor) -> None:

@@ -80,6 +80,17 @@ def test_all_stages_keep_pretrained_table_and_record_history() -> None:
     assert res.best_metric == res.history[-1]["val_NDCG@10"] and res.epochs_run == 3
 
 
+def test_pretrain_positional_gives_stage_one_learned_positions() -> None:
+    """train.pretrain_positional: the stage-1 SASRec has position embeddings (the reference's pretraining
+    model does); ADRec itself still has none, and only the item table is carried over."""
+    assert trainer.pretrain_config(_small_exp()).positional is False
+    exp = _small_exp(pretrain_positional=True)
+    cfg = trainer.pretrain_config(exp)
+    assert cfg.kind == "sasrec" and cfg.positional is True and exp.model.positional is False
+    res = train_model(_toy_sequences(), 30, exp, stages=("pretrain", "align"), progress=False)
+    assert res.model.pos_emb is None and torch.equal(res.model.item_emb.weight, res.pretrained_table)
+
+
 def test_early_stopping_keeps_the_best_weights(monkeypatch: pytest.MonkeyPatch) -> None:
     values = iter([0.1, 0.3, 0.2, 0.25, 0.9])  # best at epoch 2; two evals without improvement -> stop at 4
     snapshots: dict[int, torch.Tensor] = {}

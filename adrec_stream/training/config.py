@@ -32,6 +32,8 @@ class TrainConfig(StrictModel):
     improvement (new selected weights, patience reset) when ANY of the six validation metrics
     exceeds its own best so far; the test figures still come from that one checkpoint.
     ``val_users`` evaluates a fixed random subset of users (None = all).
+    ``pretrain_positional``: give the stage-1 SASRec learned (right-aligned) position embeddings, as
+    the reference code's pretraining model has; only its item table is kept either way.
     """
 
     lr: float = Field(1e-3, strict=False, gt=0)
@@ -54,6 +56,7 @@ class TrainConfig(StrictModel):
     bucket_by_length: bool = True
     seed: int = 2025
     finetune_stream_lr: float | None = Field(None, strict=False, gt=0)
+    pretrain_positional: bool = False
 
     def stage_lr(self, stage: str) -> float:
         """Learning rate of ``stage`` (its override, else ``lr``)."""

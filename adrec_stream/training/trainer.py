@@ -196,8 +196,9 @@ def _load_table(model: torch.nn.Module, table: torch.Tensor) -> None:
 
 
 def pretrain_config(exp: ExperimentConfig):
-    """Model config of the stage-1 encoder: the same architecture as a SASRec without positions."""
-    return exp.model.model_copy(update={"kind": "sasrec", "positional": False})
+    """Model config of the stage-1 encoder: the same architecture as a SASRec, without positions unless
+    ``train.pretrain_positional`` (the reference's pretraining SASRec has learned positions)."""
+    return exp.model.model_copy(update={"kind": "sasrec", "positional": exp.train.pretrain_positional})
 
 
 

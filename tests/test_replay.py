@@ -65,6 +65,26 @@ def test_replay_cli_produces_keyed_clicks_in_time_order(stream_config, tmp_path:
     assert sorted(i for ids in per_user.values() for i in ids) == list(range(80_000, 80_600))
 
 
+@needs_ml100k
+@pytest.mark.broker
+def test_replay_creates_a_missing_clicks_topic_with_the_configured_partitions(stream_config, tmp_path: Path,
+                                                                               capsys):
+    """Without the explicit creation, Tansu auto-creates a topic a producer sends to with 4 partitions
+    (whatever the client asks); the ingest workers' keyed state expects the configured count (3 here)."""
+    from adrec_stream.stream.broker import list_topics
+
+    fresh = stream_config.topics.clicks.model_copy(update={"name": stream_config.topics.clicks.name + "-new",
+                                                          "partitions": 3})
+    cfg = stream_config.model_copy(update={"topics": stream_config.topics.model_copy(update={"clicks": fresh})})
+    assert fresh.name not in list_topics(cfg.broker.address)
+    cfg_path = write_stream_config(cfg, tmp_path / "stream.yaml")
+    args = argparse.Namespace(dataset=str(ML100K), format=None, rate=None, as_fast_as_possible=True, limit=20,
+                              skip_fraction=0.8, no_progress=True, config=str(cfg_path), set=[])
+    assert replay.run(args) == 0
+    assert list_topics(cfg.broker.address)[fresh.name] == 3
+    assert len(consume(cfg.broker.address, fresh.name, 20, settle_s=0.3)) == 20
+
+
 @pytest.mark.broker
 def test_paced_replay_respects_the_rate(stream_config):
     import asyncio

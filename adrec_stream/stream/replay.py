@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
     import json  # noqa: PLC0415
 
     from adrec_stream.data.events import read_interactions  # noqa: PLC0415
-    from adrec_stream.stream.broker import effective_bootstrap  # noqa: PLC0415
+    from adrec_stream.stream.broker import effective_bootstrap, ensure_topics  # noqa: PLC0415
     from adrec_stream.stream.worker_cli import load_from_args  # noqa: PLC0415
 
     cfg = load_from_args(args)
@@ -146,7 +146,12 @@ def run(args: argparse.Namespace) -> int:
     rate = None if args.as_fast_as_possible else (args.rate if args.rate is not None else cfg.replay.rate_per_s)
     if rate is not None and rate < 0:
         raise ConfigError(f"--rate must be > 0, got {rate}")
-    res = asyncio.run(produce_clicks(effective_bootstrap(cfg), cfg.topics.clicks.name, clicks,
+    bootstrap = effective_bootstrap(cfg)
+    # Create the clicks topic with its configured partition count before producing: a producer sending to a
+    # missing topic makes many brokers (Tansu always, Kafka with auto.create.topics.enable) create it with
+    # THEIR default partition count, which then disagrees with the keyed state of the ingest workers.
+    ensure_topics(bootstrap, [cfg.topics.clicks])
+    res = asyncio.run(produce_clicks(bootstrap, cfg.topics.clicks.name, clicks,
                                      rate_per_s=rate or None, progress=not args.no_progress))
     print(json.dumps({"sent": res.sent, "wall_s": round(res.wall_s, 3), "rate_per_s": round(res.rate_per_s, 1),
                       "first_event_id": res.first_event_id, "last_event_id": res.last_event_id,

@@ -50,8 +50,13 @@ def test_bench_score_paths_agree(tiny_dataset: Path):
     assert res["users_measured"] == 24 and res["reference_users_measured"] == 3
     assert res["max_abs_score_diff"] < 1e-5
     assert res["per_user_ms"] > 0 and res["sampling_steps"] == 4
+    # speedup = median of the per-round ratios (each round times both sides under the same load)
+    assert res["rounds"] == 5 and len(res["speedup_per_round"]) == 5 and len(res["round_s"]["fast"]) == 5
+    assert res["speedup"] == sorted(res["speedup_per_round"])[2]
     with pytest.raises(ValueError, match="users"):
         bench_score(tiny_dataset, users=0, cfg=TINY_CFG)
+    with pytest.raises(ValueError, match="rounds"):
+        bench_score(tiny_dataset, rounds=0, cfg=TINY_CFG)
 
 
 def test_bench_cli_prints_one_json_object(tiny_dataset: Path, capsys):

@@ -41,6 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--batch-size", type=_positive_int, default=None, help="train: windows per batch (512); score: users per batch (1024)"
     )
+    parser.add_argument("--rounds", type=_positive_int, default=5,
+                        help="score: interleaved measurement rounds; speedup = median per-round ratio (default 5)")
     parser.add_argument("--checkpoint", default=None, help="score: time a trained checkpoint instead of fresh weights")
     parser.add_argument(
         "--denoiser", choices=["att", "mlp"], default="att", help="denoiser of the fresh model (default att)"
@@ -75,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
 
         res = bench_score(args.dataset, users=args.users, reference_users=args.reference_users,
                           batch_size=args.batch_size or 1024, cfg=cfg, checkpoint=args.checkpoint, seed=args.seed,
-                          device=device)
+                          device=device, rounds=args.rounds)
         summary = (f"scoring on {res['dataset']}: fast {res['per_user_ms']:.3f} ms/user, reference-equivalent "
                    f"{res['reference_per_user_ms']:.1f} ms/user, speedup {res['speedup']:.0f}x "
                    f"(max |score diff| fast vs reference, deterministic: {res['max_abs_score_diff']:.2e})")

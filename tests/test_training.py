@@ -133,6 +133,24 @@ def test_any_metric_selection_follows_the_reference_rule(monkeypatch: pytest.Mon
     assert res.stage_epochs == {"finetune": 4} and res.best_epoch == 2 and res.best_metric == 0.12
 
 
+def test_stage_time_budget_stops_after_a_final_evaluation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """train.stage_time_budget_s: the epoch that ends past the budget is validated (even off the eval_every
+    grid) and the stage stops there with the best weights; the budget counts per stage."""
+    clock = iter(range(0, 10_000, 10))  # every perf_counter() call advances 10 "seconds"
+    monkeypatch.setattr(trainer.time, "perf_counter", lambda: float(next(clock)))
+    evals: list[int] = []
+
+    def fake_eval(model, hists, targets, **_):
+        evals.append(len(evals) + 1)
+        return {"NDCG@10": 0.1 * len(evals), "n_users": len(targets)}
+
+    monkeypatch.setattr(trainer, "evaluate_model", fake_eval)
+    exp = _small_exp("sasrec", finetune_epochs=50, eval_every=5, stage_time_budget_s=45)
+    res = train_model(_toy_sequences(), 30, exp, val=([[1]], [2]), progress=False)
+    assert res.stage_epochs == {"finetune": 2}  # budget checks at "30 s" (epoch 1) and "60 s" (epoch 2): stop at 2
+    assert [h["epoch"] for h in res.history if "val_NDCG@10" in h] == [2] and res.best_epoch == 2
+
+
 def test_same_seed_gives_identical_weights() -> None:
     exp = _small_exp("sasrec", finetune_epochs=2, seed=7)
     a = train_model(_toy_sequences(), 30, exp, progress=False).model

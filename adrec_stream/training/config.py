@@ -32,6 +32,9 @@ class TrainConfig(StrictModel):
     improvement (new selected weights, patience reset) when ANY of the six validation metrics
     exceeds its own best so far; the test figures still come from that one checkpoint.
     ``val_users`` evaluates a fixed random subset of users (None = all).
+    ``stage_time_budget_s``: wall-clock limit per stage (seconds); when an epoch ends past it, the stage
+    is validated once more (if that epoch was not an evaluation epoch) and stopped, keeping the best
+    weights — a CPU-budget run then still ends with a selected checkpoint. None = no limit.
     ``pretrain_positional``: give the stage-1 SASRec learned (right-aligned) position embeddings, as
     the reference code's pretraining model has; only its item table is kept either way.
     """
@@ -50,6 +53,7 @@ class TrainConfig(StrictModel):
     max_grad_norm: float | None = Field(None, strict=False, gt=0)
     eval_every: int = Field(5, gt=0)
     patience: int = Field(4, gt=0)
+    stage_time_budget_s: float | None = Field(None, strict=False, gt=0)
     metric: Literal["HR@5", "NDCG@5", "HR@10", "NDCG@10", "HR@20", "NDCG@20", "any"] = "NDCG@10"
     val_users: int | None = Field(None, gt=0)
     eval_batch_size: int = Field(512, gt=0)

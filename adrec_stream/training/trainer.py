@@ -127,6 +127,7 @@ def _run_stage(
     best, best_state, best_epoch, bad = -math.inf, None, None, 0
     bests: dict[str, float] = {}  # best value so far of each validation metric
     epoch = 0
+    stage_t0 = time.perf_counter()
     for epoch in range(1, epochs + 1):
         model.train()
         t0 = time.perf_counter()
@@ -141,7 +142,8 @@ def _run_stage(
         rec: dict[str, Any] = {"stage": stage, "epoch": epoch, "lr": opt.param_groups[0]["lr"],
                                "epoch_s": round(time.perf_counter() - t0, 3)}
         rec.update({k: v / max(n_batches, 1) for k, v in sums.items()})
-        do_eval = val is not None and (epoch % tc.eval_every == 0 or epoch == epochs)
+        over_budget = tc.stage_time_budget_s is not None and time.perf_counter() - stage_t0 > tc.stage_time_budget_s
+        do_eval = val is not None and (epoch % tc.eval_every == 0 or epoch == epochs or over_budget)
         if do_eval:
             t1 = time.perf_counter()
             metrics = evaluate_model(model, val[0], val[1], batch_size=tc.eval_batch_size, device=device, seed=tc.seed)
@@ -161,6 +163,10 @@ def _run_stage(
         else:
             log.info("epoch", **rec)
             history.append(rec)
+        if over_budget:
+            log.info("time_budget_reached", stage=stage, epoch=epoch, budget_s=tc.stage_time_budget_s,
+                     best_epoch=best_epoch, best=best if best_state is not None else None)
+            break
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()

@@ -7,6 +7,7 @@ code; this module turns a YAML file into one of them and reports problems as one
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,20 +28,25 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
 
 
-def format_validation_error(err: ValidationError, source: str) -> str:
-    """Render a pydantic error as ``source: key.path: problem`` lines."""
+def format_validation_error(err: ValidationError, source: str, overridden: Iterable[str] = ()) -> str:
+    """Render a pydantic error as ``source: key.path: problem`` lines; for a key given with ``--set`` (in
+    ``overridden``) the source reads ``source (value from --set)``, so the file is not blamed for it."""
+    overridden = set(overridden)
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "<root>"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see the shipped configs/ for valid keys)"
-        lines.append(f"{source}: {loc}: {msg} (got {e.get('input')!r})")
+        where = f"{source} (value from --set)" if loc in overridden else source
+        lines.append(f"{where}: {loc}: {msg} (got {e.get('input')!r})")
     return "\n".join(lines)
 
 
-def parse_config(data: Any, model: type[M], source: str = "<config>") -> M:
+def parse_config(data: Any, model: type[M], source: str = "<config>", overridden: Iterable[str] = ()) -> M:
     """Validate a mapping against a config model.
+
+    ``overridden``: dotted keys that came from ``--set`` (named as such in errors).
 
     Raises:
         ConfigError: not a mapping, unknown keys, or ill-typed values.
@@ -52,7 +58,7 @@ def parse_config(data: Any, model: type[M], source: str = "<config>") -> M:
     try:
         return model.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err, source)) from None
+        raise ConfigError(format_validation_error(err, source, overridden)) from None
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -100,4 +106,4 @@ def load_config(path: str | Path, model: type[M], overrides: dict[str, Any] | No
             for key in parents:
                 cur = cur.setdefault(key, {})
             cur[leaf] = value
-    return parse_config(data, model, str(p))
+    return parse_config(data, model, str(p), overrides or ())

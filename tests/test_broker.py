@@ -68,6 +68,9 @@ def test_cli_start_status_stop(tmp_path: Path, capsys):
     assert not stat.exists() or stat.read_text().split(") ", 1)[1][0] == "Z"  # gone (or a zombie awaiting reaping)
     cfg = BrokerConfig(data_dir=str(d), pid_file=str(d / "tansu.pid"), log_file=str(d / "tansu.log"))
     assert running_broker(cfg) is None and stop_broker(cfg) == "not running"
+    # status of a stopped broker: JSON says so, and the exit code is non-zero (health checks in scripts)
+    assert broker_cli.run(argparse.Namespace(action="status", port=None, config=str(cfg_path))) == 3
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["running"] is False
 
 
 def test_start_refuses_a_taken_port(broker, tmp_path: Path):

@@ -37,7 +37,10 @@ def test_overrides_apply_to_nested_keys_and_are_validated(tmp_path: Path) -> Non
     cfg_path.write_text("window: 10\n")
     cfg = load_config(cfg_path, _Root, parse_overrides(["broker.port=1234"]))
     assert (cfg.window, cfg.broker.port, cfg.broker.name) == (10, 1234, "clicks")
-    with pytest.raises(ConfigError, match=r"broker\.port"):
+    with pytest.raises(ConfigError, match=r"c\.yaml \(value from --set\): broker\.port: .*'fast'"):
         load_config(cfg_path, _Root, parse_overrides(["broker.port=fast"]))
-    with pytest.raises(ConfigError, match="unknown key"):
+    with pytest.raises(ConfigError, match=r"c\.yaml \(value from --set\): broker\.prot: unknown key"):
         load_config(cfg_path, _Root, parse_overrides(["broker.prot=1"]))
+    cfg_path.write_text("window: ten\n")  # a bad value in the file is still reported against the file
+    with pytest.raises(ConfigError, match=r"c\.yaml: window: "):  # not "(value from --set)"
+        load_config(cfg_path, _Root, parse_overrides(["broker.port=1"]))

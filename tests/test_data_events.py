@@ -132,6 +132,23 @@ def test_missing_file_names_path_and_format(tmp_path):
     assert str(tmp_path / "u.data") in msg and "user<TAB>item<TAB>rating<TAB>unix_ts" in msg
 
 
+def test_a_folder_reads_its_one_known_interaction_file(tmp_path):
+    """A folder works like in `train --dataset`: its one known file (real ml-100k and ML-1M sample folders);
+    a folder with none or several of them is a clear error naming what it holds."""
+    root = EVENTS
+    if not (root / "ml-100k" / "u.data").is_file():
+        pytest.skip(f"{root} not present")
+    assert read_interactions(root / "ml-100k") == read_interactions(root / "ml-100k" / "u.data")
+    assert len(read_interactions(root / "ml-1m-sample100k")) == 100_000  # sample_movielens_rating.dat
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(DataFileError, match=r"holding none of u\.data.*it holds: notes\.txt"):
+        read_interactions(tmp_path)
+    (tmp_path / "u.data").write_text("1\t2\t3\t100\n")
+    (tmp_path / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,2,3,100\n")
+    with pytest.raises(DataFileError, match="more than one of"):
+        read_interactions(tmp_path)
+
+
 @pytest.mark.parametrize(
     ("fmt", "text", "lineno", "part"),
     [

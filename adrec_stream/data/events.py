@@ -124,11 +124,31 @@ def _generic_header(fields: list[str]) -> bool:
     return len(fields) >= 3 and all(_NAME.fullmatch(f.strip()) for f in fields)
 
 
+#: file-name patterns looked for when a folder is given to :func:`read_interactions`
+KNOWN_FILE_NAMES = ("u.data", "ratings.csv", "ratings.dat", "*rating*.dat", "Gowalla_totalCheckins*.txt")
+
+
+def _file_in_folder(folder: Path) -> Path:
+    """The one interaction file of a known name in ``folder``.
+
+    Raises:
+        DataFileError: none or several known files there (naming what the folder holds).
+    """
+    found = sorted({f for pattern in KNOWN_FILE_NAMES for f in folder.glob(pattern) if f.is_file()})
+    if len(found) == 1:
+        return found[0]
+    held = sorted(x.name for x in folder.iterdir())[:12]
+    what = "none of" if not found else "more than one of"
+    raise DataFileError(f"{folder} is a folder holding {what} {', '.join(KNOWN_FILE_NAMES)} (it holds: "
+                        f"{', '.join(held) or 'nothing'}); pass the interaction file itself")
+
+
 def read_interactions(path: str | Path, fmt: Format = "auto") -> list[Interaction]:
     """Read an interaction log, sorted stably by (timestamp, file order).
 
     Args:
-        path: the file (e.g. ``../shared/data/events/ml-100k/u.data``).
+        path: the file (e.g. ``../shared/data/events/ml-100k/u.data``), or a folder holding exactly one of the
+            known file names (:data:`KNOWN_FILE_NAMES`), which is then read.
         fmt: ``"auto"``, ``"ml100k"``, ``"mlcsv"``, ``"ml1m"``, ``"gowalla"`` or ``"csv"`` (module docstring).
 
     Returns:
@@ -141,6 +161,8 @@ def read_interactions(path: str | Path, fmt: Format = "auto") -> list[Interactio
     p = Path(path)
     if fmt not in FORMAT_DESCRIPTIONS:
         raise DataFileError(f"unknown interaction format {fmt!r}; use one of {sorted(FORMAT_DESCRIPTIONS)}")
+    if p.is_dir():
+        p = _file_in_folder(p)
     if not p.is_file():
         raise DataFileError(f"interaction file not found: {p} (expected {FORMAT_DESCRIPTIONS[fmt]})")
     try:

@@ -3,7 +3,8 @@
 ``start`` launches Tansu in the background on ``broker.host`` (loopback) and the given port, writes the PID
 and log files under ``broker.data_dir`` (default ``./var/broker``), waits until it accepts connections and
 creates the four pipeline topics if absent. ``stop`` sends SIGTERM, then SIGKILL. ``status`` prints one
-JSON object. With ``broker.embedded: false`` start/stop refuse (nothing to manage) and status reports the
+JSON object and exits 0 when the broker is reachable, :data:`EXIT_NOT_REACHABLE` (3) when it is not (usable
+as a health check in scripts). With ``broker.embedded: false`` start/stop refuse (nothing to manage) and status reports the
 external cluster's reachability and topics.
 """
 
@@ -16,6 +17,9 @@ from adrec_stream.errors import BrokerError
 from adrec_stream.stream.broker import broker_status, ensure_topics, start_broker, stop_broker
 from adrec_stream.stream.config import DEFAULT_STREAM_CONFIG, load_stream_config
 
+#: exit code of ``status`` when no broker answers at the configured / recorded address
+EXIT_NOT_REACHABLE = 3
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register ``action``, ``--port`` and ``--config``."""
@@ -26,11 +30,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Execute the action; prints JSON. Returns 0 (``stop`` is idempotent: ``"stopped": false`` when none ran)."""
+    """Execute the action; prints JSON. Returns 0, or :data:`EXIT_NOT_REACHABLE` for ``status`` of a broker that
+    does not answer (``stop`` is idempotent: ``"stopped": false`` and 0 when none ran)."""
     cfg = load_stream_config(args.config)
     if args.action == "status":
-        print(json.dumps(broker_status(cfg)))
-        return 0
+        status = broker_status(cfg)
+        print(json.dumps(status))
+        return 0 if status.get("reachable") else EXIT_NOT_REACHABLE
     if not cfg.broker.embedded:
         if args.action == "start":
             created = ensure_topics(cfg.bootstrap_servers, cfg.topics.all())

@@ -88,23 +88,38 @@ def by_event_id(records: list) -> dict[str, list[dict]]:
     return out
 
 
-def restart_broker_empty(broker_cfg, port: int, outage_s: float, topics) -> None:
+def restart_broker_empty(broker_cfg, port: int, outage_s: float, topics, hold=None) -> None:
     """Stop the embedded broker, wait ``outage_s``, start it again on the same port (memory storage: empty)
-    and recreate ``topics``."""
+    and recreate ``topics``.
+
+    ``hold``: a worker process (Popen) kept stopped (SIGSTOP) from just before the new broker starts until
+    the topics exist again. Tansu auto-creates a topic that any client touches with 4 partitions, so a worker
+    whose metadata refresh hits the new broker first would otherwise turn the 2-partition clicks topic into a
+    4-partition one (seen in CI); an operator restarting the broker recreates the topics before the workers
+    come back, and this keeps the test to that order.
+    """
+    import signal
+
     from adrec_stream.stream.broker import ensure_topics, start_broker, stop_broker
 
     stop_broker(broker_cfg)
     time.sleep(outage_s)
-    deadline = time.time() + 30
-    while True:
-        try:
-            handle = start_broker(broker_cfg, port=port, owned=True)
-            break
-        except Exception:  # noqa: BLE001 - port still in TIME_WAIT / held: retry briefly
-            if time.time() > deadline:
-                raise
-            time.sleep(0.5)
-    ensure_topics(handle.bootstrap, topics)
+    if hold is not None:
+        hold.send_signal(signal.SIGSTOP)
+    try:
+        deadline = time.time() + 30
+        while True:
+            try:
+                handle = start_broker(broker_cfg, port=port, owned=True)
+                break
+            except Exception:  # noqa: BLE001 - port still in TIME_WAIT / held: retry briefly
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.5)
+        ensure_topics(handle.bootstrap, topics)
+    finally:
+        if hold is not None:
+            hold.send_signal(signal.SIGCONT)
 
 
 def kill9_after(bootstrap: str, topic: str, n: int, proc, timeout_s: float = 120.0) -> int:

@@ -60,7 +60,7 @@ def _run_broker_reset(cfg, private_broker, spawn_worker, outage_s: float, produc
         assert producer.partitions_for(topic)
     stop_broker(private_broker)
     futures = [producer.send(topic, key=k, value=v) for k, v in click_records(during)] if producer else []
-    restart_broker_empty(private_broker, private_broker.port, outage_s, cfg.topics.all())
+    restart_broker_empty(private_broker, private_broker.port, outage_s, cfg.topics.all(), hold=worker.proc)
     if producer is not None:
         producer.flush(outage_s + 60)
         assert all(f.succeeded() for f in futures), [f.exception for f in futures if f.failed()]

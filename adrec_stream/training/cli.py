@@ -66,7 +66,8 @@ def _save(path: Path, model: torch.nn.Module, ds: AdrecDataset, exp: ExperimentC
           stage: str, extra: dict[str, Any]) -> Path:
     """Write ``<path>/model.pt``; meta["stage_epochs"] / ["pipeline_wall_s"] cover all stages so far."""
     meta = {
-        "dataset": ds.name, "stage": stage, "seed": exp.train.seed, "epochs_run": res.epochs_run, "best_epoch": res.best_epoch, "metric": exp.train.metric,
+        "dataset": ds.name, "stage": stage, "seed": exp.train.seed, "epochs_run": res.epochs_run,
+        "best_epoch": res.best_epoch, "metric": exp.train.metric,
         "best_val_metric": res.best_metric, "item_counts": ds.item_counts(), "wall_s": round(res.wall_s, 3),
         "history": res.history, **extra,
     }

@@ -207,7 +207,6 @@ def pretrain_config(exp: ExperimentConfig):
     return exp.model.model_copy(update={"kind": "sasrec", "positional": exp.train.pretrain_positional})
 
 
-
 def _optimizer_step(
     model: torch.nn.Module,
     opt: torch.optim.Optimizer,
@@ -233,6 +232,7 @@ def _accumulate(sums: dict[str, float], out: dict[str, torch.Tensor]) -> None:
     for k in sums:
         if k in out:
             sums[k] += float(out[k].detach())
+
 
 def train_model(
     train_seqs: list[list[int]],

@@ -18,6 +18,8 @@ from adrec_stream.errors import AdrecStreamError
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("adrec_stream.training.cli", "train ADRec or SASRec+ (three stages) on a dataset"),
     "evaluate": ("adrec_stream.evaluation.cli", "evaluate a checkpoint (HR@k, NDCG@k, full ranking, leave-one-out)"),
+    "split-stats": ("adrec_stream.evaluation.split_stats",
+                    "model-free val vs test statistics of a leave-one-out split (is the test step harder?)"),
     "bench": ("adrec_stream.bench.cli", "speed benchmarks against reference-equivalent paths"),
     "broker": ("adrec_stream.stream.broker_cli", "start/stop/status of the embedded Kafka-compatible broker (Tansu)"),
     "worker": ("adrec_stream.stream.worker_cli", "run a streaming worker (ingest, score)"),

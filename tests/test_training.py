@@ -59,6 +59,47 @@ def test_align_freezes_the_item_table_for_real(monkeypatch: pytest.MonkeyPatch) 
     assert model.item_emb.weight.requires_grad  # unfrozen again for stage 3
 
 
+
+def test_align_reference_decay_shrinks_the_table_by_lr_per_step() -> None:
+    """train.align_table "reference_decay" (the reference code's behaviour, kept only for comparison): the table
+    gets no gradient from the loss but sits in Adam with a zero gradient, so the L2 term wd·θ, normalised by
+    Adam, moves every entry towards 0 by ≈ lr per step, whatever the decay value."""
+    seqs = _toy_sequences()  # 40 users, batch 8 -> 5 steps per epoch
+    table = torch.randn(31, 16)
+    table[0] = 0.0
+    exp = _small_exp(align_table="reference_decay", align_epochs=2, lr=0.01, lr_schedule="constant")
+    model = build_model(30, exp.model)
+    train_model(seqs, 30, exp, stages=("align",), init_model=model, pretrained_table=table, progress=False)
+    after = model.item_emb.weight.detach()
+    shrink = table[1:].abs() - after[1:].abs()
+    assert torch.equal(after[0], torch.zeros(16))
+    big = table[1:].abs() > 0.2  # entries far from 0 move the full ≈ 10 steps × lr = 0.1
+    assert torch.allclose(shrink[big], torch.full_like(shrink[big], 0.1), atol=0.01)
+    assert torch.all(torch.sign(after[1:][big]) == torch.sign(table[1:][big]))
+    # "frozen" (default) on the same run leaves the table bit-identical
+    model = build_model(30, _small_exp(align_epochs=2, lr=0.01, lr_schedule="constant").model)
+    train_model(seqs, 30, _small_exp(align_epochs=2, lr=0.01, lr_schedule="constant"), stages=("align",),
+                init_model=model, pretrained_table=table, progress=False)
+    assert torch.equal(model.item_emb.weight.detach(), table)
+
+
+def test_init_std_gives_the_reference_initialisation() -> None:
+    """model.init_std / train.pretrain_init_std: every Linear and Embedding weight ~ N(0, σ²), Linear biases 0,
+    padding row 0; only the stage-1 model gets it from train.pretrain_init_std."""
+    cfg = ModelConfig(kind="sasrec", positional=True, init_std=0.1)
+    model = build_model(500, cfg)
+    lin = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    w = torch.cat([m.weight.detach().flatten() for m in lin] + [model.item_emb.weight[1:].detach().flatten()])
+    assert abs(float(w.std()) - 0.1) < 0.002 and abs(float(w.mean())) < 0.002
+    assert all(m.bias is None or torch.count_nonzero(m.bias) == 0 for m in lin)
+    assert torch.count_nonzero(model.item_emb.weight[0]) == 0
+    default = build_model(500, ModelConfig(kind="sasrec", positional=True))
+    assert abs(float(default.item_emb.weight[1:].detach().std()) - 0.02) < 0.001
+    exp = _small_exp(pretrain_init_std=0.1)
+    assert trainer.pretrain_config(exp).init_std == 0.1 and exp.model.init_std is None
+    with pytest.raises(ValueError, match="init_std"):
+        ModelConfig(init_std=0.0)
+
 def test_align_without_table_and_bad_stage_orders_raise() -> None:
     exp = _small_exp()
     with pytest.raises(ConfigError, match="pretrain"):

@@ -4,6 +4,8 @@
    only its item table is kept.
 2. ``align``: the table is loaded into ADRec and frozen for real (``requires_grad=False`` and
    left out of the optimiser, so weight decay cannot shrink it); the rest trains on CE + MSE.
+   ``train.align_table: reference_decay`` reproduces the reference code instead (table in the optimiser
+   with zero gradients, shrunk by weight decay), for comparisons only.
 3. ``finetune``: everything trains with the same loss. The SASRec+ baseline trains only this stage.
 
 Each stage: Adam (lr, weight decay), cosine LR over the stage's epoch budget, one backward of the
@@ -115,11 +117,15 @@ def _run_stage(
     log: Any,
     rng: np.random.Generator,
     history: list[dict[str, Any]],
+    decay_only: Sequence[torch.nn.Parameter] = (),
 ) -> _StageRun:
-    """Train the parameters of ``model`` that require grad for ``epochs`` epochs (see module doc)."""
+    """Train the parameters of ``model`` that require grad for ``epochs`` epochs (see module doc).
+
+    ``decay_only``: parameters without gradient that are nevertheless in the optimiser with a zero gradient
+    (``train.align_table: reference_decay``), so that weight decay alone moves them."""
     tc = exp.train
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=lr, weight_decay=tc.weight_decay)
+    opt = torch.optim.Adam(params + list(decay_only), lr=lr, weight_decay=tc.weight_decay)
     steps_per_epoch = math.ceil(len(windows) / tc.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, _cosine(epochs * steps_per_epoch, tc.min_lr_ratio) if schedule == "cosine" else (lambda _s: 1.0)
@@ -136,7 +142,8 @@ def _run_stage(
         batches = window_batches(windows, tc.batch_size, shuffle=True, bucket=tc.bucket_by_length, rng=rng)
         for hist, tgt in tqdm(batches, total=steps_per_epoch, disable=not progress, desc=f"{stage} {epoch}/{epochs}",
                               leave=False):
-            _accumulate(sums, _optimizer_step(model, opt, params, hist.to(device), tgt.to(device), tc.max_grad_norm))
+            _accumulate(sums, _optimizer_step(model, opt, params, hist.to(device), tgt.to(device), tc.max_grad_norm,
+                                              decay_only))
             sched.step()
             n_batches += 1
         rec: dict[str, Any] = {"stage": stage, "epoch": epoch, "lr": opt.param_groups[0]["lr"],
@@ -203,8 +210,12 @@ def _load_table(model: torch.nn.Module, table: torch.Tensor) -> None:
 
 def pretrain_config(exp: ExperimentConfig):
     """Model config of the stage-1 encoder: the same architecture as a SASRec, without positions unless
-    ``train.pretrain_positional`` (the reference's pretraining SASRec has learned positions)."""
-    return exp.model.model_copy(update={"kind": "sasrec", "positional": exp.train.pretrain_positional})
+    ``train.pretrain_positional`` (the reference's pretraining SASRec has learned positions), initialised with
+    ``train.pretrain_init_std`` when set."""
+    update: dict[str, Any] = {"kind": "sasrec", "positional": exp.train.pretrain_positional}
+    if exp.train.pretrain_init_std is not None:
+        update["init_std"] = exp.train.pretrain_init_std
+    return exp.model.model_copy(update=update)
 
 
 def _optimizer_step(
@@ -214,8 +225,10 @@ def _optimizer_step(
     hist: torch.Tensor,
     tgt: torch.Tensor,
     max_grad_norm: float | None,
+    decay_only: Sequence[torch.nn.Parameter] = (),
 ) -> dict[str, torch.Tensor]:
     """One update: the model's combined loss on a (B, L) batch, ONE backward pass, optional clipping, step.
+    Parameters in ``decay_only`` get a zero gradient before the step (weight decay acts on them alone).
 
     Returns the model's loss dict ("loss", "ce", "mse")."""
     out = model.loss(hist, tgt)
@@ -223,6 +236,8 @@ def _optimizer_step(
     out["loss"].backward()
     if max_grad_norm is not None:
         torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    for p in decay_only:
+        p.grad = torch.zeros_like(p)
     opt.step()
     return out
 
@@ -318,7 +333,8 @@ def train_model(
         table.requires_grad_(False)
         log.info("stage_start", stage="align", epochs=budgets["align"])
         result = _run_stage(model, windows, exp, "align", epochs=budgets["align"], lr=tc.stage_lr("align"),
-                            schedule=tc.lr_schedule, **{**common, "val": val if stages[-1] == "align" else None})
+                            schedule=tc.lr_schedule, **{**common, "val": val if stages[-1] == "align" else None},
+                            decay_only=[table] if tc.align_table == "reference_decay" else ())
         table.requires_grad_(True)
         stage_epochs["align"] = result.epochs
     if "finetune" in stages:

@@ -38,8 +38,13 @@ def format_validation_error(err: ValidationError, source: str, overridden: Itera
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see the shipped configs/ for valid keys)"
-        where = f"{source} (value from --set)" if loc in overridden else source
-        lines.append(f"{where}: {loc}: {msg} (got {e.get('input')!r})")
+        section_check = isinstance(e.get("input"), dict)  # a check across a section's keys (model validator)
+        if section_check:
+            msg = msg.removeprefix("Value error, ")
+        from_set = loc in overridden or (section_check and any(k.startswith(loc + ".") for k in overridden))
+        where = f"{source} (value from --set)" if from_set else source
+        got = "" if section_check else f" (got {e.get('input')!r})"
+        lines.append(f"{where}: {loc}: {msg}{got}")
     return "\n".join(lines)
 
 

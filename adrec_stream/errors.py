@@ -31,3 +31,7 @@ class BrokerError(AdrecStreamError):
 
 class StoreError(AdrecStreamError):
     """A RocksDB state store cannot be opened (corrupt, unreadable, wrong format) or a write failed."""
+
+
+class TrainingDivergedError(AdrecStreamError):
+    """The training loss became NaN or infinite (learning rate or initialisation scale too large)."""

@@ -79,6 +79,7 @@ def test_missing_and_truncated_files(tmp_path: Path) -> None:
         ({"train": [[1, 0]], "val": [[3]], "test": [[4]]}, ">= 1"),
         ({"train": [[1, 2]], "val": [[3, 5]], "test": [[4]]}, "exactly 1"),
         ({"train": [[1, "2"]], "val": [[3]], "test": [[4]]}, "integers"),
+        ({"train": [], "val": [], "test": []}, "no users"),  # split-stats printed NaN tables for it
     ],
 )
 def test_malformed_splits_are_rejected(tmp_path: Path, obj: object, fragment: str) -> None:

@@ -75,3 +75,17 @@ def test_evaluate_model_is_per_user_with_uneven_batches() -> None:
     ranks = np.array([1, 1, 2, 3, 1])
     assert res["HR@5"] == 1.0
     assert res["NDCG@5"] == pytest.approx(np.mean(np.where(ranks <= 5, 1 / np.log2(ranks + 1), 0)))
+
+
+def test_a_target_scored_nan_ranks_last_never_first() -> None:
+    """An all-NaN model got HR = NDCG = 1.0 (every target "ranked first": nothing scored strictly higher);
+    a NaN target score now ranks last (N), whatever the other scores are."""
+    n = 6  # items 1..5
+    ranks = ranks_of_targets(torch.full((2, n), float("nan")), torch.tensor([1, 5]))
+    assert ranks.tolist() == [5, 5]
+    assert summarize(hit_ndcg(ranks, (5,)))["HR@5"] == 1.0  # rank N is still inside top-N ...
+    assert summarize(hit_ndcg(ranks, (4,)))["HR@4"] == 0.0  # ... and outside any shorter list
+    mixed = torch.tensor([[0.0, 1.0, float("nan"), 0.5, float("-inf"), 2.0]])
+    assert ranks_of_targets(mixed, torch.tensor([2])).item() == 5  # NaN target: last
+    assert ranks_of_targets(mixed, torch.tensor([4])).item() == 4  # -inf target: below every finite score only
+    assert ranks_of_targets(mixed, torch.tensor([3])).item() == 3  # finite target: NaN items count as -inf

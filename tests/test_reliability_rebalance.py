@@ -28,6 +28,11 @@ N_USERS = 60
 RATE_PER_S = 150.0
 #: The producer pauses before this click until worker A was terminated ("produce the rest").
 REST_FROM = 2000
+#: From this click until the rebalance was observed, the producer sends only TRICKLE_PER_S clicks/s, so that
+#: the rebalance happens while clicks flow even when worker B is slow to start (a CI rehearsal on a loaded
+#: machine took longer than the 1,600 clicks / 150 per s = 11 s between B's start and REST_FROM).
+TRICKLE_FROM = 600
+TRICKLE_PER_S = 10.0
 
 
 def _clicks() -> list[ClickEvent]:
@@ -36,8 +41,9 @@ def _clicks() -> list[ClickEvent]:
 
 
 class _PacedProducer(threading.Thread):
-    """Produces the clicks keyed by user id at ``RATE_PER_S``, pausing before click ``REST_FROM`` until
-    ``rest`` is set; ``sent`` counts the records handed over."""
+    """Produces the clicks keyed by user id at ``RATE_PER_S`` (``TRICKLE_PER_S`` from click ``TRICKLE_FROM``
+    until ``rebalanced`` is set), pausing before click ``REST_FROM`` until ``rest`` is set; ``sent`` counts the
+    records handed over."""
 
     def __init__(self, bootstrap: str, topic: str, clicks: list[ClickEvent]) -> None:
         super().__init__(daemon=True)
@@ -46,21 +52,26 @@ class _PacedProducer(threading.Thread):
         self.error: BaseException | None = None
         self.partitions: dict[str, int] = {}
         self.rest = threading.Event()
+        self.rebalanced = threading.Event()
 
     def run(self) -> None:
         from kafka import KafkaProducer
 
         producer = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=5)
         try:
-            t0 = time.monotonic()
+            due = time.monotonic()  # when the next click is due
             futures = []
             for i, c in enumerate(self.clicks):
                 if i == REST_FROM:
                     self.rest.wait(120)
-                    t0 = time.monotonic() - i / RATE_PER_S
-                delay = t0 + i / RATE_PER_S - time.monotonic()
+                    due = time.monotonic()
+                delay = due - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
+                # full rate, except a trickle from TRICKLE_FROM until the test saw the rebalance: clicks keep
+                # flowing during it however long a loaded machine takes to start worker B
+                trickle = TRICKLE_FROM <= i < REST_FROM and not self.rebalanced.is_set()
+                due = max(due, time.monotonic() - 1.0) + 1.0 / (TRICKLE_PER_S if trickle else RATE_PER_S)
                 futures.append((c.user_id, producer.send(self.topic, key=c.user_id.encode(), value=encode_click(c))))
                 self.sent = i + 1
             producer.flush(60)
@@ -110,9 +121,10 @@ def test_second_worker_joins_then_first_is_terminated_exactly_once(stream_config
     b.wait_for('"partitions_assigned"', timeout_s=60)
     _wait(lambda: len(_assigned(a.log())) >= 2 and _assigned(a.log())[-1] and _assigned(b.log())[-1], 60,
           "the rebalance to split the partitions between A and B")
+    sent_at_join = producer.sent
+    producer.rebalanced.set()  # back to the full rate
     a_parts, b_parts = _assigned(a.log())[-1], _assigned(b.log())[-1]
     assert sorted(a_parts + b_parts) == list(range(n_parts))  # split, no partition owned twice
-    sent_at_join = producer.sent
     assert sent_at_join < REST_FROM, "the rebalance happened after the first part was produced: not while clicks flowed"
 
     _wait(lambda: producer.sent >= REST_FROM, 60, "the first part produced")

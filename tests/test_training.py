@@ -11,7 +11,7 @@ import torch
 
 from adrec_stream.data.adrec_pkl import load_adrec_dataset
 from adrec_stream.data.batching import loo_histories
-from adrec_stream.errors import ConfigError
+from adrec_stream.errors import ConfigError, TrainingDivergedError
 from adrec_stream.evaluation.metrics import hit_ndcg, ranks_of_targets, summarize
 from adrec_stream.evaluation.offline import popularity_scores
 from adrec_stream.model import ModelConfig, build_model
@@ -99,6 +99,19 @@ def test_init_std_gives_the_reference_initialisation() -> None:
     assert trainer.pretrain_config(exp).init_std == 0.1 and exp.model.init_std is None
     with pytest.raises(ValueError, match="init_std"):
         ModelConfig(init_std=0.0)
+
+
+def test_a_non_finite_loss_stops_training_with_a_clear_error() -> None:
+    """A corrupt (NaN) stage-1 table made every loss NaN, and training went on selecting "best" NaN models
+    (a fresh user's report): the first non-finite loss now raises, naming the stage and epoch."""
+    table = torch.full((31, 16), float("nan"))
+    exp = _small_exp()
+    model = build_model(30, exp.model)
+    with pytest.raises(TrainingDivergedError, match=r"stage align, epoch 1: training diverged: the loss is nan"):
+        train_model(_toy_sequences(), 30, exp, stages=("align",), init_model=model, pretrained_table=table,
+                    progress=False)
+    with pytest.raises(TrainingDivergedError, match="training diverged"):
+        finetune(model, _toy_sequences(), exp, epochs=1)
 
 def test_align_without_table_and_bad_stage_orders_raise() -> None:
     exp = _small_exp()

@@ -64,7 +64,7 @@ def load_adrec_dataset(path: str | Path) -> AdrecDataset:
         path: the pickle file, or the dataset folder holding ``dataset.pkl``.
 
     Raises:
-        DataFileError: missing file, unsafe or invalid pickle, missing keys, misaligned user
+        DataFileError: missing file, unsafe or invalid pickle, missing keys, no users, misaligned user
             lists, non-integer or out-of-range ids, or val/test lists not of length 1.
     """
     p = resolve_dataset_path(path)
@@ -79,6 +79,8 @@ def load_adrec_dataset(path: str | Path) -> AdrecDataset:
             raise DataFileError(f"{p}: '{key}' must be a list of per-user item lists; expected {EXPECTED_FORMAT}")
         parts[key] = [list(s) for s in seqs]
     n_users = len(parts["train"])
+    if n_users == 0:
+        raise DataFileError(f"{p}: the split has no users (empty train/val/test lists); expected {EXPECTED_FORMAT}")
     if len(parts["val"]) != n_users or len(parts["test"]) != n_users:
         raise DataFileError(
             f"{p}: train/val/test have {n_users}/{len(parts['val'])}/{len(parts['test'])} users; they must be aligned"

@@ -3,7 +3,9 @@
 Rank convention: ``rank = 1 + number of real items with a strictly greater score`` than the
 target. Ties are therefore resolved in the target's favour (an item tied with the target does
 not push it down); with continuous scores ties practically never happen. The padding column 0
-is never ranked. NaN scores count as -inf.
+is never ranked. NaN scores rank below every number (-inf included), and a target scored NaN ranks last
+(rank N): a model that cannot score the target gets no credit (an all-NaN model would otherwise rank every
+target first).
 
 HR@k = 1[rank <= k]; NDCG@k = 1 / log2(rank + 1) if rank <= k else 0 (one relevant item).
 Both are computed per user and averaged over users (not over batches).
@@ -31,7 +33,8 @@ def ranks_of_targets(
             (e.g. the history; 0 entries are ignored). The target itself is never excluded.
 
     Returns:
-        LongTensor (B,): 1 + number of real items scored strictly higher than the target.
+        LongTensor (B,): 1 + number of real items scored strictly higher than the target; N (last) when
+        the target's score is NaN.
 
     Raises:
         ValueError: shape mismatch or a target outside 1..N.
@@ -50,7 +53,9 @@ def ranks_of_targets(
         s.scatter_(1, ex, float("-inf"))
     s[:, 0] = float("-inf")
     target_scores = s.gather(1, targets.unsqueeze(1))
-    return (s > target_scores).sum(dim=1) + 1
+    ranks = (s > target_scores).sum(dim=1) + 1
+    nan_target = target_scores.squeeze(1) == float("-inf")  # NaN before nan_to_num (a real -inf became finite)
+    return torch.where(nan_target, torch.full_like(ranks, n_cols - 1), ranks)
 
 
 def hit_ndcg(ranks: torch.Tensor | np.ndarray | Sequence[int], ks: Iterable[int] = DEFAULT_KS) -> dict[str, np.ndarray]:

@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     ds = load_adrec_dataset(args.dataset)
     stats = split_statistics(ds)
     if args.json:
-        print(json.dumps({"dataset": ds.name, **stats}))
+        print(json.dumps({"dataset": ds.name, "n_items": ds.n_items, **stats}))
         return 0
     print(f"{ds.name}: {ds.n_users} users, {ds.n_items} items (x100 except mean_history)")
     print(f"  {'':18s} {'val':>8s} {'test':>8s}")

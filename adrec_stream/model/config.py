@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from adrec_stream.config import StrictModel
 
@@ -37,7 +37,7 @@ class ModelConfig(StrictModel):
         sampling_steps: number of reverse steps at inference (None = T; fewer = strided subset of timesteps).
         deterministic_sampling: start the reverse process from zeros and add no noise (reproducible scores).
         init_std: None (default) = item/position embeddings ~ N(0, 0.02²) and PyTorch's default Linear
-            initialisation; a value σ = every Linear and Embedding weight ~ N(0, σ²) and Linear biases 0
+            initialisation; a value σ in (0, 1] = every Linear and Embedding weight ~ N(0, σ²) and Linear biases 0
             (the reference code's pretraining SASRec uses σ = 0.1). The padding row is zero either way.
     """
 
@@ -55,7 +55,7 @@ class ModelConfig(StrictModel):
     positional: bool = False
     sampling_steps: int | None = None
     deterministic_sampling: bool = False
-    init_std: float | None = None
+    init_std: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _check_ranges(self) -> ModelConfig:
@@ -79,8 +79,6 @@ class ModelConfig(StrictModel):
                 f"sampling_steps must be in [1, diffusion_steps={self.diffusion_steps}] or null "
                 f"(got {self.sampling_steps})"
             )
-        if self.init_std is not None and not self.init_std > 0:
-            problems.append(f"init_std must be > 0 or null (got {self.init_std})")
         if self.lambda_uncertainty < 0:
             problems.append(f"lambda_uncertainty must be >= 0 (got {self.lambda_uncertainty})")
         if problems:

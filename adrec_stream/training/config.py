@@ -37,7 +37,7 @@ class TrainConfig(StrictModel):
     weights — a CPU-budget run then still ends with a selected checkpoint. None = no limit.
     ``pretrain_positional``: give the stage-1 SASRec learned (right-aligned) position embeddings, as
     the reference code's pretraining model has; only its item table is kept either way.
-    ``pretrain_init_std``: initialise the stage-1 SASRec's Linear and Embedding weights with N(0, σ²)
+    ``pretrain_init_std``: initialise the stage-1 SASRec's Linear and Embedding weights with N(0, σ²), σ in (0, 1]
     (``model.init_std``; the reference's pretraining SASRec uses 0.1). None = the model's own setting.
     ``align_table``: "frozen" (default) = the stage-2 item table gets no gradient and is not in the
     optimiser; "reference_decay" = it still gets no gradient but IS in the optimiser with a zero
@@ -68,7 +68,7 @@ class TrainConfig(StrictModel):
     seed: int = 2025
     finetune_stream_lr: float | None = Field(None, strict=False, gt=0)
     pretrain_positional: bool = False
-    pretrain_init_std: float | None = Field(None, strict=False, gt=0)
+    pretrain_init_std: float | None = Field(None, strict=False, gt=0, le=1, allow_inf_nan=False)
     align_table: Literal["frozen", "reference_decay"] = "frozen"
 
     def stage_lr(self, stage: str) -> float:

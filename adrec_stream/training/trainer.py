@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from adrec_stream.data.batching import training_windows, window_batches
-from adrec_stream.errors import ConfigError
+from adrec_stream.errors import ConfigError, TrainingDivergedError
 from adrec_stream.evaluation.offline import evaluate_model
 from adrec_stream.logging import get_logger
 from adrec_stream.model import build_model
@@ -142,8 +142,11 @@ def _run_stage(
         batches = window_batches(windows, tc.batch_size, shuffle=True, bucket=tc.bucket_by_length, rng=rng)
         for hist, tgt in tqdm(batches, total=steps_per_epoch, disable=not progress, desc=f"{stage} {epoch}/{epochs}",
                               leave=False):
-            _accumulate(sums, _optimizer_step(model, opt, params, hist.to(device), tgt.to(device), tc.max_grad_norm,
-                                              decay_only))
+            try:
+                out = _optimizer_step(model, opt, params, hist.to(device), tgt.to(device), tc.max_grad_norm, decay_only)
+            except TrainingDivergedError as err:
+                raise TrainingDivergedError(f"stage {stage}, epoch {epoch}: {err}") from None
+            _accumulate(sums, out)
             sched.step()
             n_batches += 1
         rec: dict[str, Any] = {"stage": stage, "epoch": epoch, "lr": opt.param_groups[0]["lr"],
@@ -162,6 +165,7 @@ def _run_stage(
             else:
                 bad += 1
             rec["best"] = best
+            rec["best_metric"] = SELECTION_REPORT_METRIC if tc.metric == "any" else tc.metric  # what "best" is
             log.info("eval", **rec)
             history.append(rec)
             if bad >= tc.patience:
@@ -230,8 +234,16 @@ def _optimizer_step(
     """One update: the model's combined loss on a (B, L) batch, ONE backward pass, optional clipping, step.
     Parameters in ``decay_only`` get a zero gradient before the step (weight decay acts on them alone).
 
-    Returns the model's loss dict ("loss", "ce", "mse")."""
+    Returns the model's loss dict ("loss", "ce", "mse").
+
+    Raises:
+        TrainingDivergedError: the loss is NaN or infinite (no update is made)."""
     out = model.loss(hist, tgt)
+    if not bool(torch.isfinite(out["loss"].detach())):
+        raise TrainingDivergedError(
+            f"training diverged: the loss is {float(out['loss'].detach())}; lower the learning rate (train.lr or "
+            "train.<stage>_lr) or the initialisation scale (train.pretrain_init_std, model.init_std)"
+        )
     opt.zero_grad(set_to_none=True)
     out["loss"].backward()
     if max_grad_norm is not None:
@@ -286,6 +298,7 @@ def train_model(
     Raises:
         ConfigError: unknown stage or stage order, align without a pre-trained table, a stage not
             applicable to the model kind, or a table of the wrong shape.
+        TrainingDivergedError: the loss became NaN or infinite (the message names the stage and epoch).
     """
     t_start = time.perf_counter()
     log = log if log is not None else get_logger("train")
@@ -377,6 +390,10 @@ def finetune(
 
     Returns:
         {"loss", "ce", "mse": mean over batches, "steps", "windows", "epochs", "wall_s"}.
+
+    Raises:
+        TrainingDivergedError: the loss became NaN or infinite; the model holds the weights of the last good
+            step, and the caller must not publish it as a new version without checking.
     """
     t0 = time.perf_counter()
     tc = exp.train

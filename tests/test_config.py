@@ -61,13 +61,8 @@ def test_section_level_check_errors_name_the_section_without_dumping_it(tmp_path
     cfg_path.write_text("model: {hidden_size: 128, num_heads: 3}\n")
     with pytest.raises(ConfigError, match=r"^.*e\.yaml: model: num_heads"):  # the file's value: the file is named
         load_experiment(cfg_path)
+    cfg_path.write_text("model: {hidden_size: 128}\n")
     for bad in ("model.init_std=0", "model.init_std=.inf", "train.pretrain_init_std=1e30", "train.pretrain_init_std=.nan"):
         key = bad.split("=")[0]
         with pytest.raises(ConfigError, match=rf"e\.yaml \(value from --set\): {key.replace('.', '[.]')}: "):
-            load_experiment(_write(tmp_path), parse_overrides([bad]))
-
-
-def _write(tmp_path: Path) -> Path:
-    p = tmp_path / "e.yaml"
-    p.write_text("model: {hidden_size: 128}\n")
-    return p
+            load_experiment(cfg_path, parse_overrides([bad]))

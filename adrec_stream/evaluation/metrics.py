@@ -54,7 +54,7 @@ def ranks_of_targets(
     s[:, 0] = float("-inf")
     target_scores = s.gather(1, targets.unsqueeze(1))
     ranks = (s > target_scores).sum(dim=1) + 1
-    nan_target = target_scores.squeeze(1) == float("-inf")  # NaN before nan_to_num (a real -inf became finite)
+    nan_target = torch.isnan(scores.gather(1, targets.unsqueeze(1).to(scores.device))).squeeze(1)
     return torch.where(nan_target, torch.full_like(ranks, n_cols - 1), ranks)
 
 

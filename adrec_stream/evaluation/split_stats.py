@@ -24,6 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from adrec_stream.data.adrec_pkl import AdrecDataset, load_adrec_dataset
+from adrec_stream.data.batching import loo_histories
 from adrec_stream.evaluation.metrics import DEFAULT_KS, hit_ndcg, summarize
 
 
@@ -59,15 +60,12 @@ def split_statistics(ds: AdrecDataset, ks: Sequence[int] = DEFAULT_KS) -> dict[s
     """
     counts = ds.item_counts()
     pairs = Counter((a, b) for seq in ds.train for a, b in zip(seq, seq[1:]))
-    steps = {
-        "val": ([list(h) for h in ds.train], [v[0] for v in ds.val]),
-        "test": ([list(h) + list(v) for h, v in zip(ds.train, ds.val)], [t[0] for t in ds.test]),
-    }
+    whole = max(len(seq) for seq in ds.train) + 1  # a window no history exceeds: histories are not cut
     out: dict[str, dict[str, float]] = {}
-    for name, (hists, targets) in steps.items():
+    for name in ("val", "test"):
+        hists, targets = loo_histories(ds.train, ds.val, ds.test, name, whole)
         ranks = popularity_ranks(counts, targets)
-        pop = summarize(hit_ndcg(ranks, ks))
-        stats = {f"pop_{k}": float(v) for k, v in pop.items() if k != "n_users"}
+        stats = {f"pop_{k}": float(v) for k, v in summarize(hit_ndcg(ranks, ks)).items()}
         stats["cold_target"] = float(np.mean([counts[t] == 0 for t in targets]))
         stats["seen_transition"] = float(np.mean([bool(h) and pairs[(h[-1], t)] > 0 for h, t in zip(hists, targets)]))
         stats["mean_history"] = float(np.mean([len(h) for h in hists]))

@@ -142,12 +142,16 @@ class WriteFaultInjector:
         store._write_batch = faulty
 
 
-def _drop_tracebacks_of(err: BaseException) -> None:
-    """Strip the traceback of ``err`` from log records of every root handler (the message line stays)."""
+def _drop_tracebacks_from_now_on() -> None:
+    """Strip the traceback from every later log record of every root handler (the message lines stay).
+
+    Called once an operations error was logged as one line: the worker then only shuts down, and the
+    framework's shutdown adds nothing an operator can use. That covers faust's own crash log of the error
+    and the races of its shutdown (measured: about 1 run in 9, mode logs "Error while stopping child ...
+    Event loop is closed" with a traceback while stopping the consumer thread)."""
 
     def _filter(record: logging.LogRecord) -> bool:
-        if record.exc_info and record.exc_info[1] is err:
-            record.exc_info, record.exc_text = None, None
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
         return True
 
     for handler in [*logging.getLogger().handlers, logging.lastResort]:
@@ -298,7 +302,7 @@ def build_app(cfg: StreamConfig, role: Role, *, exclude_history: bool = False,
                 # one); `adrec-stream worker` prints the error as one line and exits 2
                 stats.failed = err
                 log.error("ingest_failed", error=str(err))
-                _drop_tracebacks_of(err)
+                _drop_tracebacks_from_now_on()
                 raise
             except BaseException as err:
                 if not isinstance(err, asyncio.CancelledError):

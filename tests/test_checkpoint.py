@@ -10,6 +10,7 @@ import torch
 
 from adrec_stream.errors import CheckpointError
 from adrec_stream.model import ADRec, Checkpoint, ModelConfig, SASRec, build_model, load_checkpoint, save_checkpoint
+from adrec_stream.model.checkpoint import vocab_fingerprint
 
 N_ITEMS = 30
 VOCAB = [f"item-{i}" for i in range(1, N_ITEMS + 1)]
@@ -106,11 +107,10 @@ def test_foreign_and_incompatible_files_are_refused(tmp_path: Path, saved):
     with pytest.raises(CheckpointError, match="format version 99"):
         load_checkpoint(tmp_path / "future.pt")
     obj = torch.load(path, weights_only=True)
-    obj["n_items"] = N_ITEMS + 1
-    obj["vocab"] = VOCAB + ["new"]
-    torch.save(obj, tmp_path / "mismatch.pt")
+    obj["state_dict"]["out_proj.weight"] = torch.zeros(3, 3)  # a weight the model does not have
+    torch.save(obj, tmp_path / "extra.pt")
     with pytest.raises(CheckpointError, match="weights do not fit"):
-        load_checkpoint(tmp_path / "mismatch.pt")
+        load_checkpoint(tmp_path / "extra.pt")
 
 
 def test_save_validates_vocab_and_meta(tmp_path: Path):
@@ -129,3 +129,50 @@ def test_grown_model_round_trip(tmp_path: Path):
     ck = load_checkpoint(path)
     assert ck.model.n_items == N_ITEMS + 4
     assert torch.equal(model.score(HIST, deterministic=True), ck.model.score(HIST, deterministic=True))
+
+
+# --------------------------------------------------------------------------- vocabulary vs weights
+
+
+def test_vocabulary_that_does_not_match_the_weights_is_refused(tmp_path: Path, saved):
+    path, _ = saved
+    obj = torch.load(path, weights_only=True)
+    assert obj["format_version"] == 1 and obj["state_dict"]["item_emb.weight"].shape[0] == N_ITEMS + 1
+    obj["n_items"] = N_ITEMS + 1
+    obj["vocab"] = VOCAB + ["new"]
+    torch.save(obj, tmp_path / "mismatch.pt")
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(tmp_path / "mismatch.pt")
+    msg = str(err.value)
+    assert msg.startswith(f"{tmp_path / 'mismatch.pt'}: vocabulary has 31 items but the item table has 31 rows "
+                          "(32 expected): the checkpoint's vocabulary does not match its weights; ")
+    assert "does not match its weights" in msg and "\n" not in msg
+
+
+def test_vocabulary_fingerprint_is_stored_and_checked(tmp_path: Path, saved):
+    path, _ = saved
+    obj = torch.load(path, weights_only=True)
+    assert obj["vocab_sha256"] == vocab_fingerprint(VOCAB) and len(obj["vocab_sha256"]) == 64
+    assert vocab_fingerprint(["a", "b"]) != vocab_fingerprint(["b", "a"])
+    assert vocab_fingerprint(["a\nb", "c"]) != vocab_fingerprint(["a", "b\nc"])
+    # same length, two ids swapped: the row count still fits, the fingerprint does not
+    obj["vocab"] = [VOCAB[1], VOCAB[0], *VOCAB[2:]]
+    torch.save(obj, tmp_path / "swapped.pt")
+    with pytest.raises(CheckpointError, match="fingerprint.*does not match its weights") as err:
+        load_checkpoint(tmp_path / "swapped.pt")
+    assert str(tmp_path / "swapped.pt") in str(err.value)
+    obj["vocab"] = VOCAB
+    obj["vocab_sha256"] = 12345  # not a str
+    torch.save(obj, tmp_path / "badfp.pt")
+    with pytest.raises(CheckpointError, match="vocab_sha256"):
+        load_checkpoint(tmp_path / "badfp.pt")
+
+
+def test_checkpoint_without_fingerprint_still_loads(tmp_path: Path, saved):
+    path, model = saved
+    obj = torch.load(path, weights_only=True)
+    del obj["vocab_sha256"]  # as written before the fingerprint existed
+    torch.save(obj, tmp_path / "old.pt")
+    ck = load_checkpoint(tmp_path / "old.pt")
+    assert ck.vocab == VOCAB and ck.model.n_items == N_ITEMS
+    assert torch.equal(ck.model.item_emb.weight, model.item_emb.weight)

@@ -3,11 +3,19 @@
 
 File content (format version 1): ``{"format": "adrec-stream-checkpoint", "format_version": 1, "state_dict",
 "model_config" (ModelConfig as a dict), "n_items", "vocab" (raw external id of item i+1 at index i),
-"config" (caller's dict, e.g. the experiment config), "meta" (caller's dict, e.g. "item_counts")}``.
+"config" (caller's dict, e.g. the experiment config), "meta" (caller's dict, e.g. "item_counts"),
+"vocab_sha256" (:func:`vocab_fingerprint` of "vocab"; optional: files written before it was added load
+without the check)}``.
+
+Loading refuses a checkpoint whose vocabulary does not match its weights: the item table
+(``state_dict["item_emb.weight"]``) must have ``len(vocab) + 1`` rows (row 0 is padding), and when the file
+carries ``vocab_sha256`` the stored vocabulary must hash to it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import tempfile
 from dataclasses import dataclass
@@ -27,6 +35,19 @@ FORMAT_VERSION = 1
 FILE_NAME = "model.pt"
 
 _KEYS = ("format", "format_version", "state_dict", "model_config", "n_items", "vocab", "config", "meta")
+#: optional payload key: fingerprint of the vocabulary (absent in files written before it was added)
+VOCAB_FINGERPRINT_KEY = "vocab_sha256"
+#: state-dict key of the item table (``n_items + 1`` rows, row 0 = padding) in ADRec and SASRec
+ITEM_TABLE_KEY = "item_emb.weight"
+
+
+def vocab_fingerprint(vocab: list[str]) -> str:
+    """SHA-256 (hex) of a vocabulary: of its compact JSON list encoding in UTF-8 (unambiguous, order-sensitive).
+
+    Stored by :func:`save_checkpoint` as ``vocab_sha256`` and checked by :func:`load_checkpoint`.
+    """
+    text = json.dumps(list(vocab), ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 @dataclass
@@ -106,6 +127,7 @@ def save_checkpoint(
         "vocab": list(vocab),
         "config": _plain(dict(config), "config"),
         "meta": _plain(dict(meta or {}), "meta"),
+        VOCAB_FINGERPRINT_KEY: vocab_fingerprint(vocab),
     }
     target = _resolve(path, for_writing=True)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -134,7 +156,9 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
 
     Raises:
         CheckpointError: missing, truncated, corrupted (not a torch file / refused by the weights-only loader),
-            written by a newer format, or inconsistent (config, vocab, weights); the message names the path.
+            written by a newer format, or inconsistent (config, vocab, weights); a vocabulary that does not
+            match the weights (item table rows != len(vocab) + 1, or a stored ``vocab_sha256`` that the
+            vocabulary does not hash to) is refused too. The message names the path.
     """
     p = _resolve(path, for_writing=False)
     hint = "re-save it from a trained model (adrec-stream train) or use another registry version"
@@ -174,6 +198,20 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
         raise CheckpointError(f"{p}: vocab is not a list of {n_items} str: {hint}")
     if not isinstance(obj["config"], dict) or not isinstance(obj["meta"], dict):
         raise CheckpointError(f"{p}: config/meta are not dicts: {hint}")
+    table = obj["state_dict"].get(ITEM_TABLE_KEY) if isinstance(obj["state_dict"], dict) else None
+    if isinstance(table, torch.Tensor) and table.ndim == 2 and table.shape[0] != len(vocab) + 1:
+        raise CheckpointError(
+            f"{p}: vocabulary has {len(vocab)} items but the item table has {table.shape[0]} rows "
+            f"({len(vocab) + 1} expected): the checkpoint's vocabulary does not match its weights; {hint}"
+        )
+    if VOCAB_FINGERPRINT_KEY in obj:
+        stored = obj[VOCAB_FINGERPRINT_KEY]
+        if not isinstance(stored, str) or stored != vocab_fingerprint(vocab):
+            raise CheckpointError(
+                f"{p}: the vocabulary's fingerprint ({VOCAB_FINGERPRINT_KEY}) does not match the one recorded when "
+                f"the checkpoint was saved: the vocabulary was changed after saving and does not match its "
+                f"weights; {hint}"
+            )
     model = build_model(n_items, cfg)
     try:
         model.load_state_dict(obj["state_dict"], strict=True)

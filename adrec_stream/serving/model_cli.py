@@ -1,0 +1,149 @@
+"""``adrec-stream model list|rollback``: look at the model registry's versions and move ``LATEST`` back.
+
+The registry is the stream config's ``registry_dir`` (``--config``, ``--set registry_dir=...``) or ``--registry
+DIR``. ``list`` prints one row per complete version (``--json``: a JSON list of
+:meth:`~adrec_stream.serving.registry.ModelRegistry.list_versions` rows); it never creates a missing registry.
+``rollback VERSION`` points ``LATEST`` at an older (or any existing) version; score workers pick it up at their
+next registry poll (``registry_poll_s``). A later publish (e.g. the next fine-tune round) moves ``LATEST`` to
+the new version again.
+
+Errors (missing registry folder, unknown version, empty registry) are
+:class:`~adrec_stream.errors.CheckpointError`: the CLI prints one line and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from typing import Any
+
+from adrec_stream.errors import CheckpointError
+from adrec_stream.serving.registry import ModelRegistry
+from adrec_stream.stream.worker_cli import add_common_config_arguments, load_from_args
+
+_VERSION_ARG = re.compile(r"[vV]?(\d+)")
+_NDCG_KEYS = ("NDCG@10", "ndcg@10", "ndcg10", "ndcg_10", "NDCG10")
+_OLD_KEYS = ("serving", "old", "before", "parent")
+_NEW_KEYS = ("candidate", "new", "after")
+
+
+def _add_registry_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--registry", default=None, metavar="DIR",
+                        help="registry folder (overrides registry_dir of the stream config)")
+    add_common_config_arguments(parser)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the ``list`` and ``rollback`` actions and their options."""
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p_list = sub.add_parser("list", help="list the complete versions (LATEST marked with *)",
+                            description="List the registry's complete versions, oldest first; * marks LATEST.")
+    _add_registry_arguments(p_list)
+    p_list.add_argument("--json", action="store_true", help="print a JSON list of versions instead of a table")
+    p_rb = sub.add_parser("rollback", help="point LATEST at an existing version",
+                          description="Point LATEST at VERSION; score workers switch at their next registry poll. "
+                                      "The next publish moves LATEST to the new version again.")
+    p_rb.add_argument("version", metavar="VERSION", help="version number: 3, v3 or v000003")
+    _add_registry_arguments(p_rb)
+
+
+def parse_version(text: str) -> int:
+    """``"3"``, ``"v3"`` or ``"v000003"`` -> 3.
+
+    Raises:
+        CheckpointError: not a version number >= 1.
+    """
+    m = _VERSION_ARG.fullmatch(text.strip())
+    if not m or int(m.group(1)) < 1:
+        raise CheckpointError(f"VERSION must be a version number >= 1 such as 3, v3 or v000003, got {text!r}")
+    return int(m.group(1))
+
+
+def _ndcg(value: Any) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, dict):
+        for k in _NDCG_KEYS:
+            if isinstance(value.get(k), int | float):
+                return float(value[k])
+    return None
+
+
+def heldout_text(heldout: Any) -> str:
+    """``heldout`` of a manifest as ``"old->new"`` NDCG@10 (4 decimals); ``-`` when absent.
+
+    Accepted shapes: the fine-tune worker's ``{"metric": "NDCG@10", "serving": {"NDCG@10": x, ...},
+    "candidate": {"NDCG@10": y, ...}, ...}``; ``{"old": x, "new": y}`` (also ``before``/``after``) where x, y
+    are numbers or dicts holding ``NDCG@10``; or ``{"NDCG@10": {"old": x, "new": y}}``. Anything else is shown
+    as compact JSON (40 characters at most).
+    """
+    if heldout is None:
+        return "-"
+    if isinstance(heldout, dict):
+        inner = next((heldout[k] for k in _NDCG_KEYS if isinstance(heldout.get(k), dict)), heldout)
+        old = _ndcg(next((inner[k] for k in _OLD_KEYS if k in inner), None))
+        new = _ndcg(next((inner[k] for k in _NEW_KEYS if k in inner), None))
+        if old is not None or new is not None:
+            return f"{'?' if old is None else f'{old:.4f}'}->{'?' if new is None else f'{new:.4f}'}"
+    return json.dumps(heldout, separators=(",", ":"))[:40]
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    return str(value)
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """The ``list`` table: VERSION, * for LATEST, PUBLISHED (UTC), VOCAB, NEW, PARENT, NDCG@10 OLD->NEW, WALL S,
+    SOURCE; ``-`` where the manifest has no value."""
+    header = ["VERSION", "LATEST", "PUBLISHED (UTC)", "VOCAB", "NEW", "PARENT", "NDCG@10 OLD->NEW", "WALL S", "SOURCE"]
+    lines = [header]
+    for r in rows:
+        published = (r.get("published_at") or "-").replace("T", " ").removesuffix("+00:00")
+        parent = r.get("parent_version")
+        lines.append([
+            f"v{r['version']}",
+            "*" if r.get("latest") else "",
+            published,
+            _cell(r.get("vocab_size")),
+            _cell(r.get("new_items")),
+            f"v{parent}" if isinstance(parent, int) else _cell(parent),
+            heldout_text(r.get("heldout")),
+            _cell(r.get("wall_s")),
+            _cell(r.get("source")),
+        ])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    """CLI entry: ``list`` or ``rollback``; returns 0 (errors are raised as CheckpointError / ConfigError).
+
+    Raises:
+        ConfigError: the stream config cannot be loaded.
+        CheckpointError: the registry folder does not exist, VERSION is malformed or not a complete version,
+            or (rollback) the registry has no version.
+    """
+    cfg = load_from_args(args)
+    registry = ModelRegistry(args.registry or cfg.registry_dir, create=False)
+    if args.action == "list":
+        rows = registry.list_versions()
+        if args.json:
+            print(json.dumps(rows, indent=1))
+        elif not rows:
+            print(f"registry {registry.root}: no complete version")
+        else:
+            print(format_table(rows))
+        return 0
+    version = parse_version(args.version)
+    before = registry.latest()
+    if before is None:
+        raise CheckpointError(f"registry {registry.root} has no complete version: nothing to roll back to")
+    registry.set_latest(version)
+    print(f"LATEST -> v{version} (was v{before[0]}); score workers switch within "
+          f"{cfg.registry_poll_s:g} s (registry_poll_s)")
+    return 0

@@ -21,6 +21,7 @@ from pydantic import Field, model_validator
 
 from adrec_stream.config import CONFIG_DIR, StrictModel, load_config
 from adrec_stream.errors import ConfigError
+from adrec_stream.incremental.config import FinetuneConfig
 
 #: A float field that also accepts YAML integers (``6`` as well as ``6.0``).
 PosFloat = Annotated[float, Field(strict=False, gt=0)]
@@ -208,6 +209,7 @@ class StreamConfig(StrictModel):
     ``state_dir`` holds one sequence store per clicks partition (``sequences/<topic>-<partition>``); ingest
     workers on one host share it. ``store_lock_wait_s``: how long an ingest worker that was assigned a
     partition waits for the previous owner to release that partition's store before failing.
+    ``finetune`` configures the fine-tune worker (:class:`~adrec_stream.incremental.config.FinetuneConfig`).
     """
 
     bootstrap_servers: Annotated[str, Field(min_length=1)] = "127.0.0.1:9092"
@@ -227,6 +229,7 @@ class StreamConfig(StrictModel):
     max_event_bytes: Annotated[int, Field(ge=64, le=16 * 1024 * 1024)] = 65536
     top_k: Annotated[int, Field(ge=1, le=1000)] = 10
     device: str = "cpu"
+    finetune: FinetuneConfig = FinetuneConfig()
 
     @model_validator(mode="before")
     @classmethod

@@ -1,10 +1,11 @@
-"""``adrec-stream worker ingest|score``: run one streaming worker in the foreground.
+"""``adrec-stream worker ingest|score|finetune``: run one streaming worker in the foreground.
 
 The worker joins its consumer group on the configured cluster (the embedded broker's ``broker.host:port``
 or ``bootstrap_servers``), logs structlog JSON to stderr, and stops on SIGINT/SIGTERM. Exit codes: 0 after
 a clean stop, :data:`~adrec_stream.stream.app.EXIT_AGENT_CRASHED` (3) when the agent failed (the crashing
 supervisor stopped the worker; restart it and it resumes from the last committed offset), 2 on config errors
-or an unreachable cluster.
+or an unreachable cluster. The fine-tune worker (:mod:`adrec_stream.incremental.worker`) is a plain consumer
+process, not a Faust app; it stops after the round in progress reaches its next step.
 """
 
 from __future__ import annotations
@@ -30,10 +31,14 @@ def load_from_args(args: argparse.Namespace) -> StreamConfig:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register ``role`` and the config options."""
-    parser.add_argument("role", choices=["ingest", "score"], help="ingest: clicks -> state; score: -> recommendations")
+    parser.add_argument("role", choices=["ingest", "score", "finetune"],
+                        help="ingest: clicks -> state; score: -> recommendations; finetune: keeps the model fresh")
     add_common_config_arguments(parser)
     parser.add_argument("--exclude-history", action="store_true",
                         help="score: never recommend items already in the user's window")
+    parser.add_argument("--device", default=None,
+                        help="finetune: auto (CUDA if present, else CPU), cpu, cuda[:N] (default: finetune.device)")
+    parser.add_argument("--test-hold-publish-s", type=float, default=0.0, help=argparse.SUPPRESS)
     parser.add_argument("--crash-after-batches", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--inject-write-failure", default=None, metavar="OFFSET:TIMES", help=argparse.SUPPRESS)
 
@@ -90,6 +95,11 @@ def run_worker(cfg: StreamConfig, role: str, *, log_level: str = "INFO", exclude
 def run(args: argparse.Namespace) -> int:
     """CLI entry: load config and run the worker."""
     cfg = load_from_args(args)
+    if args.role == "finetune":
+        from adrec_stream.incremental.worker import FinetuneHooks, run_finetune_worker  # noqa: PLC0415
+
+        return run_finetune_worker(cfg, device=args.device,
+                                   hooks=FinetuneHooks(hold_publish_s=args.test_hold_publish_s))
     return run_worker(cfg, args.role, log_level=args.log_level, exclude_history=args.exclude_history,
                       crash_after_batches=args.crash_after_batches,
                       inject_write_failure=args.inject_write_failure)

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from adrec_stream.config import parse_config
 from adrec_stream.errors import ConfigError
 from adrec_stream.model import ADRec, ModelConfig, SASRec, build_model, trim_left_padding
-from adrec_stream.model.base import length_groups
+from adrec_stream.model.base import SequenceModel, length_groups
 from adrec_stream.model.layers import attention_mask, sinusoidal_embedding
 from adrec_stream.model.schedule import NoiseSchedule, make_betas, sampling_timesteps
 
@@ -335,3 +335,29 @@ def test_cached_scores_with_any_step_group_merging(monkeypatch, min_rows):
 def test_empty_batch_scores(kind):
     model = model_of(kind=kind).eval()
     assert model.score(torch.zeros(0, 12, dtype=torch.long)).shape == (0, N_ITEMS + 1)
+
+
+@pytest.mark.parametrize("kind", ["adrec", "sasrec"])
+def test_both_model_kinds_satisfy_the_model_contract(kind):
+    """The SequenceModel contract callers rely on: max_len, n_items, loss dict, (B, N+1) scores, grow_items."""
+    model = model_of(kind=kind, positional=kind == "sasrec")
+    assert isinstance(model, SequenceModel)
+    assert model.max_len == model.cfg.max_len == 12 and model.n_items == N_ITEMS
+    assert type(model).loss is not SequenceModel.loss and type(model).score is not SequenceModel.score
+    inp, tgt = shifted(left_pad([[1, 2, 3, 4], [5, 6]], 5))
+    out = model.loss(inp, tgt)
+    assert set(out) == {"loss", "ce", "mse"} and all(v.dim() == 0 for v in out.values())
+    model.grow_items(N_ITEMS + 4)
+    assert model.n_items == N_ITEMS + 4 and model.item_emb.weight.shape[0] == N_ITEMS + 5
+    s = model.eval().score(left_pad([[N_ITEMS + 4], [1, 2], []], 3), deterministic=True)
+    assert s.shape == (3, N_ITEMS + 5) and torch.all(s[:, 0] == float("-inf"))
+
+
+def test_base_model_leaves_loss_and_score_to_subclasses():
+    base = SequenceModel(N_ITEMS, small_cfg())
+    hist = left_pad([[1, 2]], 3)
+    with pytest.raises(NotImplementedError, match=r"SequenceModel must implement loss"):
+        base.loss(hist, hist)
+    with pytest.raises(NotImplementedError, match=r"SequenceModel must implement score"):
+        base.score(hist)
+    assert base.max_len == 12

@@ -72,12 +72,25 @@ def length_groups(history: torch.Tensor) -> tuple[torch.Tensor, list[slice]]:
 class SequenceModel(nn.Module):
     """Item table + input layer + CAM; base class of :class:`ADRec` and :class:`SASRec`.
 
+    The model contract every caller (training, evaluation, serving, streaming fine-tune) relies on, with B the
+    batch size, L the history length and N the number of items:
+
+    - :meth:`loss` ``(history (B, L), targets (B, L)) -> {"loss", "ce", "mse"}`` scalars;
+    - :meth:`score` ``(history (B, L), *, steps, deterministic, generator, use_cache) -> (B, N+1)`` scores;
+    - :attr:`max_len` (the newest ``max_len`` history columns are used), :attr:`n_items` (N);
+    - :meth:`grow_items` ``(n)``: enlarge the item table to ``n`` items.
+
+    Subclasses implement :meth:`loss` and :meth:`score`; the rest is shared.
+
     Attributes:
         item_emb: ``nn.Embedding(n_items + 1, d)``; row 0 is padding (kept at zero, no gradient).
         pos_emb: learned right-aligned position embeddings (max_len, d) when ``cfg.positional``, else None.
         n_items: number of real items N (ids 1..N).
         cfg: the :class:`ModelConfig`.
     """
+
+    n_items: int
+    cfg: ModelConfig
 
     def __init__(self, n_items: int, cfg: ModelConfig) -> None:
         super().__init__()
@@ -169,6 +182,55 @@ class SequenceModel(nn.Module):
         return scores
 
     # ------------------------------------------------------------------ public API
+    @property
+    def max_len(self) -> int:
+        """Longest history the model reads (``cfg.max_len``); longer histories are cut to their newest items."""
+        return self.cfg.max_len
+
+    def loss(self, history: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Training loss of a batch, for ONE backward pass (implemented by :class:`ADRec` and :class:`SASRec`).
+
+        Args:
+            history: (B, L) long, left-padded with 0 (newest ``max_len`` columns are used if longer).
+            targets: (B, L) long, targets[b, i] = item after history[b, i], 0 where there is none.
+
+        Returns:
+            {"loss": scalar to backpropagate, "ce": scalar cross-entropy, "mse": scalar denoising error (0 for
+            SASRec)}; "ce" and "mse" are detached.
+
+        Raises:
+            ValueError: not 2-D, shapes differ, or an id outside [0, n_items].
+            NotImplementedError: called on the base class.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement loss(history, targets); use ADRec or SASRec")
+
+    def score(
+        self,
+        history: torch.Tensor,
+        *,
+        steps: int | None = None,
+        deterministic: bool | None = None,
+        generator: torch.Generator | None = None,
+        use_cache: bool = True,
+    ) -> torch.Tensor:
+        """Next-item scores over the whole item table (implemented by :class:`ADRec` and :class:`SASRec`).
+
+        Args:
+            history: (B, L) long, left-padded with 0 (newest ``max_len`` columns are used if longer).
+            steps: reverse diffusion steps (ADRec; None = the config's); ignored by SASRec.
+            deterministic: None = the config's choice; True = no sampling noise (ADRec); ignored by SASRec.
+            generator: RNG on the model's device for the sampling noise (ADRec); ignored by SASRec.
+            use_cache: fast exact path (length groups, trimmed padding) when true.
+
+        Returns:
+            (B, N+1) float scores; column 0 (padding) is −inf, the others are finite.
+
+        Raises:
+            ValueError: not 2-D, an id outside [0, n_items], or (ADRec) ``steps`` outside [1, diffusion_steps].
+            NotImplementedError: called on the base class.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement score(history, ...); use ADRec or SASRec")
+
     def encode(self, history: torch.Tensor) -> torch.Tensor:
         """CAM (ADRec) / Transformer (SASRec) output.
 

@@ -15,15 +15,18 @@ import torch
 from adrec_stream.config import parse_overrides
 from adrec_stream.data.adrec_pkl import AdrecDataset, load_adrec_dataset
 from adrec_stream.data.batching import loo_histories
-from adrec_stream.errors import CheckpointError, ConfigError
+from adrec_stream.errors import CheckpointError
 from adrec_stream.logging import get_logger
 from adrec_stream.model import load_checkpoint, save_checkpoint
 from adrec_stream.training.config import STAGES, ExperimentConfig, load_experiment
-from adrec_stream.training.trainer import TrainResult, train_model
+from adrec_stream.training.trainer import TrainResult, check_stages, pretrain_config, train_model
 
 #: sub-folders of the output directory holding the stage-1 and stage-2 checkpoints; the selected
 #: final model (after finetune) is the checkpoint of the output directory itself.
 STAGE_DIRS = {"pretrain": "pretrain", "align": "align"}
+
+#: stage run alone -> the earlier stage whose checkpoint (in its STAGE_DIRS folder) it continues from
+PREVIOUS_STAGE = {"align": "pretrain", "finetune": "align"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,8 +75,8 @@ def _save(path: Path, model: torch.nn.Module, ds: AdrecDataset, exp: ExperimentC
         "history": res.history, **extra,
     }
     config = exp.model_dump(mode="json")
-    if stage == "pretrain":  # the stage-1 encoder is a SASRec without positions
-        config = {**config, "model": {**config["model"], "kind": "sasrec", "positional": False}}
+    if stage == "pretrain":  # the stage-1 encoder's own model config (a SASRec, see pretrain_config)
+        config["model"] = pretrain_config(exp).model_dump(mode="json")
     path.mkdir(parents=True, exist_ok=True)  # a directory: the checkpoint is <path>/model.pt
     return save_checkpoint(path, model, vocab=ds.vocab(), config=config, meta=meta)
 
@@ -85,56 +88,62 @@ def _load_stage(path: Path, what: str) -> Any:
         raise CheckpointError(f"{err} -- {what}") from None
 
 
+def _resume(out: Path, first: str, exp: ExperimentConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What a run starting at stage ``first`` continues from: (``train_model`` keyword arguments, meta of the
+    previous stage's checkpoint). Nothing for pretrain or the SASRec+ baseline; align takes the stage-1 item
+    table from DIR/pretrain, an ADRec finetune the stage-2 model from DIR/align.
+
+    Raises:
+        CheckpointError: the previous stage's checkpoint is missing or unreadable (the message says which
+            ``--stage`` to run first).
+    """
+    previous = PREVIOUS_STAGE.get(first)
+    if previous is None or exp.model.kind != "adrec":
+        return {}, {}
+    ck = _load_stage(out / STAGE_DIRS[previous], f"run `--stage {previous}` first with the same --output")
+    if first == "align":
+        return {"pretrained_table": ck.model.item_emb.weight.detach().clone()}, ck.meta
+    return {"init_model": ck.model}, ck.meta
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run the requested stage(s) and write their checkpoints; prints the final checkpoint path."""
+    """Run the requested stage(s) and write their checkpoints; prints the final checkpoint path.
+
+    The stages run in one :func:`train_model` call that saves each stage's checkpoint as soon as the stage
+    ends; a single ``--stage`` continues from the previous stage's checkpoint in the output directory.
+
+    Raises:
+        ConfigError: a stage the model kind does not have, or a bad config / override.
+        CheckpointError: the previous stage's checkpoint is missing (single ``--stage`` runs).
+    """
     if args.threads:
         torch.set_num_threads(args.threads)
     exp = load_experiment(args.config, _overrides(args))
+    stages = check_stages(exp, None if args.stage == "all" else (args.stage,))
     ds = load_adrec_dataset(args.dataset)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     log = get_logger("train", dataset=ds.name, kind=exp.model.kind)
-    stages = exp.stages() if args.stage == "all" else (args.stage,)
-    if exp.model.kind == "sasrec" and stages != ("finetune",):
-        raise ConfigError("the SASRec+ baseline (model.kind: sasrec) has a single stage: use --stage all or finetune")
     val = loo_histories(ds.train, ds.val, ds.test, "val", exp.model.max_len)
+    start, previous = _resume(out, stages[0], exp)
+    stage_epochs: dict[str, int] = dict(previous.get("stage_epochs", {}))
+    previous_wall = float(previous.get("pipeline_wall_s", 0.0))  # wall time of earlier stages run by earlier calls
     extra = {"command": shlex.join(["adrec-stream", *sys.argv[1:]]), "dataset_path": str(args.dataset)}
+    saved: list[Path] = []
     t0 = time.perf_counter()
-    table = None
-    model = None
-    final = None
-    stage_epochs: dict[str, int] = {}
-    previous_wall = 0.0  # wall time of earlier stages run by earlier invocations
-    for stage in stages:
-        kwargs: dict[str, Any] = {}
-        if stage == "align":
-            if table is None:
-                ck = _load_stage(out / STAGE_DIRS["pretrain"], "run `--stage pretrain` first with the same --output")
-                table = ck.model.item_emb.weight.detach().clone()
-                stage_epochs.update(ck.meta.get("stage_epochs", {}))
-                previous_wall = float(ck.meta.get("pipeline_wall_s", 0.0))
-            kwargs["pretrained_table"] = table
-        elif stage == "finetune" and exp.model.kind == "adrec":
-            if model is None:
-                ck = _load_stage(out / STAGE_DIRS["align"], "run `--stage align` first with the same --output")
-                model = ck.model
-                stage_epochs.update(ck.meta.get("stage_epochs", {}))
-                previous_wall = float(ck.meta.get("pipeline_wall_s", 0.0))
-            kwargs["init_model"] = model
-        res = train_model(ds.train, ds.n_items, exp, val=val, stages=(stage,), device=args.device,
-                          progress=not args.no_progress, log=log, **kwargs)
-        target = out / STAGE_DIRS[stage] if stage in STAGE_DIRS else out
+
+    def save_stage(stage: str, res: TrainResult) -> None:
         stage_epochs.update(res.stage_epochs)
         extra["stage_epochs"] = dict(stage_epochs)
         extra["total_wall_s"] = round(time.perf_counter() - t0, 3)
         extra["pipeline_wall_s"] = round(previous_wall + time.perf_counter() - t0, 3)
-        final = _save(target, res.model, ds, exp, res, stage, extra)
-        log.info("stage_done", stage=stage, checkpoint=str(final), best_val=res.best_metric,
+        target = out / STAGE_DIRS[stage] if stage in STAGE_DIRS else out
+        saved.append(_save(target, res.model, ds, exp, res, stage, extra))
+        log.info("stage_done", stage=stage, checkpoint=str(saved[-1]), best_val=res.best_metric,
                  epochs=res.epochs_run, wall_s=round(res.wall_s, 1))
-        if stage == "pretrain":
-            table = res.pretrained_table
-        else:
-            model = res.model
-    print(json.dumps({"checkpoint": str(final), "stages": list(stages),
+
+    train_model(ds.train, ds.n_items, exp, val=val, stages=stages, device=args.device, progress=not args.no_progress,
+                log=log, on_stage_end=save_stage, **start)
+    print(json.dumps({"checkpoint": str(saved[-1]), "stages": list(stages),
                       "wall_s": round(time.perf_counter() - t0, 1)}))
     return 0

@@ -8,9 +8,17 @@
    with zero gradients, shrunk by weight decay), for comparisons only.
 3. ``finetune``: everything trains with the same loss. The SASRec+ baseline trains only this stage.
 
+:func:`train_model` is the one owner of the stage sequence: offline training (``adrec-stream train``,
+which saves a checkpoint per stage through ``on_stage_end``) and the demo both run their stages
+through it. Each stage starts from ``train.seed`` (Python, NumPy, torch and the shuffling RNG are
+re-seeded), so running the stages in one call gives the same weights as running them one call at a
+time with the previous stage's output passed on. :func:`finetune` is the separate stage-3 update on
+fresh windows used by the streaming fine-tune worker.
+
 Each stage: Adam (lr, weight decay), cosine LR over the stage's epoch budget, one backward of the
-model's combined loss per batch, validation every ``eval_every`` epochs on ``metric``, early stop
-after ``patience`` evaluations without improvement, and the best weights restored at the end.
+model's combined loss per batch, validation every ``eval_every`` epochs on ``metric`` (when
+validation data is given), early stop after ``patience`` evaluations without improvement, and the
+best weights restored at the end.
 """
 
 from __future__ import annotations
@@ -18,8 +26,8 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -30,13 +38,13 @@ from adrec_stream.data.batching import training_windows, window_batches
 from adrec_stream.errors import ConfigError, TrainingDivergedError
 from adrec_stream.evaluation.offline import evaluate_model
 from adrec_stream.logging import get_logger
-from adrec_stream.model import build_model
+from adrec_stream.model import SequenceModel, build_model
 from adrec_stream.training.config import STAGES, ExperimentConfig
 
 
 @dataclass
 class TrainResult:
-    """Outcome of :func:`train_model`.
+    """Outcome of :func:`train_model` (all stages of the call), or of one stage (``on_stage_end``).
 
     Attributes:
         model: the model of the last stage run, holding its best (validation-selected) weights.
@@ -45,13 +53,13 @@ class TrainResult:
         history: one dict per epoch (stage, epoch, loss, ce, mse, lr, seconds, and the
             validation metrics on evaluation epochs).
         epochs_run: total epochs run over all stages.
-        wall_s: wall-clock seconds of the whole call.
+        wall_s: wall-clock seconds of the whole call (of the stage, for a per-stage result).
         stage_epochs: epochs run per stage.
         best_epoch: epoch (within the last stage) of the selected weights.
-        pretrained_table: the item table kept from stage 1 (FloatTensor (N+1, d)), if run.
+        pretrained_table: the item table kept from stage 1 (FloatTensor (N+1, d)), if run or given.
     """
 
-    model: torch.nn.Module
+    model: SequenceModel
     best_metric: float | None
     history: list[dict[str, Any]]
     epochs_run: int
@@ -261,6 +269,27 @@ def _accumulate(sums: dict[str, float], out: dict[str, torch.Tensor]) -> None:
             sums[k] += float(out[k].detach())
 
 
+#: called by :func:`train_model` after each stage with (stage name, that stage's :class:`TrainResult`)
+StageCallback = Callable[[str, TrainResult], None]
+
+
+def check_stages(exp: ExperimentConfig, stages: Sequence[str] | None) -> tuple[str, ...]:
+    """The stages to run: ``stages`` validated, or all the model kind uses (``exp.stages()``) when None.
+
+    Raises:
+        ConfigError: empty, an unknown stage, out of order (pretrain -> align -> finetune), or a stage other
+            than finetune for the SASRec+ baseline.
+    """
+    stages = tuple(stages) if stages is not None else exp.stages()
+    bad = [s for s in stages if s not in STAGES]
+    if not stages or bad or list(stages) != sorted(stages, key=STAGES.index):
+        raise ConfigError(f"stages must be a non-empty subset of {STAGES} in that order, got {list(stages)}")
+    if exp.model.kind == "sasrec" and set(stages) - {"finetune"}:
+        raise ConfigError("the SASRec+ baseline (model.kind: sasrec) trains in a single stage: use stage "
+                          "'finetune' (or 'all')")
+    return stages
+
+
 def train_model(
     train_seqs: list[list[int]],
     n_items: int,
@@ -271,47 +300,54 @@ def train_model(
     device: str | None = None,
     progress: bool = True,
     log: Any = None,
-    init_model: torch.nn.Module | None = None,
+    init_model: SequenceModel | None = None,
     pretrained_table: torch.Tensor | None = None,
     epochs: dict[str, int] | None = None,
+    on_stage_end: StageCallback | None = None,
 ) -> TrainResult:
     """Train ADRec (three stages) or SASRec+ (one stage) on per-user training sequences.
+
+    The one stage loop of the project: any ordered subset of the stages runs here, each starting from
+    ``train.seed``, so a chain of single-stage calls (previous output passed on through ``init_model`` /
+    ``pretrained_table``) gives the same weights as one call with all of them.
 
     Args:
         train_seqs: per-user chronological item ids (1..n_items); one window of the last
             ``max_len + 1`` items per user is the training sample.
         n_items: number of items N.
         exp: experiment config (model + train sections).
-        val: (histories, targets) for validation/early stopping; None = no selection (last weights).
+        val: (histories, targets) for validation/early stopping in every stage; None = no selection
+            (last weights).
         stages: subset of ("pretrain", "align", "finetune") in that order; None = all stages the
             model kind uses (``exp.stages()``).
         device: "auto"/None, "cpu", "cuda".
         progress: show tqdm progress bars.
         log: structlog logger (default: ``get_logger("train")``).
-        init_model: continue from this model (e.g. the stage-2 output when running finetune alone).
-        pretrained_table: FloatTensor (N+1, d) from stage 1 when running align without pretrain.
+        init_model: continue from this model (e.g. the stage-2 output when running finetune alone);
+            its table is replaced by ``pretrained_table`` only if align runs.
+        pretrained_table: FloatTensor (N+1, d) from stage 1 when running align (or finetune on a fresh
+            model) without pretrain.
         epochs: per-stage epoch overrides (default: the config's budgets).
+        on_stage_end: called after each stage with (stage, that stage's :class:`TrainResult`: its model,
+            history, epochs, best metric/epoch and wall seconds), e.g. to save a checkpoint per stage.
+            Align and finetune train the same model object in place: copy it to keep a stage's weights.
 
     Returns:
-        :class:`TrainResult`.
+        :class:`TrainResult` of the whole call (history and epochs over all stages; model, best metric
+        and best epoch of the last stage).
 
     Raises:
-        ConfigError: unknown stage or stage order, align without a pre-trained table, a stage not
-            applicable to the model kind, or a table of the wrong shape.
+        ConfigError: empty stage list, unknown stage or stage order, align without a pre-trained table,
+            a stage not applicable to the model kind, no training window, or a table of the wrong shape.
         TrainingDivergedError: the loss became NaN or infinite (the message names the stage and epoch).
     """
     t_start = time.perf_counter()
     log = log if log is not None else get_logger("train")
-    stages = tuple(stages) if stages is not None else exp.stages()
-    bad = [s for s in stages if s not in STAGES]
-    if bad or list(stages) != sorted(stages, key=STAGES.index):
-        raise ConfigError(f"stages must be a subset of {STAGES} in that order, got {list(stages)}")
-    if exp.model.kind == "sasrec" and set(stages) - {"finetune"}:
-        raise ConfigError("the SASRec+ baseline trains in a single stage: use stage 'finetune' (or 'all')")
+    stages = check_stages(exp, stages)
+    if "align" in stages and "pretrain" not in stages and pretrained_table is None:
+        raise ConfigError("stage 'align' needs the stage-1 item table: run 'pretrain' first (or pass it)")
     dev = resolve_device(device)
     tc = exp.train
-    seed_everything(tc.seed)
-    rng = np.random.default_rng(tc.seed)
     windows = training_windows(train_seqs, exp.model.max_len)
     if not windows:
         raise ConfigError("no user has two or more training items: nothing to train on")
@@ -320,46 +356,68 @@ def train_model(
         val = ([val[0][i] for i in pick], [val[1][i] for i in pick])
     budgets = {s: tc.stage_epochs(s) for s in STAGES}
     budgets.update(epochs or {})
+    table = pretrained_table
     history: list[dict[str, Any]] = []
     stage_epochs: dict[str, int] = {}
-    model: torch.nn.Module | None = None
-    result = _StageRun(0, None, None)
-    common = dict(val=val, device=dev, progress=progress, log=log, rng=rng, history=history)
+    adrec: SequenceModel | None = None  # the ADRec (or SASRec+) that align and finetune train
+    for stage in stages:
+        t0 = time.perf_counter()
+        seed_everything(tc.seed)  # every stage from the seed: one call == the stages run one call at a time
+        if stage == "pretrain":
+            model = build_model(n_items, pretrain_config(exp)).to(dev)
+        else:
+            if adrec is None:  # the given model when continuing, else a fresh one
+                adrec = init_model.to(dev) if init_model is not None else build_model(n_items, exp.model).to(dev)
+                if table is not None and (init_model is None or stage == "align"):
+                    _load_table(adrec, table)
+            model = adrec
+        last = _train_stage(model, windows, exp, stage, epochs=budgets[stage], val=val, device=dev,
+                            progress=progress, log=log)
+        if stage == "pretrain":
+            table = model.item_emb.weight.detach().clone()
+        last = replace(last, wall_s=time.perf_counter() - t0, pretrained_table=table)
+        history += last.history
+        stage_epochs.update(last.stage_epochs)
+        if on_stage_end is not None:
+            on_stage_end(stage, last)
+    return replace(last, history=history, epochs_run=sum(stage_epochs.values()), stage_epochs=stage_epochs,
+                   wall_s=time.perf_counter() - t_start)
 
-    if "pretrain" in stages:
-        enc = build_model(n_items, pretrain_config(exp)).to(dev)
-        log.info("stage_start", stage="pretrain", epochs=budgets["pretrain"], windows=len(windows), device=str(dev))
-        result = _run_stage(enc, windows, exp, "pretrain", epochs=budgets["pretrain"], lr=tc.stage_lr("pretrain"),
-                            schedule=tc.lr_schedule, **common)
-        stage_epochs["pretrain"] = result.epochs
-        pretrained_table = enc.item_emb.weight.detach().clone()
-        model = enc
-    if "align" in stages or "finetune" in stages:
-        # the ADRec (or SASRec+) to train: the given one when continuing, else a fresh one
-        model = init_model.to(dev) if init_model is not None else build_model(n_items, exp.model).to(dev)
-        if pretrained_table is not None and (init_model is None or "align" in stages):
-            _load_table(model, pretrained_table)
-    if "align" in stages:
-        if pretrained_table is None:
-            raise ConfigError("stage 'align' needs the stage-1 item table: run 'pretrain' first (or pass it)")
-        table = model.item_emb.weight
-        table.requires_grad_(False)
-        log.info("stage_start", stage="align", epochs=budgets["align"])
-        result = _run_stage(model, windows, exp, "align", epochs=budgets["align"], lr=tc.stage_lr("align"),
-                            schedule=tc.lr_schedule, **{**common, "val": val if stages[-1] == "align" else None},
-                            decay_only=[table] if tc.align_table == "reference_decay" else ())
-        table.requires_grad_(True)
-        stage_epochs["align"] = result.epochs
-    if "finetune" in stages:
+
+def _train_stage(
+    model: SequenceModel,
+    windows: list[list[int]],
+    exp: ExperimentConfig,
+    stage: str,
+    *,
+    epochs: int,
+    val: tuple[list[list[int]], list[int]] | None,
+    device: torch.device,
+    progress: bool,
+    log: Any,
+) -> TrainResult:
+    """One stage on ``model`` (already on ``device``, seeded by the caller): set which parameters train
+    (align freezes the item table, finetune unfreezes everything), run it, and return its result
+    (``wall_s`` and ``pretrained_table`` are left for the caller to fill)."""
+    tc = exp.train
+    table = model.item_emb.weight
+    if stage == "finetune":
         for p in model.parameters():
             p.requires_grad_(True)
-        log.info("stage_start", stage="finetune", epochs=budgets["finetune"])
-        result = _run_stage(model, windows, exp, "finetune", epochs=budgets["finetune"], lr=tc.stage_lr("finetune"),
-                            schedule=tc.lr_schedule, **common)
-        stage_epochs["finetune"] = result.epochs
-    return TrainResult(model=model, best_metric=result.best_metric, history=history,
-                       epochs_run=sum(stage_epochs.values()), wall_s=time.perf_counter() - t_start,
-                       stage_epochs=stage_epochs, best_epoch=result.best_epoch, pretrained_table=pretrained_table)
+    elif stage == "align":
+        table.requires_grad_(False)
+    log.info("stage_start", stage=stage, epochs=epochs, windows=len(windows), device=str(device))
+    history: list[dict[str, Any]] = []
+    try:
+        run = _run_stage(model, windows, exp, stage, epochs=epochs, lr=tc.stage_lr(stage), schedule=tc.lr_schedule,
+                         val=val, device=device, progress=progress, log=log, rng=np.random.default_rng(tc.seed),
+                         history=history,
+                         decay_only=[table] if stage == "align" and tc.align_table == "reference_decay" else ())
+    finally:
+        if stage == "align":
+            table.requires_grad_(True)
+    return TrainResult(model=model, best_metric=run.best_metric, history=history, epochs_run=run.epochs, wall_s=0.0,
+                       stage_epochs={stage: run.epochs}, best_epoch=run.best_epoch)
 
 
 def finetune(
@@ -399,8 +457,7 @@ def finetune(
     tc = exp.train
     dev = resolve_device(device)
     model.to(dev)
-    max_len = int(getattr(getattr(model, "cfg", None), "max_len", exp.model.max_len))
-    windows = training_windows(sequences, max_len)
+    windows = training_windows(sequences, model.max_len)
     stats = {"loss": float("nan"), "ce": float("nan"), "mse": float("nan"), "steps": 0,
              "windows": len(windows), "epochs": 0, "wall_s": 0.0}
     if not windows or epochs <= 0:

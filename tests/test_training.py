@@ -17,7 +17,7 @@ from adrec_stream.evaluation.offline import popularity_scores
 from adrec_stream.model import ModelConfig, build_model
 from adrec_stream.training import trainer
 from adrec_stream.training.config import ExperimentConfig, TrainConfig
-from adrec_stream.training.trainer import finetune, resolve_device, train_model
+from adrec_stream.training.trainer import resolve_device, train_model
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "adrec"
 
@@ -110,8 +110,8 @@ def test_a_non_finite_loss_stops_training_with_a_clear_error() -> None:
     with pytest.raises(TrainingDivergedError, match=r"stage align, epoch 1: training diverged: the loss is nan"):
         train_model(_toy_sequences(), 30, exp, stages=("align",), init_model=model, pretrained_table=table,
                     progress=False)
-    with pytest.raises(TrainingDivergedError, match="training diverged"):
-        finetune(model, _toy_sequences(), exp, epochs=1)
+    with pytest.raises(TrainingDivergedError, match=r"stage finetune, epoch 1: training diverged"):
+        train_model(_toy_sequences(), 30, exp, stages=("finetune",), init_model=model, progress=False)
 
 def test_align_without_table_and_bad_stage_orders_raise() -> None:
     exp = _small_exp()
@@ -212,17 +212,27 @@ def test_same_seed_gives_identical_weights() -> None:
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
-def test_streaming_finetune_updates_every_parameter() -> None:
-    exp = _small_exp(finetune_epochs=1)
+def test_stage3_on_a_given_model_trains_everything_and_stops_at_max_steps_or_when_asked() -> None:
+    """The streaming fine-tune round's stage 3 (train_model with stages=("finetune",) on the serving model):
+    bounded by train.max_steps, and by should_stop between two steps."""
+    exp = _small_exp(finetune_epochs=3)
+    exp = exp.model_copy(update={"train": exp.train.model_copy(update={"max_steps": 7, "lr_schedule": "constant"})})
     model = build_model(30, exp.model)
-    model.item_emb.weight.requires_grad_(False)  # e.g. left frozen by a caller: finetune trains it anyway
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    stats = finetune(model, _toy_sequences(), exp, epochs=2, device="cpu")
-    assert stats["steps"] == 2 * 5 and stats["windows"] == 40 and np.isfinite(stats["loss"])
-    assert not model.training
-    assert not torch.equal(before["item_emb.weight"], model.item_emb.weight)
-    empty = finetune(model, [[1], []], exp, epochs=3)
-    assert empty["steps"] == 0 and empty["windows"] == 0
+    model.item_emb.weight.requires_grad_(False)  # e.g. left frozen by a caller: stage 3 trains it anyway
+    before = model.item_emb.weight.detach().clone()
+    res = train_model(_toy_sequences(), 30, exp, stages=("finetune",), init_model=model, progress=False)
+    assert res.model is model and res.steps == 7 and res.stop_reason == "max_steps"
+    assert [h["steps"] for h in res.history] == [5, 2] and not model.training
+    assert not torch.equal(before, model.item_emb.weight)
+    polls: list[int] = []
+
+    def stop_after_three() -> bool:
+        polls.append(1)
+        return len(polls) > 3
+
+    res = train_model(_toy_sequences(), 30, exp, stages=("finetune",), init_model=model, progress=False,
+                      should_stop=stop_after_three)
+    assert res.steps == 3 and res.stop_reason == "stopped" and res.epochs_run == 1
 
 
 def test_resolve_device() -> None:

@@ -30,7 +30,7 @@ def evaluate_model(
     every user weighs the same whatever the batch sizes.
 
     Args:
-        model: an ADRec/SASRec with ``score(history (B, L)) -> (B, N+1)``.
+        model: an ADRec/SASRec (:class:`~adrec_stream.model.base.SequenceModel`: ``score(history (B, L)) -> (B, N+1)``).
         histories: per-user history (internal ids, oldest first; at most ``model.cfg.max_len`` used).
         targets: per-user held-out item (1..N).
         ks: cut-offs.
@@ -53,7 +53,7 @@ def evaluate_model(
     model.to(dev)
     was_training = model.training
     model.eval()
-    max_len = int(getattr(getattr(model, "cfg", None), "max_len", 50))
+    max_len = model.max_len
     hists = [list(h)[-max_len:] for h in histories]
     order = np.argsort([len(h) for h in hists], kind="stable")
     ranks = np.zeros(len(hists), dtype=np.int64)

@@ -30,7 +30,6 @@ import copy
 import math
 import time
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,9 +41,12 @@ from adrec_stream.errors import TrainingDivergedError
 from adrec_stream.evaluation.offline import evaluate_model
 from adrec_stream.incremental.config import FinetuneConfig
 from adrec_stream.incremental.updates import SequenceUpdateRecord
+from adrec_stream.logging import get_logger
+from adrec_stream.model import ModelConfig, SequenceModel
 from adrec_stream.model.base import EMB_INIT_STD
 from adrec_stream.state.vocab import Vocabulary
-from adrec_stream.training.trainer import _optimizer_step
+from adrec_stream.training.config import ExperimentConfig, TrainConfig
+from adrec_stream.training.trainer import autocast_context, train_model
 
 #: batches of the training window on which the loss is measured before and after training
 PROBE_BATCHES = 4
@@ -125,7 +127,7 @@ def build_window(fresh: Sequence[SequenceUpdateRecord], pool: Sequence[SequenceU
     return RoundWindow(train, holdout, fresh_seqs + replay_seqs, len(per_user), n_replay, cut)
 
 
-def grow_vocabulary(model: torch.nn.Module, vocab: Vocabulary, sequences: Sequence[Sequence[str]],
+def grow_vocabulary(model: SequenceModel, vocab: Vocabulary, sequences: Sequence[Sequence[str]],
                     init: str = "context_mean", generator: torch.Generator | None = None) -> list[str]:
     """Append the raw ids of ``sequences`` unknown to ``vocab`` and give them rows in ``model``'s item table.
 
@@ -183,8 +185,8 @@ def grow_vocabulary(model: torch.nn.Module, vocab: Vocabulary, sequences: Sequen
 
 @dataclass
 class TrainStats:
-    """Outcome of :func:`train_window`: steps, epochs started, mean loss terms, seconds, and why it stopped
-    ("epochs", "max_steps", "max_seconds", "stopped")."""
+    """Outcome of :func:`train_window`: optimiser steps, epochs started, the last epoch's mean loss terms,
+    seconds, and why it stopped ("epochs", "max_steps", "stopped": the time limit or a shutdown)."""
 
     steps: int = 0
     epochs: int = 0
@@ -195,13 +197,17 @@ class TrainStats:
     stop_reason: str = "epochs"
 
 
-def _autocast(device: torch.device, amp: bool):
-    if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
+def stage3_experiment(cfg: FinetuneConfig, model_cfg: ModelConfig) -> ExperimentConfig:
+    """The experiment config of a round's stage 3: the serving model's architecture and the ``finetune``
+    settings as the stage's budget (``epochs``, ``max_steps``), optimiser (Adam, constant ``lr``,
+    ``weight_decay``, ``max_grad_norm``), ``batch_size``, ``amp`` and ``seed``; no validation."""
+    train = TrainConfig(lr=cfg.lr, weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
+                        finetune_epochs=cfg.epochs, lr_schedule="constant", max_grad_norm=cfg.max_grad_norm,
+                        max_steps=cfg.max_steps, amp=cfg.amp, seed=cfg.seed)
+    return ExperimentConfig(model=model_cfg, train=train)
 
 
-def probe_loss(model: torch.nn.Module, windows: Sequence[Sequence[int]], cfg: FinetuneConfig,
+def probe_loss(model: SequenceModel, windows: Sequence[Sequence[int]], cfg: FinetuneConfig,
                device: torch.device) -> float:
     """Mean training loss of ``model`` on the first :data:`PROBE_BATCHES` batches of ``windows`` (fixed order,
     dropout off, a fixed seed for ADRec's timesteps and noise), so that the loss before and after a round are
@@ -215,24 +221,28 @@ def probe_loss(model: torch.nn.Module, windows: Sequence[Sequence[int]], cfg: Fi
         for i, (hist, tgt) in enumerate(batches):
             if i >= PROBE_BATCHES:
                 break
-            with _autocast(device, cfg.amp):
+            with autocast_context(device, cfg.amp):
                 total += float(model.loss(hist.to(device), tgt.to(device))["loss"].float())
             n += 1
     model.train(was_training)
     return total / n if n else float("nan")
 
 
-def train_window(model: torch.nn.Module, windows: Sequence[Sequence[int]], cfg: FinetuneConfig,
-                 device: torch.device, *, should_stop: Callable[[], bool] | None = None) -> TrainStats:
-    """Stage 3 on ``windows`` in place: every parameter, the model's loss, one backward per batch (step 3).
+def train_window(model: SequenceModel, sequences: Sequence[Sequence[int]], cfg: FinetuneConfig,
+                 device: torch.device, *, should_stop: Callable[[], bool] | None = None,
+                 log: Any = None) -> TrainStats:
+    """Stage 3 on the round's sequences, in place, through the project's one stage loop
+    (:func:`~adrec_stream.training.trainer.train_model` with ``stages=("finetune",)`` and the candidate as
+    ``init_model``): every parameter, the model's loss, one backward per batch (step 3 of the module
+    docstring), stopped at ``max_steps``, after ``max_seconds`` of training, or when ``should_stop()``.
 
     Args:
         model: the candidate (moved to ``device``, left in eval mode).
-        windows: training windows of internal ids (each >= 2 items, see ``training_windows``).
-        cfg: ``finetune`` settings (epochs, max_steps, max_seconds, batch_size, lr, weight_decay,
-            max_grad_norm, amp, seed).
+        sequences: internal item ids, oldest first; one window of the last ``max_len + 1`` items each.
+        cfg: ``finetune`` settings (see :func:`stage3_experiment`; ``max_seconds``).
         device: where to train.
-        should_stop: polled between steps; True ends training early ("stopped").
+        should_stop: polled between steps (worker shutdown).
+        log: structlog logger for the stage's epoch lines.
 
     Returns:
         :class:`TrainStats`.
@@ -241,38 +251,21 @@ def train_window(model: torch.nn.Module, windows: Sequence[Sequence[int]], cfg: 
         TrainingDivergedError: a NaN/infinite loss (no update made with it) or, after training, a
             non-finite parameter; the model must then not be published.
     """
-    model.to(device)
-    for p in model.parameters():
-        p.requires_grad_(True)
-    params = list(model.parameters())
-    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    rng = np.random.default_rng(cfg.seed)
-    stats = TrainStats()
-    sums = {"loss": 0.0, "ce": 0.0, "mse": 0.0}
     t0 = time.perf_counter()
-    model.train()
-    try:
-        for epoch in range(cfg.epochs):
-            stats.epochs = epoch + 1
-            for hist, tgt in window_batches(windows, cfg.batch_size, shuffle=True, rng=rng):
-                if stats.steps >= cfg.max_steps:
-                    stats.stop_reason = "max_steps"
-                elif time.perf_counter() - t0 >= cfg.max_seconds:
-                    stats.stop_reason = "max_seconds"
-                elif should_stop is not None and should_stop():
-                    stats.stop_reason = "stopped"
-                if stats.stop_reason != "epochs":
-                    return stats
-                with _autocast(device, cfg.amp):
-                    out = _optimizer_step(model, opt, params, hist.to(device), tgt.to(device), cfg.max_grad_norm)
-                for k in sums:
-                    sums[k] += float(out[k].detach().float())
-                stats.steps += 1
-    finally:
-        model.eval()
-        stats.train_s = time.perf_counter() - t0
-        if stats.steps:
-            stats.loss, stats.ce, stats.mse = (sums[k] / stats.steps for k in ("loss", "ce", "mse"))
+
+    def stop() -> bool:
+        return time.perf_counter() - t0 >= cfg.max_seconds or (should_stop is not None and should_stop())
+
+    res = train_model([list(s) for s in sequences], model.n_items, stage3_experiment(cfg, model.cfg),
+                      stages=("finetune",), init_model=model, device=str(device), progress=False,
+                      log=log if log is not None else get_logger("adrec_stream.finetune.train"), should_stop=stop)
+    last = res.history[-1] if res.history else {}
+    reason = res.stop_reason
+    if reason == "stopped" and not (should_stop is not None and should_stop()):
+        reason = "max_seconds"
+    stats = TrainStats(steps=res.steps, epochs=res.epochs_run, loss=float(last.get("loss", float("nan"))),
+                       ce=float(last.get("ce", float("nan"))), mse=float(last.get("mse", float("nan"))),
+                       train_s=time.perf_counter() - t0, stop_reason=reason)
     bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
     if bad:
         raise TrainingDivergedError(f"training diverged: non-finite parameters after {stats.steps} steps "
@@ -280,7 +273,7 @@ def train_window(model: torch.nn.Module, windows: Sequence[Sequence[int]], cfg: 
     return stats
 
 
-def heldout_metrics(model: torch.nn.Module, vocab: Vocabulary, holdout: Sequence[SequenceUpdateRecord],
+def heldout_metrics(model: SequenceModel, vocab: Vocabulary, holdout: Sequence[SequenceUpdateRecord],
                     judged: Sequence[bool], cfg: FinetuneConfig, device: torch.device) -> dict[str, float]:
     """HR@k / NDCG@k (k = 5, 10, 20; full ranking over the model's items) on the held-out clicks.
 
@@ -328,7 +321,8 @@ class RoundOutcome:
 
     Attributes:
         accepted: the candidate passed every guard and may be published.
-        reason: why not ("diverged", "heldout", "stopped") or "passed".
+        reason: why not ("diverged", "heldout", "stopped", "no_training_windows": no trained sequence has two
+            items) or "passed".
         candidate: the trained model (None if it diverged).
         vocab: the candidate's vocabulary (the serving one plus ``new_items``).
         window: the round's :class:`RoundWindow`.
@@ -355,8 +349,9 @@ class RoundOutcome:
     round_s: float = 0.0
 
 
-def run_round(serving: torch.nn.Module, serving_vocab: Sequence[str], window: RoundWindow, cfg: FinetuneConfig,
-              device: torch.device, *, should_stop: Callable[[], bool] | None = None) -> RoundOutcome:
+def run_round(serving: SequenceModel, serving_vocab: Sequence[str], window: RoundWindow, cfg: FinetuneConfig,
+              device: torch.device, *, should_stop: Callable[[], bool] | None = None,
+              log: Any = None) -> RoundOutcome:
     """Steps 2-4 of the module docstring on a built window; the serving model is not changed.
 
     Args:
@@ -366,6 +361,7 @@ def run_round(serving: torch.nn.Module, serving_vocab: Sequence[str], window: Ro
         cfg: ``finetune`` settings.
         device: where to train and evaluate.
         should_stop: polled between training steps (worker shutdown).
+        log: structlog logger for the training stage's lines.
 
     Returns:
         :class:`RoundOutcome`.
@@ -381,11 +377,16 @@ def run_round(serving: torch.nn.Module, serving_vocab: Sequence[str], window: Ro
     candidate = copy.deepcopy(serving).to(device)
     serving = serving.to(device)
     added = grow_vocabulary(candidate, vocab, window.sequences, cfg.new_item_init, gen)
-    windows = training_windows([vocab.encode(s) for s in window.sequences], candidate.cfg.max_len)
+    sequences = [vocab.encode(s) for s in window.sequences]
+    windows = training_windows(sequences, candidate.max_len)
     outcome = RoundOutcome(False, "passed", candidate, vocab, window, added)
+    if not windows:  # every trained sequence has a single item: nothing to predict
+        outcome.reason, outcome.candidate = "no_training_windows", None
+        outcome.round_s = time.perf_counter() - t0
+        return outcome
     outcome.loss_before = probe_loss(candidate, windows, cfg, device)
     try:
-        outcome.train = train_window(candidate, windows, cfg, device, should_stop=should_stop)
+        outcome.train = train_window(candidate, sequences, cfg, device, should_stop=should_stop, log=log)
     except TrainingDivergedError as err:
         outcome.reason, outcome.error, outcome.candidate = "diverged", str(err), None
         outcome.round_s = time.perf_counter() - t0

@@ -195,12 +195,13 @@ class FinetuneWorker:
         if len(fresh) < self.fcfg.min_round_events:
             return self._skip("too_few_fresh_events", fresh_events=len(fresh),
                               min_round_events=self.fcfg.min_round_events, serving_version=parent_version)
-        window = build_window(fresh, self.tracker.pool(cut), cut, self.fcfg, self._rng, max_len=parent.model.cfg.max_len)
+        window = build_window(fresh, self.tracker.pool(cut), cut, self.fcfg, self._rng, max_len=parent.model.max_len)
         self.counters.rounds += 1
-        outcome = run_round(parent.model, parent.vocab, window, self.fcfg, self.device, should_stop=self.stopping_fn)
+        outcome = run_round(parent.model, parent.vocab, window, self.fcfg, self.device, should_stop=self.stopping_fn,
+                            log=self.log)
         record = self._record(outcome, parent_version)
-        if outcome.reason == "stopped":
-            record.update(status="skipped", reason="stopped")
+        if outcome.reason in ("stopped", "no_training_windows"):
+            record.update(status="skipped", reason=outcome.reason)
             self.counters.skipped += 1
         elif not outcome.accepted:
             self.counters.rejected[outcome.reason] = self.counters.rejected.get(outcome.reason, 0) + 1

@@ -39,6 +39,8 @@ class TrainConfig(StrictModel):
     the reference code's pretraining model has; only its item table is kept either way.
     ``pretrain_init_std``: initialise the stage-1 SASRec's Linear and Embedding weights with N(0, σ²), σ in (0, 1]
     (``model.init_std``; the reference's pretraining SASRec uses 0.1). None = the model's own setting.
+    ``max_steps``: at most this many optimiser steps per stage (None = no limit; the streaming fine-tune round
+    sets it). ``amp``: bf16 autocast of the forward and loss on CUDA (no effect on CPU).
     ``align_table``: "frozen" (default) = the stage-2 item table gets no gradient and is not in the
     optimiser; "reference_decay" = it still gets no gradient but IS in the optimiser with a zero
     gradient, so Adam's L2 weight decay (``weight_decay`` added to the zero gradient, then normalised)
@@ -66,7 +68,8 @@ class TrainConfig(StrictModel):
     eval_batch_size: int = Field(512, gt=0)
     bucket_by_length: bool = True
     seed: int = 2025
-    finetune_stream_lr: float | None = Field(None, strict=False, gt=0)
+    max_steps: int | None = Field(None, gt=0)
+    amp: bool = False
     pretrain_positional: bool = False
     pretrain_init_std: float | None = Field(None, strict=False, gt=0, le=1, allow_inf_nan=False)
     align_table: Literal["frozen", "reference_decay"] = "frozen"

@@ -12,8 +12,9 @@
 which saves a checkpoint per stage through ``on_stage_end``) and the demo both run their stages
 through it. Each stage starts from ``train.seed`` (Python, NumPy, torch and the shuffling RNG are
 re-seeded), so running the stages in one call gives the same weights as running them one call at a
-time with the previous stage's output passed on. :func:`finetune` is the separate stage-3 update on
-fresh windows used by the streaming fine-tune worker.
+time with the previous stage's output passed on. The streaming fine-tune worker runs stage 3 through it
+too (:mod:`adrec_stream.incremental.round`: ``stages=("finetune",)`` on the serving model, bounded by
+``train.max_steps`` and ``should_stop``).
 
 Each stage: Adam (lr, weight decay), cosine LR over the stage's epoch budget, one backward of the
 model's combined loss per batch, validation every ``eval_every`` epochs on ``metric`` (when
@@ -23,6 +24,7 @@ best weights restored at the end.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -57,6 +59,9 @@ class TrainResult:
         stage_epochs: epochs run per stage.
         best_epoch: epoch (within the last stage) of the selected weights.
         pretrained_table: the item table kept from stage 1 (FloatTensor (N+1, d)), if run or given.
+        steps: optimiser steps of the last stage.
+        stop_reason: why the last stage ended: "epochs" (budget done), "early_stop", "time_budget",
+            "max_steps" (``train.max_steps``) or "stopped" (``should_stop``).
     """
 
     model: SequenceModel
@@ -67,6 +72,8 @@ class TrainResult:
     stage_epochs: dict[str, int] = field(default_factory=dict)
     best_epoch: int | None = None
     pretrained_table: torch.Tensor | None = None
+    steps: int = 0
+    stop_reason: str = "epochs"
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -108,6 +115,16 @@ class _StageRun:
     epochs: int
     best_metric: float | None
     best_epoch: int | None
+    steps: int = 0
+    stop_reason: str = "epochs"
+
+
+def autocast_context(device: torch.device, amp: bool):
+    """bf16 autocast on CUDA when ``amp`` (safe without a gradient scaler: bf16 has fp32's exponent range;
+    the softmax CE runs in fp32 under autocast); a no-op context elsewhere."""
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def _run_stage(
@@ -126,11 +143,14 @@ def _run_stage(
     rng: np.random.Generator,
     history: list[dict[str, Any]],
     decay_only: Sequence[torch.nn.Parameter] = (),
+    should_stop: Callable[[], bool] | None = None,
 ) -> _StageRun:
     """Train the parameters of ``model`` that require grad for ``epochs`` epochs (see module doc).
 
     ``decay_only``: parameters without gradient that are nevertheless in the optimiser with a zero gradient
-    (``train.align_table: reference_decay``), so that weight decay alone moves them."""
+    (``train.align_table: reference_decay``), so that weight decay alone moves them. The stage also ends
+    between two steps once ``train.max_steps`` optimiser steps are done ("max_steps") or ``should_stop()``
+    returns True ("stopped"); the epoch then ends there (validated if validation data is given)."""
     tc = exp.train
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params + list(decay_only), lr=lr, weight_decay=tc.weight_decay)
@@ -140,7 +160,8 @@ def _run_stage(
     )
     best, best_state, best_epoch, bad = -math.inf, None, None, 0
     bests: dict[str, float] = {}  # best value so far of each validation metric
-    epoch = 0
+    epoch = steps = 0
+    stop_reason = "epochs"
     stage_t0 = time.perf_counter()
     for epoch in range(1, epochs + 1):
         model.train()
@@ -150,18 +171,29 @@ def _run_stage(
         batches = window_batches(windows, tc.batch_size, shuffle=True, bucket=tc.bucket_by_length, rng=rng)
         for hist, tgt in tqdm(batches, total=steps_per_epoch, disable=not progress, desc=f"{stage} {epoch}/{epochs}",
                               leave=False):
+            if tc.max_steps is not None and steps >= tc.max_steps:
+                stop_reason = "max_steps"
+            elif should_stop is not None and should_stop():
+                stop_reason = "stopped"
+            if stop_reason != "epochs":
+                break
             try:
-                out = _optimizer_step(model, opt, params, hist.to(device), tgt.to(device), tc.max_grad_norm, decay_only)
+                with autocast_context(device, tc.amp):
+                    out = _optimizer_step(model, opt, params, hist.to(device), tgt.to(device), tc.max_grad_norm,
+                                          decay_only)
             except TrainingDivergedError as err:
                 raise TrainingDivergedError(f"stage {stage}, epoch {epoch}: {err}") from None
             _accumulate(sums, out)
             sched.step()
             n_batches += 1
+            steps += 1
         rec: dict[str, Any] = {"stage": stage, "epoch": epoch, "lr": opt.param_groups[0]["lr"],
-                               "epoch_s": round(time.perf_counter() - t0, 3)}
+                               "epoch_s": round(time.perf_counter() - t0, 3), "steps": n_batches}
         rec.update({k: v / max(n_batches, 1) for k, v in sums.items()})
         over_budget = tc.stage_time_budget_s is not None and time.perf_counter() - stage_t0 > tc.stage_time_budget_s
-        do_eval = val is not None and (epoch % tc.eval_every == 0 or epoch == epochs or over_budget)
+        if over_budget and stop_reason == "epochs":
+            stop_reason = "time_budget"
+        do_eval = val is not None and (epoch % tc.eval_every == 0 or epoch == epochs or stop_reason != "epochs")
         if do_eval:
             t1 = time.perf_counter()
             metrics = evaluate_model(model, val[0], val[1], batch_size=tc.eval_batch_size, device=device, seed=tc.seed)
@@ -178,18 +210,21 @@ def _run_stage(
             history.append(rec)
             if bad >= tc.patience:
                 log.info("early_stop", stage=stage, epoch=epoch, best_epoch=best_epoch, best=best)
+                stop_reason = "early_stop"
                 break
         else:
             log.info("epoch", **rec)
             history.append(rec)
-        if over_budget:
+        if stop_reason == "time_budget":
             log.info("time_budget_reached", stage=stage, epoch=epoch, budget_s=tc.stage_time_budget_s,
                      best_epoch=best_epoch, best=best if best_state is not None else None)
+        if stop_reason != "epochs":
             break
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    return _StageRun(epochs=epoch, best_metric=None if best_state is None else best, best_epoch=best_epoch)
+    return _StageRun(epochs=epoch, best_metric=None if best_state is None else best, best_epoch=best_epoch,
+                     steps=steps, stop_reason=stop_reason)
 
 
 #: metric whose value is reported as "best" (log, checkpoint meta) when ``train.metric`` is "any"
@@ -304,6 +339,7 @@ def train_model(
     pretrained_table: torch.Tensor | None = None,
     epochs: dict[str, int] | None = None,
     on_stage_end: StageCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> TrainResult:
     """Train ADRec (three stages) or SASRec+ (one stage) on per-user training sequences.
 
@@ -331,6 +367,8 @@ def train_model(
         on_stage_end: called after each stage with (stage, that stage's :class:`TrainResult`: its model,
             history, epochs, best metric/epoch and wall seconds), e.g. to save a checkpoint per stage.
             Align and finetune train the same model object in place: copy it to keep a stage's weights.
+        should_stop: polled between two optimiser steps; True ends the stage in progress there (the
+            streaming fine-tune worker's shutdown and its per-round time limit).
 
     Returns:
         :class:`TrainResult` of the whole call (history and epochs over all stages; model, best metric
@@ -372,7 +410,7 @@ def train_model(
                     _load_table(adrec, table)
             model = adrec
         last = _train_stage(model, windows, exp, stage, epochs=budgets[stage], val=val, device=dev,
-                            progress=progress, log=log)
+                            progress=progress, log=log, should_stop=should_stop)
         if stage == "pretrain":
             table = model.item_emb.weight.detach().clone()
         last = replace(last, wall_s=time.perf_counter() - t0, pretrained_table=table)
@@ -395,6 +433,7 @@ def _train_stage(
     device: torch.device,
     progress: bool,
     log: Any,
+    should_stop: Callable[[], bool] | None = None,
 ) -> TrainResult:
     """One stage on ``model`` (already on ``device``, seeded by the caller): set which parameters train
     (align freezes the item table, finetune unfreezes everything), run it, and return its result
@@ -412,72 +451,12 @@ def _train_stage(
         run = _run_stage(model, windows, exp, stage, epochs=epochs, lr=tc.stage_lr(stage), schedule=tc.lr_schedule,
                          val=val, device=device, progress=progress, log=log, rng=np.random.default_rng(tc.seed),
                          history=history,
-                         decay_only=[table] if stage == "align" and tc.align_table == "reference_decay" else ())
+                         decay_only=[table] if stage == "align" and tc.align_table == "reference_decay" else (),
+                         should_stop=should_stop)
     finally:
         if stage == "align":
             table.requires_grad_(True)
     return TrainResult(model=model, best_metric=run.best_metric, history=history, epochs_run=run.epochs, wall_s=0.0,
-                       stage_epochs={stage: run.epochs}, best_epoch=run.best_epoch)
+                       stage_epochs={stage: run.epochs}, best_epoch=run.best_epoch, steps=run.steps,
+                       stop_reason=run.stop_reason)
 
-
-def finetune(
-    model: torch.nn.Module,
-    sequences: list[list[int]],
-    exp: ExperimentConfig,
-    *,
-    epochs: int,
-    device: str | None = None,
-    progress: bool = False,
-    seed: int | None = None,
-) -> dict[str, float]:
-    """Stage 3 on fresh windows (used by the streaming fine-tune worker), in place.
-
-    Every parameter trains with the model's combined loss (CE + MSE for ADRec), Adam with
-    ``train.finetune_stream_lr`` (else the finetune lr) and ``train.weight_decay``, constant LR,
-    no validation. The model is moved to ``device`` and left there, in eval mode.
-
-    Args:
-        model: an ADRec/SASRec built by :func:`~adrec_stream.model.build_model`.
-        sequences: per-user internal item ids (oldest first); the last ``max_len + 1`` items of
-            each sequence with at least two items form one training window.
-        exp: experiment config (the model's own config is used for ``max_len``).
-        epochs: passes over the windows (0 = nothing to do).
-        device: "auto"/None, "cpu", "cuda".
-        progress: show a tqdm bar.
-        seed: shuffling seed (default ``train.seed``).
-
-    Returns:
-        {"loss", "ce", "mse": mean over batches, "steps", "windows", "epochs", "wall_s"}.
-
-    Raises:
-        TrainingDivergedError: the loss became NaN or infinite; the model holds the weights of the last good
-            step, and the caller must not publish it as a new version without checking.
-    """
-    t0 = time.perf_counter()
-    tc = exp.train
-    dev = resolve_device(device)
-    model.to(dev)
-    windows = training_windows(sequences, model.max_len)
-    stats = {"loss": float("nan"), "ce": float("nan"), "mse": float("nan"), "steps": 0,
-             "windows": len(windows), "epochs": 0, "wall_s": 0.0}
-    if not windows or epochs <= 0:
-        model.eval()
-        stats["wall_s"] = time.perf_counter() - t0
-        return stats
-    for p in model.parameters():
-        p.requires_grad_(True)
-    params = list(model.parameters())
-    opt = torch.optim.Adam(params, lr=tc.finetune_stream_lr or tc.stage_lr("finetune"), weight_decay=tc.weight_decay)
-    rng = np.random.default_rng(tc.seed if seed is None else seed)
-    sums = {"loss": 0.0, "ce": 0.0, "mse": 0.0}
-    steps = 0
-    model.train()
-    for _ in range(epochs):
-        batches = window_batches(windows, tc.batch_size, shuffle=True, bucket=tc.bucket_by_length, rng=rng)
-        for hist, tgt in tqdm(batches, disable=not progress, desc="finetune", leave=False):
-            _accumulate(sums, _optimizer_step(model, opt, params, hist.to(dev), tgt.to(dev), tc.max_grad_norm))
-            steps += 1
-    model.eval()
-    stats.update({k: v / max(steps, 1) for k, v in sums.items()})
-    stats.update(steps=steps, epochs=epochs, wall_s=time.perf_counter() - t0)
-    return stats

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import Hashable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -146,4 +146,46 @@ def popularity_recommendations(train_items: Iterable[str], clicks: Sequence[tupl
                 if len(top) == k:
                     break
         out[event_id] = top
+    return out
+
+
+def prequential_by_group(clicks: Iterable[tuple[str, str, str]], recommendations: Mapping[str, Sequence[str]],
+                         group_of: Mapping[str, Hashable], k: int = 10) -> dict[Hashable, PrequentialResult]:
+    """:func:`prequential_metrics` split by a label of each recommendation (e.g. the model version that made it).
+
+    The pairs are those of :func:`prequential_metrics` (recommendation after c_i vs the item of c_{i+1}); a pair
+    belongs to the group ``group_of[event_id of c_i]``. Each group's result is computed over its own pairs only:
+    a pair of another group is neither judged nor ``missing`` there. Pairs without a recommendation (or without
+    a label in ``group_of``) belong to no group; so the groups' ``judged`` add up to the overall ``judged``
+    minus the overall ``missing``, and their ``hits`` to the overall ``hits``.
+
+    Args:
+        clicks: ``(user_id, item_id, event_id)`` of the valid clicks, in stream order.
+        recommendations: ``event_id -> ranked raw item ids`` (best first); lists longer than k are cut to k.
+        group_of: ``event_id -> label`` of the recommendation (any hashable, e.g. ``model_version``).
+        k: cut-off.
+
+    Returns:
+        ``label -> PrequentialResult`` (``missing`` is 0 in each), for the labels that have at least one pair,
+        in order of first appearance.
+
+    Raises:
+        ValueError: ``k < 1``.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    ranks_by: dict[Hashable, list[float]] = {}
+    for event_id, target in next_click_pairs(clicks):
+        rec = recommendations.get(event_id)
+        if rec is None or event_id not in group_of:
+            continue
+        top = list(rec[:k])
+        ranks_by.setdefault(group_of[event_id], []).append(top.index(target) + 1.0 if target in top else math.inf)
+    out: dict[Hashable, PrequentialResult] = {}
+    for label, rs in ranks_by.items():
+        ranks = np.asarray(rs, dtype=float)
+        hit = ranks <= k
+        gains = np.where(hit, 1.0 / np.log2(np.where(hit, ranks, 1.0) + 1.0), 0.0)
+        out[label] = PrequentialResult(k=k, judged=len(rs), hits=int(hit.sum()), missing=0, hr=float(hit.mean()),
+                                       ndcg=float(gains.mean()), ranks=ranks)
     return out

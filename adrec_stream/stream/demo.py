@@ -11,17 +11,26 @@ Steps (all settings in ``configs/demo.yaml``; relative paths there are relative 
 3. Load the training part into the per-partition sequence stores (``bootstrap_state``, each user into the
    store of the clicks partition its key maps to) so known users keep their history;
    start the embedded broker (Tansu, free loopback port), the ingest and score workers as subprocesses, and
-   wait until both have joined their consumer groups.
+   wait until both have joined their consumer groups; with ``finetune.enabled`` also the fine-tune worker
+   (``python -m workers.finetune --device cpu``, :mod:`adrec_stream.incremental.worker`; the stream config's
+   ``finetune:`` section with the demo's ``finetune.settings`` applied), which publishes new registry versions
+   during the replay that the score worker swaps in.
 4. Replay the held-out part into the clicks topic (paced, default 100 events/s) while consuming the
    recommendations and dead-letter topics; wait until every valid click has a recommendation (or no progress
    for ``drain_timeout_s``).
 5. Print a summary: events in, recommendations out, dead-lettered, prequential HR@k / NDCG@k
    (:mod:`adrec_stream.evaluation.prequential`) next to a popularity baseline, latency p50/p99 from click produce time to the
-   recommendation's arrival at a consumer; the LAST line is one JSON object with those figures.
+   recommendation's arrival at a consumer; the fine-tune worker's rounds from its log (published, rejected,
+   staleness), the registry versions added, and the prequential metrics split by the model version that made each
+   recommendation (:func:`~adrec_stream.evaluation.prequential.prequential_by_group`); the LAST line is one JSON
+   object with those figures.
 
 Everything started is stopped on exit, on errors and on Ctrl-C / SIGTERM (workers: SIGTERM then SIGKILL;
-broker: :func:`~adrec_stream.stream.broker.stop_broker`). A worker that exits with
-:data:`~adrec_stream.stream.app.EXIT_AGENT_CRASHED` is restarted (it resumes from its committed offset).
+broker: :func:`~adrec_stream.stream.broker.stop_broker`); the fine-tune worker is stopped with the others once the
+replay drained (a round in progress is abandoned, nothing half-published). A Faust worker that exits with
+:data:`~adrec_stream.stream.app.EXIT_AGENT_CRASHED` is restarted (it resumes from its committed offset); the
+fine-tune worker is restarted after an error exit (1; it rebuilds its state from the topic and the registry).
+Any other exit during the run, exit 0 included, stops the demo with the worker's log tail.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -63,12 +73,32 @@ class DemoEpochs(StrictModel):
     finetune: int = Field(6, ge=0)
 
 
+#: The demo's ``finetune.settings`` when demo.yaml has none: rounds sized for the ~200 s replay.
+DEFAULT_FINETUNE_SETTINGS: dict[str, Any] = {"interval_s": 40, "min_new_events": 4000, "threads": 1, "device": "cpu",
+                                             "max_seconds": 30}
+
+
+class DemoFinetune(StrictModel):
+    """The fine-tune worker in the demo (``finetune:`` in ``configs/demo.yaml``).
+
+    ``enabled``: start ``python -m workers.finetune`` next to the ingest and score workers.
+    ``settings``: overrides of the stream config's ``finetune:`` section
+    (:class:`~adrec_stream.incremental.config.FinetuneConfig` keys, e.g. ``interval_s: 40``); keys not given keep
+    the stream config's values. They are validated with the stream config (unknown keys are errors naming
+    demo.yaml). A ``settings`` mapping replaces :data:`DEFAULT_FINETUNE_SETTINGS` as a whole.
+    """
+
+    enabled: bool = True
+    settings: dict[str, Any] = Field(default_factory=lambda: dict(DEFAULT_FINETUNE_SETTINGS))
+
+
 class DemoConfig(StrictModel):
     """Settings of ``adrec-stream demo`` (``configs/demo.yaml``).
 
     ``bootstrap_state``: load the training part into the sequence store before the replay, so that users
     seen in training are scored with their full history (as a deployment that built its state from the
     historical log would); False starts every user from an empty window.
+    ``finetune``: the fine-tune worker (:class:`DemoFinetune`).
     ``experiment_overrides`` are dotted keys applied to the experiment YAML (e.g. ``train.batch_size: 128``:
     with ~750 training users a batch of 512 gives only 2 optimiser steps per epoch).
     """
@@ -91,6 +121,7 @@ class DemoConfig(StrictModel):
     ready_timeout_s: float = Field(120.0, strict=False, gt=0)
     drain_timeout_s: float = Field(120.0, strict=False, gt=0)
     max_worker_restarts: int = Field(3, ge=0)
+    finetune: DemoFinetune = Field(default_factory=DemoFinetune)
 
 
 def _repo_path(p: str | Path) -> Path:
@@ -149,14 +180,20 @@ def prepare_model(dcfg: DemoConfig, train: list, data_path: Path) -> tuple[Path,
 
 # ---------------------------------------------------------------------------------------------- workers
 class WorkerProcess:
-    """One worker subprocess (``python -m workers.<role>``) with its log file and restart count."""
+    """One worker subprocess (``python -m workers.<role>``) with its log file and restart count.
 
-    def __init__(self, role: str, config_path: Path, log_dir: Path, extra: list[str]) -> None:
+    ``restart_codes``: exit codes after which :func:`_supervise` restarts it (default: the Faust workers'
+    :data:`~adrec_stream.stream.app.EXIT_AGENT_CRASHED`); any other exit while the demo runs is an error.
+    """
+
+    def __init__(self, role: str, config_path: Path, log_dir: Path, extra: list[str],
+                 restart_codes: frozenset[int] | None = None) -> None:
         self.role = role
         self.cmd = [sys.executable, "-m", f"workers.{role}", "--config", str(config_path), *extra]
         self.log_path = log_dir / f"{role}.log"
         self.proc: subprocess.Popen | None = None
         self.restarts = 0
+        self.restart_codes = restart_codes
 
     def start(self) -> None:
         """Start (or restart) the process, appending to its log."""
@@ -206,14 +243,16 @@ def _wait_ready(workers: list[WorkerProcess], markers: dict[str, list[str]], tim
 
 
 def _supervise(workers: list[WorkerProcess], max_restarts: int) -> None:
-    """Restart workers that crashed (exit code EXIT_AGENT_CRASHED); raise for any other exit."""
+    """Restart workers that crashed (an exit code in their ``restart_codes``, by default EXIT_AGENT_CRASHED);
+    raise for any other exit (also exit 0: nothing but the demo's own SIGTERM should stop a worker)."""
     from adrec_stream.stream.app import EXIT_AGENT_CRASHED  # noqa: PLC0415
 
     for w in workers:
         rc = w.proc.poll() if w.proc is not None else None
         if rc is None:
             continue
-        if rc == EXIT_AGENT_CRASHED and w.restarts < max_restarts:
+        codes = w.restart_codes if w.restart_codes is not None else frozenset({EXIT_AGENT_CRASHED})
+        if rc in codes and w.restarts < max_restarts:
             w.restarts += 1
             log.warning("worker_restart", role=w.role, exit_code=rc, restarts=w.restarts)
             w.start()
@@ -293,11 +332,20 @@ async def _stream_phase(bootstrap: str, scfg: Any, clicks: list, dcfg: DemoConfi
 
 
 # --------------------------------------------------------------------------------------------- helpers
-def _derived_stream_config(dcfg: DemoConfig, run_dir: Path) -> tuple[Any, Path]:
-    """Load the stream config and point broker files, state and registry into ``run_dir``."""
+def _derived_stream_config(dcfg: DemoConfig, run_dir: Path, source: str = "demo config") -> tuple[Any, Path]:
+    """Load the stream config, point broker files, state and registry into ``run_dir`` and apply the demo's
+    ``finetune.settings`` (as ``finetune.<key>``).
+
+    ``source`` names the demo config in errors: a bad value the demo supplies (a ``finetune.settings`` key or
+    ``top_k``) is reported against it, e.g. ``demo.yaml: finetune.settings.intervl_s: unknown key ...``.
+
+    Raises:
+        ConfigError: the stream config, or the demo's overrides applied to it, fail validation.
+    """
     from adrec_stream.stream.config import load_stream_config  # noqa: PLC0415
 
-    over = {
+    stream_path = _repo_path(dcfg.stream_config)
+    over: dict[str, Any] = {
         "broker.embedded": True,
         "broker.tansu_compat": True,
         "broker.data_dir": str(run_dir / "broker"),
@@ -307,7 +355,107 @@ def _derived_stream_config(dcfg: DemoConfig, run_dir: Path) -> tuple[Any, Path]:
         "registry_dir": str(run_dir / "registry"),
         "top_k": dcfg.top_k,
     }
-    return load_stream_config(_repo_path(dcfg.stream_config), over), run_dir / "stream.yaml"
+    over.update({f"finetune.{key}": value for key, value in dcfg.finetune.settings.items()})
+    try:
+        scfg = load_stream_config(stream_path, over)
+    except ConfigError as err:
+        raise ConfigError("\n".join(_blame_demo(line, source) for line in str(err).splitlines())) from None
+    return scfg, run_dir / "stream.yaml"
+
+
+def _blame_demo(line: str, source: str) -> str:
+    """Rewrite one stream-config error line about a value the demo supplied so that it names the demo config
+    (``load_config`` credits dotted overrides to ``--set``)."""
+    head, sep, rest = line.partition(" (value from --set): ")
+    if not sep:
+        return line
+    loc, _, msg = rest.partition(": ")
+    if loc == "finetune" or loc.startswith("finetune."):
+        return f"{source}: finetune.settings{loc[len('finetune'):]}: {msg} (applied to the finetune section of {head})"
+    return f"{source}: {loc}: {msg} (the demo's value for {loc} in {head})"
+
+
+def finetune_rounds(log_text: str) -> list[dict[str, Any]]:
+    """The ``finetune_round`` records of a fine-tune worker's log, in log order (other lines are ignored)."""
+    out = []
+    for line in log_text.splitlines():
+        if '"finetune_round"' not in line or "{" not in line:
+            continue
+        try:
+            rec = json.loads(line[line.index("{"):])
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and rec.get("event") == "finetune_round":
+            out.append(rec)
+    return out
+
+
+def finetune_summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Counts of ``finetune_round`` records by status.
+
+    Returns:
+        ``finetune_rounds`` (rounds that trained: published or rejected), ``published``, ``rounds_rejected``,
+        ``rejected_by_reason``, ``skipped``, ``skipped_by_reason`` and ``staleness_s``: the median over the
+        published rounds of ``staleness_s_max`` (None when nothing was published).
+    """
+    published = [r for r in rounds if r.get("status") == "published"]
+    rejected = [r for r in rounds if r.get("status") == "rejected"]
+    skipped = [r for r in rounds if r.get("status") == "skipped"]
+    stale = [float(r["staleness_s_max"]) for r in published if isinstance(r.get("staleness_s_max"), (int, float))]
+    by_reason: dict[str, dict[str, int]] = {"rejected": {}, "skipped": {}}
+    for kind, recs in (("rejected", rejected), ("skipped", skipped)):
+        for r in recs:
+            reason = str(r.get("reason"))
+            by_reason[kind][reason] = by_reason[kind].get(reason, 0) + 1
+    return {"finetune_rounds": len(published) + len(rejected), "published": len(published),
+            "rounds_rejected": len(rejected), "rejected_by_reason": by_reason["rejected"], "skipped": len(skipped),
+            "skipped_by_reason": by_reason["skipped"],
+            "staleness_s": round(statistics.median(stale), 1) if stale else None}
+
+
+def _version_key(v: Any) -> str:
+    return "none" if v is None else str(v)
+
+
+def _version_metrics(r: Any) -> dict[str, Any]:
+    return {"judged": r.judged, f"HR@{r.k}": round(r.hr, 4), f"NDCG@{r.k}": round(r.ndcg, 4)}
+
+
+def _fmt_metric(x: Any) -> str:
+    return f"{x:.4f}" if isinstance(x, (int, float)) else "n/a"
+
+
+def _describe_finetune(scfg: Any) -> str:
+    f = scfg.finetune
+    return (f"fine-tune worker: rounds every {f.interval_s:g} s or {f.min_new_events:,} clicks (whichever comes first, "
+            f"once >= {f.min_round_events} fresh clicks), stage 3 on the fresh window plus replayed users "
+            f"({f.epochs} passes, batch {f.batch_size}, at most {f.max_steps} steps / {f.max_seconds:g} s) on the CPU "
+            f"({f.threads} thread{'s' if f.threads != 1 else ''}), held-out newest "
+            f"{f.holdout_fraction:.0%} of the fresh clicks; publishes a new registry version when its held-out NDCG@10 "
+            f">= the serving model's - {f.tolerance:g}; the score worker loads it within {scfg.registry_poll_s:g} s")
+
+
+def _finetune_report(ft: dict[str, Any], rounds: list[dict[str, Any]], initial: int, versions: list[int],
+                     added: int, worker: WorkerProcess) -> list[str]:
+    rc = worker.proc.returncode if worker.proc is not None else None
+    how = "stopped with SIGTERM, exit 0" if rc == 0 else f"exit code {rc} after SIGTERM"
+    rej = ", ".join(f"{k}: {n}" for k, n in sorted(ft["rejected_by_reason"].items()))
+    skip = ", ".join(f"{k}: {n}" for k, n in sorted(ft["skipped_by_reason"].items()))
+    stale = f"{ft['staleness_s']:.1f} s" if ft["staleness_s"] is not None else "n/a (nothing published)"
+    lines = [f"fine-tune: {ft['finetune_rounds']} rounds trained ({ft['published']} published, "
+             f"{ft['rounds_rejected']} rejected{f' ({rej})' if rej else ''}), {ft['skipped']} skipped"
+             f"{f' ({skip})' if skip else ''}; registry v{initial} -> v{max(versions, default=initial)} "
+             f"({added} versions published during the run); staleness (oldest trained click's ingest -> publish, "
+             f"median over published rounds) {stale}; worker restarts {worker.restarts}, {how}"]
+    for r in rounds:
+        if r.get("status") not in ("published", "rejected"):
+            continue
+        head = f"v{r.get('version')} published" if r["status"] == "published" else f"rejected ({r.get('reason')})"
+        lines.append(f"  {head}: window {r.get('window_events', 0):,} events ({r.get('window_users', 0):,} users with "
+                     f"fresh clicks, {r.get('replay_users', 0):,} replayed), {r.get('steps', 0)} steps, held-out "
+                     f"NDCG@10 {_fmt_metric(r.get('heldout_NDCG@10_serving'))} -> "
+                     f"{_fmt_metric(r.get('heldout_NDCG@10_candidate'))}, round {float(r.get('round_s') or 0):.1f} s")
+    return lines
 
 
 def _bootstrap_state(scfg: Any, train: list, source: str) -> dict[int, int]:
@@ -372,6 +520,7 @@ def run(args: argparse.Namespace) -> int:
     from adrec_stream.evaluation.prequential import (  # noqa: PLC0415
         latency_percentiles,
         popularity_recommendations,
+        prequential_by_group,
         prequential_metrics,
     )
     from adrec_stream.serving.registry import ModelRegistry  # noqa: PLC0415
@@ -406,6 +555,8 @@ def run(args: argparse.Namespace) -> int:
         _say(f"adrec-stream demo: {data_path.name} ({len(interactions):,} events, {n_users:,} users, {n_items:,} items); "
              f"train = first {dcfg.train_fraction:.0%} by time ({len(train):,} events), "
              f"replay = the remaining {len(rest):,} as clicks")
+        # validated before training: a bad finetune.settings key stops the job at once
+        scfg, scfg_path = _derived_stream_config(dcfg, run_dir, source=str(args.config))
         ckpt, facts = prepare_model(dcfg, train, data_path)
         ep = facts["epochs"]
         budget = f"pretrain {ep['pretrain']} / align {ep['align']} / finetune {ep['finetune']} epochs"
@@ -416,7 +567,6 @@ def run(args: argparse.Namespace) -> int:
             shutil.rmtree(run_dir)  # the broker's memory storage starts empty: old stored offsets would skip all
         (run_dir / "logs").mkdir(parents=True)
         (run_dir / MARKER).write_text("made by adrec-stream demo; wiped at each start\n")
-        scfg, scfg_path = _derived_stream_config(dcfg, run_dir)
         clicks = select_clicks(interactions, data_path.name, skip_fraction=0.0, limit=None)[len(train):]
         if dcfg.replay_limit is not None:
             clicks = clicks[: dcfg.replay_limit]
@@ -436,18 +586,37 @@ def run(args: argparse.Namespace) -> int:
             extra = ["--exclude-history"] if dcfg.exclude_history else []
             workers = [WorkerProcess("ingest", scfg_path, run_dir / "logs", []),
                        WorkerProcess("score", scfg_path, run_dir / "logs", extra)]
+            finetuner: WorkerProcess | None = None
+            if dcfg.finetune.enabled:
+                # no local state (it rebuilds from the topic and the registry): restarted after an error exit (1)
+                finetuner = WorkerProcess("finetune", scfg_path, run_dir / "logs", ["--device", "cpu"],
+                                          restart_codes=frozenset({1}))
+                workers.append(finetuner)
             for w in workers:
                 stack.callback(w.stop)
                 w.start()
             ready_s = _wait_ready(workers, {"ingest": ['"partitions_assigned"'],
-                                            "score": ['"partitions_assigned"', '"model_version_loaded"']},
+                                            "score": ['"partitions_assigned"', '"model_version_loaded"'],
+                                            "finetune": ['"finetune_started"']},
                                   dcfg.ready_timeout_s)
-            _say(f"workers: ingest pid {workers[0].proc.pid}, score pid {workers[1].proc.pid} joined their "
-                 f"consumer groups in {ready_s:.1f} s (logs in {run_dir / 'logs'})")
+            ft_pid = f", fine-tune pid {finetuner.proc.pid}" if finetuner is not None else ""
+            _say(f"workers: ingest pid {workers[0].proc.pid}, score pid {workers[1].proc.pid}{ft_pid} ready "
+                 f"(consumer groups joined) in {ready_s:.1f} s (logs in {run_dir / 'logs'})")
+            if finetuner is not None:
+                _say(_describe_finetune(scfg))
             res = asyncio.run(_stream_phase(handle.bootstrap, scfg, clicks, dcfg, workers))
+            # the ExitStack stops the workers (the fine-tune worker first, a round in progress is abandoned)
         replay, recs = res["replay"], res["recs"]
-        pq = prequential_metrics(((c.user_id, c.item_id, c.event_id) for c in clicks),
-                                 {e: r.get("items", []) for e, r in recs.items()}, k=dcfg.top_k)
+        stream = [(c.user_id, c.item_id, c.event_id) for c in clicks]
+        rec_items = {e: r.get("items", []) for e, r in recs.items()}
+        pq = prequential_metrics(stream, rec_items, k=dcfg.top_k)
+        by_version = prequential_by_group(stream, rec_items, {e: r.get("model_version") for e, r in recs.items()},
+                                          k=dcfg.top_k)
+        rounds = finetune_rounds(finetuner.log_text()) if finetuner is not None else []
+        versions = ModelRegistry(scfg.registry_dir).versions()
+        # version numbers are consecutive and pruning (finetune.keep_versions) only drops old ones
+        added = max(versions) - version if versions else 0
+        ft = finetune_summary(rounds)
         history: dict[str, list[str]] = {}
         if dcfg.bootstrap_state:
             for x in train:
@@ -471,12 +640,26 @@ def run(args: argparse.Namespace) -> int:
         _say(f"baseline, same protocol: popularity in the training part"
              f"{' (seen items excluded)' if dcfg.exclude_history else ''}: HR@{k} = {base.hr:.4f}, "
              f"NDCG@{k} = {base.ndcg:.4f}")
+        _say(f"prequential by model version (each pair judged under the version that made its recommendation; "
+             f"{sum(r.judged for r in by_version.values()):,} pairs):")
+        order = sorted(by_version, key=lambda v: (v is None, v if isinstance(v, int) else 0))
+        for v in order:
+            r = by_version[v]
+            _say(f"  {'v' + str(v) if v is not None else 'no version'}: {r.judged:,} pairs, HR@{k} {r.hr:.4f}, "
+                 f"NDCG@{k} {r.ndcg:.4f}")
+        if finetuner is not None:
+            for line in _finetune_report(ft, rounds, version, versions, added, finetuner):
+                _say(line)
         _say(f"latency click produce -> recommendation received: p50 {lat['p50_ms']:.0f} ms, "
              f"p99 {lat['p99_ms']:.0f} ms (-> published by the score worker: p50 {emit['p50_ms']:.0f} ms, "
              f"p99 {emit['p99_ms']:.0f} ms); total wall time {time.time() - t_start:.0f} s")
         summary = {"events_in": replay.sent, "recommendations_out": res["recommendations_out"],
                    "dead_lettered": res["dead_lettered"], f"HR@{k}": round(pq.hr, 4), f"NDCG@{k}": round(pq.ndcg, 4),
-                   "p50_ms": round(lat["p50_ms"], 1), "p99_ms": round(lat["p99_ms"], 1)}
+                   "judged": pq.judged, "missing": pq.missing,
+                   "p50_ms": round(lat["p50_ms"], 1), "p99_ms": round(lat["p99_ms"], 1),
+                   "model_versions_published": added, "finetune_rounds": ft["finetune_rounds"],
+                   "rounds_rejected": ft["rounds_rejected"], "staleness_s": ft["staleness_s"],
+                   "by_version": {_version_key(v): _version_metrics(by_version[v]) for v in order}}
         print(json.dumps(summary), flush=True)
         return 0 if len(recs) + res["dead_lettered"] >= replay.sent else 1
     finally:

@@ -139,6 +139,15 @@ def test_exploding_learning_rate_is_a_diverged_round():
     assert "finetune.lr" in o.error
 
 
+def test_a_round_whose_time_limit_ends_before_the_first_step_publishes_nothing():
+    cfg = FinetuneConfig(min_round_events=20, epochs=3, max_seconds=1e-9)
+    ups = updates_from_clicks(_cycle_clicks(30, 12), window=20, n_partitions=2)
+    w = build_window(ups, [], {}, cfg, np.random.default_rng(0), max_len=10)
+    o = run_round(_model(), VOCAB, w, cfg, torch.device("cpu"))
+    assert o.reason == "no_steps" and not o.accepted and o.candidate is None
+    assert o.train.steps == 0 and o.train.stop_reason == "max_seconds"
+
+
 def test_candidate_worse_than_serving_on_holdout_is_rejected():
     # the serving model was trained on the cycle; the window teaches the reverse cycle, the held-out part
     # follows the original cycle again -> the candidate is worse there than the serving model

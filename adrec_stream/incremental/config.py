@@ -44,7 +44,8 @@ class FinetuneConfig(StrictModel):
         names is always kept).
     Device:
         ``device``: auto (CUDA when present, else CPU), cpu, cuda[:N]; ``amp``: bf16 autocast on CUDA (no
-        effect on CPU); ``threads``: torch CPU threads of the worker.
+        effect on CPU); ``threads``: torch CPU threads of the worker; ``nice``: added to the worker's CPU
+        niceness at start (0-19; rounds then yield the CPU to ingest and score workers on the same host).
     """
 
     interval_s: _PosFloat = 300.0
@@ -64,12 +65,13 @@ class FinetuneConfig(StrictModel):
     max_grad_norm: _PosFloat | None = 1.0
     new_item_init: Literal["context_mean", "normal"] = "context_mean"
     divergence_loss_ratio: Annotated[float, Field(strict=False, gt=1, allow_inf_nan=False)] = 1.5
-    tolerance: Annotated[float, Field(strict=False, ge=0, le=1)] = 0.01
+    tolerance: Annotated[float, Field(strict=False, ge=0, le=1)] = 0.002
     keep_versions: int = Field(5, ge=1)
     eval_batch_size: int = Field(256, ge=1)
     device: str = "auto"
     amp: bool = True
     threads: int = Field(1, ge=1)
+    nice: int = Field(10, ge=0, le=19)
     seed: int = 2025
 
     @model_validator(mode="after")

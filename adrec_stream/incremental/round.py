@@ -322,7 +322,7 @@ class RoundOutcome:
     Attributes:
         accepted: the candidate passed every guard and may be published.
         reason: why not ("diverged", "heldout", "stopped", "no_training_windows": no trained sequence has two
-            items) or "passed".
+            items, "no_steps": ``max_seconds`` ran out before the first step) or "passed".
         candidate: the trained model (None if it diverged).
         vocab: the candidate's vocabulary (the serving one plus ``new_items``).
         window: the round's :class:`RoundWindow`.
@@ -391,8 +391,10 @@ def run_round(serving: SequenceModel, serving_vocab: Sequence[str], window: Roun
         outcome.reason, outcome.error, outcome.candidate = "diverged", str(err), None
         outcome.round_s = time.perf_counter() - t0
         return outcome
-    if outcome.train.stop_reason == "stopped":
-        outcome.reason = "stopped"
+    if outcome.train.stop_reason == "stopped" or outcome.train.steps == 0:
+        # shut down, or the time limit came before the first step: an unchanged copy is no new version
+        outcome.reason = "stopped" if outcome.train.stop_reason == "stopped" else "no_steps"
+        outcome.candidate = None
         outcome.round_s = time.perf_counter() - t0
         return outcome
     outcome.loss_after = probe_loss(candidate, windows, cfg, device)

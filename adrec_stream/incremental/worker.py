@@ -200,7 +200,7 @@ class FinetuneWorker:
         outcome = run_round(parent.model, parent.vocab, window, self.fcfg, self.device, should_stop=self.stopping_fn,
                             log=self.log)
         record = self._record(outcome, parent_version)
-        if outcome.reason in ("stopped", "no_training_windows"):
+        if outcome.reason in ("stopped", "no_training_windows", "no_steps"):
             record.update(status="skipped", reason=outcome.reason)
             self.counters.skipped += 1
         elif not outcome.accepted:
@@ -303,6 +303,9 @@ class FinetuneWorker:
         """
         if self.device.type == "cpu":
             torch.set_num_threads(self.fcfg.threads)
+        if self.fcfg.nice:
+            # training is background work: on a host shared with ingest and score workers, let them go first
+            os.nice(self.fcfg.nice)
         removed = self.registry.clean_staging()
         if removed:
             self.log.warning("stale_publish_staging_removed", paths=[str(p) for p in removed],

@@ -1,7 +1,9 @@
-"""``adrec-stream bench {train,score}``: speed of the fast paths against reference-equivalent paths.
+"""``adrec-stream bench {train,score,finetune}``: speed of the fast paths against reference-equivalent paths,
+and the seconds of one fine-tune worker round.
 
-See :mod:`adrec_stream.bench.train_bench` and :mod:`adrec_stream.bench.score_bench` for what each side does;
-the recorded figures and commands are in docs/benchmarks.md.
+See :mod:`adrec_stream.bench.train_bench`, :mod:`adrec_stream.bench.score_bench` and
+:mod:`adrec_stream.bench.finetune_bench` for what each measures; the recorded figures and commands are in
+docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import argparse
 import json
 
 DEFAULT_DATASET = "../shared/data/adrec/baby/dataset.pkl"
+DEFAULT_EVENTS = "../shared/data/events/ml-100k/u.data"
 
 
 def _positive_int(text: str) -> int:
@@ -25,7 +28,8 @@ def _positive_int(text: str) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the ``bench`` options (imports nothing heavy)."""
-    parser.add_argument("bench_kind", choices=["train", "score"], help="what to time")
+    parser.add_argument("bench_kind", choices=["train", "score", "finetune"],
+                        help="what to time (finetune: one fine-tune worker round on logged clicks)")
     parser.add_argument(
         "--dataset", default=DEFAULT_DATASET, help=f"dataset.pkl or its folder (default {DEFAULT_DATASET})"
     )
@@ -43,17 +47,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--rounds", type=_positive_int, default=5,
                         help="score: interleaved measurement rounds; speedup = median per-round ratio (default 5)")
-    parser.add_argument("--checkpoint", default=None, help="score: time a trained checkpoint instead of fresh weights")
+    parser.add_argument("--checkpoint", default=None,
+                        help="score: time a trained checkpoint instead of fresh weights; finetune: the serving model "
+                             "(its vocabulary must hold the log's raw item ids, e.g. var/demo-cache/adrec-*/model.pt)")
+    parser.add_argument("--data", default=DEFAULT_EVENTS, help=f"finetune: interaction log (default {DEFAULT_EVENTS})")
+    parser.add_argument("--window-events", type=_positive_int, default=10000,
+                        help="finetune: fresh clicks of the round, right after the first 80%% of the log "
+                             "(default 10000)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="finetune: override a configs/stream.yaml key, e.g. finetune.max_steps=50 (repeatable)")
     parser.add_argument(
         "--denoiser", choices=["att", "mlp"], default="att", help="denoiser of the fresh model (default att)"
     )
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
-    parser.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=_positive_int, default=None,
+                        help="torch CPU threads (default: torch's choice; finetune: finetune.threads of "
+                             "configs/stream.yaml)")
     parser.add_argument("--seed", type=int, default=2025)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the chosen benchmark and print the result."""
+    if args.bench_kind == "finetune":
+        return _run_finetune(args)
     import torch
 
     from adrec_stream.model import ModelConfig
@@ -83,3 +99,32 @@ def run(args: argparse.Namespace) -> int:
                    f"(max |score diff| fast vs reference, deterministic: {res['max_abs_score_diff']:.2e})")
     print(json.dumps(res) if args.json else summary)
     return 0
+
+
+def _run_finetune(args: argparse.Namespace) -> int:
+    """``bench finetune``: one round, printed as JSON or as a one-line summary."""
+    from adrec_stream.bench.finetune_bench import bench_finetune
+    from adrec_stream.config import parse_overrides
+
+    res = bench_finetune(args.data, window_events=args.window_events, checkpoint=args.checkpoint,
+                         threads=args.threads, seed=args.seed, device=args.device,
+                         overrides=parse_overrides(args.overrides))
+    if args.json:
+        print(json.dumps(res))
+        return 0
+    old, new = (_fmt(res[k], ".4f") for k in ("heldout_ndcg10_serving", "heldout_ndcg10_candidate"))
+    stale = "n/a (not published)" if res["staleness_s"] is None else f"{res['staleness_s']:.1f} s"
+    publish = "" if res["publish_s"] is None else f", publish {res['publish_s']:.2f} s"
+    goal = res["goal"]
+    print(f"fine-tune round on {res['window_events']:,} events ({res['train_events']:,} trained + "
+          f"{res['holdout_events']:,} held out) of {res['data']}: round {res['round_s']:.1f} s "
+          f"(train {res['train_s']:.1f} s, {res['steps']} steps; run_once {res['round_s_total']:.1f} s{publish}), "
+          f"{res['status']}, held-out NDCG@10 {old} -> {new}, staleness {stale}, "
+          f"torch threads {res['threads'] or '-'} on {res['device']}; goal (round <= {goal['round_s_max']:.0f} s on "
+          f">= {goal['window_events_min']:,} events) {'met' if goal['met'] else 'NOT met'}")
+    return 0
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    """``value`` formatted with ``spec``, or "n/a" for None (e.g. held-out metrics of a diverged round)."""
+    return "n/a" if value is None else format(value, spec)

@@ -48,8 +48,9 @@ from adrec_stream.state.vocab import Vocabulary
 from adrec_stream.training.config import ExperimentConfig, TrainConfig
 from adrec_stream.training.trainer import autocast_context, train_model
 
-#: batches of the training window on which the loss is measured before and after training
-PROBE_BATCHES = 4
+#: batches of the training window on which the loss is measured before and after training (each probe is a
+#: forward pass over them: 4 batches cost 15 % of a 10,000-click round, docs/benchmarks.md)
+PROBE_BATCHES = 2
 #: the guard metric
 GUARD_METRIC = "NDCG@10"
 

@@ -96,6 +96,11 @@ def run(args: argparse.Namespace) -> int:
     """CLI entry: load config and run the worker."""
     cfg = load_from_args(args)
     if args.role == "finetune":
+        import os  # noqa: PLC0415
+
+        # before torch starts its OpenMP threads: waiting threads sleep instead of spinning; on a host shared
+        # with the ingest and score workers, 2 spinning threads made a round 3-4x slower (docs/benchmarks.md)
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         from adrec_stream.incremental.worker import FinetuneHooks, run_finetune_worker  # noqa: PLC0415
 
         return run_finetune_worker(cfg, device=args.device,

@@ -18,6 +18,7 @@ from adrec_stream.errors import AdrecStreamError
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("adrec_stream.training.cli", "train ADRec or SASRec+ (three stages) on a dataset"),
     "evaluate": ("adrec_stream.evaluation.cli", "evaluate a checkpoint (HR@k, NDCG@k, full ranking, leave-one-out)"),
+    "evaluate-replay": ("adrec_stream.evaluation.replay.cli", "replay logged clicks test-then-train: ADRec vs baselines"),
     "split-stats": ("adrec_stream.evaluation.split_stats",
                     "model-free val vs test statistics of a leave-one-out split (is the test step harder?)"),
     "bench": ("adrec_stream.bench.cli", "speed benchmarks against reference-equivalent paths"),

@@ -261,3 +261,138 @@ def item_counts(interactions: Iterable[Interaction], vocab: Sequence[str]) -> li
         if idx is not None:
             counts[idx] += 1
     return counts
+
+
+def read_delimited(path: str | Path, *, user: str | int, item: str | int, ts: str | int, sep: str = ",",
+                   header: bool = True, ts_unit: Literal["s", "ms", "iso"] = "s",
+                   order: str | int | None = None) -> list[Interaction]:
+    """Read any delimited interaction log through a column mapping (``adrec-stream evaluate-replay --columns``).
+
+    A user's own log needs a mapping, not code: e.g. DIGINETICA's ``train-item-views.csv``
+    (``session_id;user_id;item_id;timeframe;eventdate``) with ``user="session_id"`` (a session id is a user
+    id here), ``item="item_id"``, ``ts="eventdate"``, ``order="timeframe"``, ``sep=";"``, ``ts_unit="iso"``; or
+    SNAP Gowalla (``user \\t ISO time \\t lat \\t lon \\t location``, no header) with ``user=0, item=4, ts=1,
+    sep="\\t", header=False, ts_unit="iso"``.
+
+    Args:
+        path: the file (UTF-8; a leading byte-order mark is ignored).
+        user, item, ts: the columns: a header name (str, needs ``header=True``) or a 0-based index (int).
+        sep: the field separator; one character is read with :mod:`csv` (quoted fields allowed), a longer one
+            (e.g. ``"::"``) splits each line on it.
+        header: the first non-empty line names the columns (it is not an interaction).
+        ts_unit: ``"s"`` epoch seconds, ``"ms"`` epoch milliseconds, ``"iso"`` ISO-8601 through
+            :func:`parse_timestamp` (which also takes epoch seconds). Result times are epoch seconds.
+        order: optional numeric column that orders events with equal ``ts`` (e.g. DIGINETICA's ``timeframe``,
+            milliseconds since the session started, under a day-resolution ``eventdate``); None = file order.
+
+    Returns:
+        :class:`Interaction` rows (rating None), sorted stably by (ts, ``order``, file order), like
+        :func:`read_interactions`.
+
+    Raises:
+        DataFileError: the file is missing (naming the path and the expected layout), unreadable or not UTF-8;
+            a header that lacks a named column (naming the header seen and the columns asked for); a name given
+            without a header; a row with too few fields, an empty user/item id, or a bad timestamp / order value
+            (naming the file, line and value); no rows.
+    """
+    units = {"s": "epoch seconds (a decimal number)", "ms": "epoch milliseconds (a decimal number)",
+             "iso": "ISO-8601 date or date-time (no timezone = UTC), or epoch seconds"}
+    p = Path(path)
+    wanted: dict[str, str | int] = {"user": user, "item": item, "ts": ts}
+    if order is not None:
+        wanted["order"] = order
+    spec = ",".join(f"{k}={v}" for k, v in wanted.items())
+    layout = (f"a {sep!r}-separated file with columns {spec}"
+              f"{' named in a header line' if header else ' (no header line)'}, ts as {units.get(ts_unit, ts_unit)}")
+    if ts_unit not in units:
+        raise DataFileError(f"unknown timestamp unit {ts_unit!r}; use one of {', '.join(units)}")
+    if not sep:
+        raise DataFileError("the field separator is empty")
+    if not p.is_file():
+        raise DataFileError(f"interaction file not found: {p} (expected {layout})")
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DataFileError(f"{p}: not UTF-8 text at byte {err.start} (expected {layout})") from None
+    except OSError as err:
+        raise DataFileError(f"cannot read {p}: {err.strerror}") from None
+
+    def rows_of() -> Iterable[tuple[int, list[str]]]:
+        if len(sep) == 1:
+            reader = csv.reader(io.StringIO(text), delimiter=sep)
+            try:
+                for fields in reader:
+                    yield reader.line_num, fields
+            except csv.Error as err:
+                raise DataFileError(f"{p}:{reader.line_num}: not readable as {sep!r}-separated text ({err})") from None
+        else:
+            for lineno, line in enumerate(text.split("\n"), 1):
+                yield lineno, line.rstrip("\r").split(sep)
+
+    cols: dict[str, int] | None = None
+    if not header:
+        names = [f"{k}={v!r}" for k, v in wanted.items() if not isinstance(v, int)]
+        if names:
+            raise DataFileError(f"{p}: columns {', '.join(names)} are given by name but the file has no header "
+                                "line (--no-header): give 0-based column indices, or --header")
+        cols = {k: int(v) for k, v in wanted.items()}
+    bad_idx = [f"{k}={v}" for k, v in wanted.items() if isinstance(v, int) and v < 0]
+    if bad_idx:
+        raise DataFileError(f"column indices are 0-based and >= 0, got {', '.join(bad_idx)}")
+
+    def number(text_: str) -> float:
+        x = float(text_)
+        if not math.isfinite(x):
+            raise ValueError("not finite")
+        return x
+
+    out: list[tuple[float, float, Interaction]] = []
+    for lineno, fields in rows_of():
+        if not fields or not any(f.strip() for f in fields):
+            continue
+        if cols is None:  # the header line
+            seen = [f.strip() for f in fields]
+            cols = {}
+            for key, want in wanted.items():
+                if isinstance(want, int):
+                    cols[key] = want
+                    continue
+                if want in seen:
+                    cols[key] = seen.index(want)
+                    continue
+                folded = [i for i, f in enumerate(seen) if f.lower() == want.lower()]
+                if len(folded) != 1:
+                    raise DataFileError(
+                        f"{p}:{lineno}: the header has no column {want!r} (header: {seen!r}, split on {sep!r}; "
+                        f"columns asked for: {spec})")
+                cols[key] = folded[0]
+            continue
+        need = max(cols.values()) + 1
+        if len(fields) < need:
+            raise DataFileError(f"{p}:{lineno}: expected at least {need} fields split on {sep!r} for columns "
+                                f"{spec}, got {len(fields)} ({fields[:8]!r})")
+        u, i = fields[cols["user"]].strip(), fields[cols["item"]].strip()
+        if not u or not i:
+            raise DataFileError(f"{p}:{lineno}: empty user or item id (columns {spec}) in {fields[:8]!r}")
+        ts_text = fields[cols["ts"]].strip()
+        try:
+            if ts_unit == "iso":
+                t = parse_timestamp(ts_text)
+            else:
+                t = number(ts_text) / (1000.0 if ts_unit == "ms" else 1.0)
+        except (ValueError, OverflowError, OSError) as err:
+            raise DataFileError(f"{p}:{lineno}: bad timestamp {ts_text!r} in column ts={ts} ({err}); "
+                                f"--ts-unit {ts_unit} expects {units[ts_unit]}") from None
+        rank = 0.0
+        if order is not None:
+            o_text = fields[cols["order"]].strip()
+            try:
+                rank = number(o_text)
+            except ValueError:
+                raise DataFileError(f"{p}:{lineno}: bad order value {o_text!r} in column order={order} "
+                                    "(a finite number)") from None
+        out.append((t, rank, Interaction(u, i, t, None)))
+    if not out:
+        raise DataFileError(f"{p}: no interactions{' (only a header?)' if header else ''}; expected {layout}")
+    out.sort(key=lambda r: (r[0], r[1]))  # stable: ties keep file order
+    return [r[2] for r in out]

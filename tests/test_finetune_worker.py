@@ -141,6 +141,7 @@ def test_diverging_round_publishes_nothing_and_scoring_keeps_the_old_version(str
     finetune.wait_for('"status": "rejected"', timeout_s=120)
     rejected = last_log_event(finetune.log(), "finetune_round")
     assert rejected["reason"] == "diverged" and "finetune.lr" in rejected["error"]
+    assert rejected["serving_version"] == rejected["parent_version"] == 1  # (was overwritten with null)
     assert rejected["rounds_rejected"] == 1 and rejected["published"] == 0
     assert rejected["rejected_by_reason"] == {"diverged": 1}
     assert ModelRegistry(cfg.registry_dir).versions() == [1]

@@ -41,9 +41,25 @@ def test_parse_update_reads_the_ingest_workers_record_and_refuses_bad_ones():
     assert u == SequenceUpdateRecord("7", ("3", "5"), 1, 42, 10.0, 11.5, "e1")
     assert u.clicked == "5"
     for bad, why in [(b"{", "not JSON"), (b"[1]", "not a JSON object"), (b'{"items": ["1"]}', "no user_id"),
-                     (b'{"user_id": "a", "items": []}', "non-empty list")]:
+                     (b'{"user_id": "a", "items": []}', "non-empty list"), (None, "tombstone")]:
         with pytest.raises(BadUpdateError, match=why):
             parse_update(bad, 0, 0)
+
+
+def test_item_ids_of_updates_follow_the_click_rules():
+    """A fresh user's junk record ({"items": [1, null, {"a": 1}]}) was accepted as items '1', 'None', "{'a': 1}",
+    which then got rows in a published vocabulary: item ids are now checked by the click decoder's rule."""
+    junk = b'{"user_id": "3", "items": [1, null, {"a": 1}]}'
+    with pytest.raises(BadUpdateError, match="items: bad_item_id: null"):
+        parse_update(junk, 0, 0)
+    for items, why in [(b'[1, true]', "boolean"), (b'[1, 2.5]', "float"), (b'["12a"]', "not an integer"),
+                       (b'[[1]]', "list")]:
+        with pytest.raises(BadUpdateError, match=why):
+            parse_update(b'{"user_id": "3", "items": ' + items + b"}", 0, 0)
+    assert parse_update(b'{"user_id": "3", "items": [7, "007", "12"]}', 0, 0).items == ("7", "7", "12")
+    assert parse_update(b'{"user_id": "3", "items": ["12a", 5]}', 0, 0, item_id_type="str").items == ("12a", "5")
+    with pytest.raises(BadUpdateError, match="bad_item_id"):
+        parse_update(b'{"user_id": "3", "items": ["a", null]}', 0, 0, item_id_type="str")
 
 
 def test_updates_from_clicks_match_what_ingest_publishes():
@@ -176,6 +192,16 @@ def test_finetune_config_is_validated_with_the_key_named():
         _load({"finetune.min_round_events": 5, "finetune.holdout_min_events": 10})
     with pytest.raises(ConfigError, match="finetune.nope"):
         _load({"finetune.nope": 1})
+    with pytest.raises(ConfigError, match="device must be auto, cpu, cuda or cuda:N, got 'tpu'"):
+        _load({"finetune.device": "tpu"})  # refused on load, not after the worker reached the broker
+    assert _load({"finetune.device": "cuda:1"}).finetune.device == "cuda:1"
+
+
+def test_device_option_belongs_to_the_finetune_worker(capsys):
+    from adrec_stream.cli import main
+
+    assert main(["worker", "ingest", "--device", "cpu"]) == 2  # was silently ignored
+    assert "--device applies to the finetune worker only" in capsys.readouterr().err
 
 
 def _load(overrides):

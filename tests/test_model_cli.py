@@ -80,12 +80,12 @@ def test_list_json(registry, capsys):
 def test_rollback_moves_latest_and_says_so(registry, capsys):
     assert main(["model", "rollback", "v1", "--registry", str(registry.root)]) == 0
     out, _ = capsys.readouterr()
-    assert out == "LATEST -> v1 (was v3); score workers switch within 5 s (registry_poll_s)\n"
+    assert out.startswith("LATEST -> v1 (was v3); score workers switch at their next batch once 5 s (registry_poll_s) ")
     assert registry.pointer() == 1 and registry.latest() == (1, registry.path(1))
     assert load_checkpoint(registry.latest()[1]).model.n_items == 40
     # registry from the config (--set), poll interval from the config
     assert main(["model", "rollback", "2", "--set", f"registry_dir={registry.root}", "--set", "registry_poll_s=2"]) == 0
-    assert capsys.readouterr().out == "LATEST -> v2 (was v1); score workers switch within 2 s (registry_poll_s)\n"
+    assert capsys.readouterr().out.startswith("LATEST -> v2 (was v1); score workers switch at their next batch once 2 s ")
     assert main(["model", "list", "--registry", str(registry.root), "--json"]) == 0
     assert [r["latest"] for r in json.loads(capsys.readouterr().out)] == [False, True, False, False]
 
@@ -121,3 +121,21 @@ def test_empty_registry(tmp_path, capsys):
     assert main(["model", "rollback", "1", "--registry", str(root)]) == 2
     assert capsys.readouterr().err == (f"adrec-stream model: error: registry {root} has no complete version: "
                                        "nothing to roll back to\n")
+
+
+def test_publish_adds_a_loadable_checkpoint_and_refuses_a_broken_one(tmp_path, capsys):
+    """A fresh user found no way to get a first model into the registry: `model publish` is it."""
+    mcfg = ModelConfig(hidden_size=16, max_len=10, num_heads=2, num_blocks=1, diffusion_steps=4)
+    path = save_checkpoint(tmp_path / "run" / "model.pt", build_model(40, mcfg).eval(), vocab=VOCAB, config={})
+    reg_dir = tmp_path / "new-registry"
+    assert main(["model", "publish", str(path.parent), "--registry", str(reg_dir)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"published {path} as v1 of {reg_dir} (LATEST -> v1; 40 items, model kind adrec)")
+    reg = ModelRegistry(reg_dir)
+    assert reg.versions() == [1] and reg.manifest(1)["vocab_size"] == 40 and reg.manifest(1)["source"] == "publish"
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(path.read_bytes()[:1000])
+    assert main(["model", "publish", str(broken), "--registry", str(reg_dir)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "cannot read checkpoint" in err
+    assert reg.versions() == [1]

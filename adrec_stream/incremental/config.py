@@ -6,6 +6,7 @@ the key named, see :class:`~adrec_stream.config.StrictModel`).
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
@@ -76,6 +77,8 @@ class FinetuneConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check(self) -> "FinetuneConfig":
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.holdout_min_events > self.holdout_max_events:
             raise ValueError(f"holdout_min_events ({self.holdout_min_events}) must not exceed holdout_max_events "
                              f"({self.holdout_max_events})")

@@ -25,6 +25,8 @@ from typing import Any
 
 import orjson
 
+from adrec_stream.stream.events import DecodeError, canonical_item_id
+
 
 @dataclass(frozen=True)
 class SequenceUpdateRecord:
@@ -66,12 +68,19 @@ def _opt_float(value: Any) -> float | None:
         return None
 
 
-def parse_update(value: bytes, partition: int, offset: int) -> SequenceUpdateRecord:
+def parse_update(value: bytes | None, partition: int, offset: int, *,
+                 item_id_type: str = "int") -> SequenceUpdateRecord:
     """Decode one sequence-updates record value (JSON written by the ingest worker).
 
+    Item ids follow the click rules (:func:`~adrec_stream.stream.events.canonical_item_id` with the stream's
+    ``item_id_type``), so a record that no ingest worker could have written never reaches a vocabulary.
+
     Raises:
-        BadUpdateError: not JSON, not an object, no ``user_id``, or ``items`` not a non-empty list.
+        BadUpdateError: a tombstone, not JSON, not an object, no ``user_id``, ``items`` not a non-empty list,
+            or an item id the click rules refuse (the message names it).
     """
+    if value is None:
+        raise BadUpdateError("tombstone (record without a value)")
     try:
         obj = orjson.loads(value)
     except (orjson.JSONDecodeError, TypeError) as err:
@@ -83,7 +92,11 @@ def parse_update(value: bytes, partition: int, offset: int) -> SequenceUpdateRec
         raise BadUpdateError("no user_id")
     if not isinstance(items, list) or not items:
         raise BadUpdateError("items is not a non-empty list")
-    return SequenceUpdateRecord(str(user), tuple(str(i) for i in items), int(partition), int(offset),
+    try:
+        raw = tuple(canonical_item_id(i, item_id_type) for i in items)
+    except DecodeError as err:
+        raise BadUpdateError(f"items: {err}") from None
+    return SequenceUpdateRecord(str(user), raw, int(partition), int(offset),
                                 _opt_float(obj.get("event_ts")), _opt_float(obj.get("ingest_ts")),
                                 None if obj.get("event_id") is None else str(obj.get("event_id")))
 

@@ -90,11 +90,12 @@ class FinetuneCounters:
     last_version: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-able copy; ``rounds_rejected`` is the total over reasons."""
+        """JSON-able copy; ``rounds_rejected`` is the total over reasons; ``last_published_version`` is the
+        newest version this worker published (None before its first)."""
         return {"updates_consumed": self.updates_consumed, "bad_updates": self.bad_updates, "rounds": self.rounds,
                 "published": self.published, "rounds_rejected": sum(self.rejected.values()),
                 "rejected_by_reason": dict(self.rejected), "skipped": self.skipped,
-                "serving_version": self.last_version}
+                "last_published_version": self.last_version}
 
 
 def serving_cut(ckpt: Checkpoint, topic: str) -> dict[int, int]:
@@ -157,7 +158,7 @@ class FinetuneWorker:
         good = []
         for partition, offset, value in records:
             try:
-                good.append(parse_update(value, partition, offset))
+                good.append(parse_update(value, partition, offset, item_id_type=self.cfg.item_id_type))
             except BadUpdateError as err:
                 self.counters.bad_updates += 1
                 self.log.warning("bad_sequence_update", partition=partition, offset=offset, error=str(err))
@@ -306,6 +307,9 @@ class FinetuneWorker:
         if self.fcfg.nice:
             # training is background work: on a host shared with ingest and score workers, let them go first
             os.nice(self.fcfg.nice)
+        # the first optimiser of a process imports torch._dynamo (1.5-30 s on a loaded host): pay it now, not out
+        # of the first round's max_seconds (a fresh user's first round ended with 0 steps)
+        torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
         removed = self.registry.clean_staging()
         if removed:
             self.log.warning("stale_publish_staging_removed", paths=[str(p) for p in removed],
@@ -344,8 +348,8 @@ def run_finetune_worker(cfg: StreamConfig, *, device: str | None = None, hooks: 
     """
     from adrec_stream.stream.broker import effective_bootstrap, ensure_topics  # noqa: PLC0415
 
+    worker = FinetuneWorker(cfg, device=device, hooks=hooks)  # a bad device fails before the broker is asked
     ensure_topics(effective_bootstrap(cfg), cfg.topics.all())
-    worker = FinetuneWorker(cfg, device=device, hooks=hooks)
 
     def _on_signal(signum: int, _frame: Any) -> None:
         worker.log.info("finetune_stop_requested", signal=signal.Signals(signum).name)

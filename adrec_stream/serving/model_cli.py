@@ -1,4 +1,9 @@
-"""``adrec-stream model list|rollback``: look at the model registry's versions and move ``LATEST`` back.
+"""``adrec-stream model publish|list|rollback``: put a trained model into the registry, look at the versions,
+move ``LATEST`` back.
+
+``publish CHECKPOINT`` copies a checkpoint (``adrec-stream train --output DIR`` writes ``DIR/model.pt``) into the
+registry as the next version after checking that it loads (a broken or mismatched file is refused before it
+can reach a score worker); it is how the first model of a deployment gets to the score and fine-tune workers.
 
 The registry is the stream config's ``registry_dir`` (``--config``, ``--set registry_dir=...``) or ``--registry
 DIR``. ``list`` prints one row per complete version (``--json``: a JSON list of
@@ -35,8 +40,15 @@ def _add_registry_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Register the ``list`` and ``rollback`` actions and their options."""
+    """Register the ``publish``, ``list`` and ``rollback`` actions and their options."""
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p_pub = sub.add_parser("publish", help="add a trained checkpoint as the next version (and LATEST)",
+                           description="Check that CHECKPOINT loads, then add it to the registry as the next version "
+                                       "and point LATEST at it (score workers take it at their next batch after "
+                                       "registry_poll_s; the fine-tune worker starts its next round from it).")
+    p_pub.add_argument("checkpoint", metavar="CHECKPOINT",
+                       help="a checkpoint file or a folder holding model.pt (e.g. the --output of adrec-stream train)")
+    _add_registry_arguments(p_pub)
     p_list = sub.add_parser("list", help="list the complete versions (LATEST marked with *)",
                             description="List the registry's complete versions, oldest first; * marks LATEST.")
     _add_registry_arguments(p_list)
@@ -129,6 +141,8 @@ def run(args: argparse.Namespace) -> int:
             or (rollback) the registry has no version.
     """
     cfg = load_from_args(args)
+    if args.action == "publish":
+        return _publish(ModelRegistry(args.registry or cfg.registry_dir), args.checkpoint)
     registry = ModelRegistry(args.registry or cfg.registry_dir, create=False)
     if args.action == "list":
         rows = registry.list_versions()
@@ -144,6 +158,19 @@ def run(args: argparse.Namespace) -> int:
     if before is None:
         raise CheckpointError(f"registry {registry.root} has no complete version: nothing to roll back to")
     registry.set_latest(version)
-    print(f"LATEST -> v{version} (was v{before[0]}); score workers switch within "
-          f"{cfg.registry_poll_s:g} s (registry_poll_s)")
+    print(f"LATEST -> v{version} (was v{before[0]}); score workers switch at their next batch once "
+          f"{cfg.registry_poll_s:g} s (registry_poll_s) have passed; a running fine-tune worker starts its next "
+          "round from this version and publishes over it")
+    return 0
+
+
+def _publish(registry: ModelRegistry, checkpoint: str) -> int:
+    """Load ``checkpoint`` (refused with its CheckpointError if it does not), publish it, print one line."""
+    from adrec_stream.model.checkpoint import load_checkpoint  # noqa: PLC0415 - torch only for this action
+
+    ckpt = load_checkpoint(checkpoint)
+    version = registry.publish(ckpt.path, meta={"source": "publish", "vocab_size": len(ckpt.vocab),
+                                                "published_from": str(ckpt.path.resolve())})
+    print(f"published {ckpt.path} as v{version} of {registry.root} (LATEST -> v{version}; "
+          f"{len(ckpt.vocab):,} items, model kind {ckpt.model.cfg.kind})")
     return 0

@@ -251,6 +251,7 @@ class ReloadingRecommender:
         self._refused: dict[int, tuple[int, int]] = {}
         self._reload_lock = threading.Lock()
         self._last_poll = float("-inf")
+        self._warned_empty = False
         self.reloads = 0
         self.refusals = 0
         self.check()
@@ -272,6 +273,11 @@ class ReloadingRecommender:
             self._last_poll = time.monotonic()
             found = self.registry.latest()
             if found is None:
+                if not self._warned_empty:
+                    self._warned_empty = True
+                    log.warning("no_model_in_registry", registry=str(self.registry.root),
+                                action="every user gets an empty fallback recommendation until a version appears",
+                                hint="adrec-stream model publish CHECKPOINT (e.g. the --output of adrec-stream train)")
                 return False
             version, path = found
             if version == self.version:

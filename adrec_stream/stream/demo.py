@@ -442,7 +442,7 @@ def _finetune_report(ft: dict[str, Any], rounds: list[dict[str, Any]], initial: 
     rej = ", ".join(f"{k}: {n}" for k, n in sorted(ft["rejected_by_reason"].items()))
     skip = ", ".join(f"{k}: {n}" for k, n in sorted(ft["skipped_by_reason"].items()))
     stale = f"{ft['staleness_s']:.1f} s" if ft["staleness_s"] is not None else "n/a (nothing published)"
-    lines = [f"fine-tune: {ft['finetune_rounds']} rounds trained ({ft['published']} published, "
+    lines = [f"fine-tune: {ft['finetune_rounds']} round{'' if ft['finetune_rounds'] == 1 else 's'} trained ({ft['published']} published, "
              f"{ft['rounds_rejected']} rejected{f' ({rej})' if rej else ''}), {ft['skipped']} skipped"
              f"{f' ({skip})' if skip else ''}; registry v{initial} -> v{max(versions, default=initial)} "
              f"({added} versions published during the run); staleness (oldest trained click's ingest -> publish, "

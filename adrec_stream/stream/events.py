@@ -136,6 +136,23 @@ def _int_id(value: Any) -> str:
     return str(int(value))
 
 
+def canonical_item_id(value: Any, item_id_type: str = "int") -> str:
+    """The canonical raw item id of a JSON value, by the click rules (module docstring): every reader of item ids
+    from the wire (the click decoder, the fine-tune worker's sequence updates) goes through this.
+
+    Args:
+        value: the decoded JSON value.
+        item_id_type: "int" (a non-negative integer or a string of ASCII digits, returned as its decimal string)
+            or "str" (a non-empty string or integer without control characters).
+
+    Raises:
+        DecodeError: reason ``bad_item_id`` with the problem (None, a boolean, a float, a list, ...).
+    """
+    if value is None:
+        raise DecodeError("bad_item_id", "null, expected an item id")
+    return _int_id(value) if item_id_type == "int" else _plain_id(value, "item_id")
+
+
 def _parse_ts(value: Any) -> float:
     """Epoch seconds from a JSON number or an ISO-8601 string (naive = UTC)."""
     if isinstance(value, bool):
@@ -229,7 +246,7 @@ def _decode(
 
     if "item_id" not in obj or obj["item_id"] is None:
         raise DecodeError("missing_item_id", "no item_id in the value")
-    item = _int_id(obj["item_id"]) if item_id_type == "int" else _plain_id(obj["item_id"], "item_id")
+    item = canonical_item_id(obj["item_id"], item_id_type)
 
     if "ts" not in obj or obj["ts"] is None:
         raise DecodeError("missing_ts", "no ts (epoch seconds or ISO-8601) in the value")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 
 from adrec_stream.config import parse_overrides
-from adrec_stream.errors import StoreLockedError
+from adrec_stream.errors import ConfigError, StoreLockedError
 from adrec_stream.stream.config import DEFAULT_STREAM_CONFIG, StreamConfig, load_stream_config
 
 
@@ -37,7 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--exclude-history", action="store_true",
                         help="score: never recommend items already in the user's window")
     parser.add_argument("--device", default=None,
-                        help="finetune: auto (CUDA if present, else CPU), cpu, cuda[:N] (default: finetune.device)")
+                        help="finetune only: auto (CUDA if present, else CPU), cpu, cuda[:N] (default: finetune.device)")
+    parser.epilog = ("The fine-tune worker's schedule, window, guards and device are the finetune: keys of the stream "
+                     "config (configs/stream.yaml; e.g. --set finetune.interval_s=60); see docs/incremental.md. "
+                     "Score and fine-tune workers need a model in the registry first: adrec-stream model publish.")
     parser.add_argument("--test-hold-publish-s", type=float, default=0.0, help=argparse.SUPPRESS)
     parser.add_argument("--crash-after-batches", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--inject-write-failure", default=None, metavar="OFFSET:TIMES", help=argparse.SUPPRESS)
@@ -94,6 +97,9 @@ def run_worker(cfg: StreamConfig, role: str, *, log_level: str = "INFO", exclude
 
 def run(args: argparse.Namespace) -> int:
     """CLI entry: load config and run the worker."""
+    if args.device is not None and args.role != "finetune":
+        raise ConfigError(f"--device applies to the finetune worker only (the {args.role} worker's device is the "
+                          "stream config's device key)")
     cfg = load_from_args(args)
     if args.role == "finetune":
         import os  # noqa: PLC0415

@@ -415,20 +415,22 @@ def test_cli_errors_are_one_line_errors(tmp_path: Path) -> None:
         run_cli(["--dataset", str(tmp_path / "nope.data"), "--columns", "user=1", "--out", out])
 
 
-def test_cache_key_matches_the_demo_key() -> None:
-    """The shared helper gives the demo's historical key, so the demo can switch without retraining."""
-    demo = pytest.importorskip("adrec_stream.stream.demo")
-    if not hasattr(demo, "_cache_key"):
-        pytest.skip("the demo already uses the shared helper")
+def test_demo_and_replay_share_the_cache_key(tmp_path: Path) -> None:
+    """The demo finds its trained model under the shared helper's key (one cache rule for both commands)."""
     from adrec_stream.data.events import Interaction
-    from adrec_stream.training.cache import training_cache_key
+    from adrec_stream.stream.demo import DemoConfig, prepare_model
+    from adrec_stream.training.cache import cached_checkpoint_path, training_cache_key
     from adrec_stream.training.config import load_experiment
 
-    exp = load_experiment(REPO / "configs" / "adrec-cpu.yaml")
+    dcfg = DemoConfig(cache_dir=str(tmp_path / "cache"))
     train = [Interaction("1", "10", 5.0, 3.0), Interaction("2", "11", 6.0, None)]
-    epochs = demo.DemoEpochs(pretrain=3, align=1, finetune=2)
-    assert training_cache_key(train, exp, epochs.model_dump(), "u.data") == demo._cache_key(
-        train, exp, epochs, Path("/x/u.data"))
+    exp = load_experiment(REPO / dcfg.experiment)
+    key = training_cache_key(train, exp, dcfg.epochs.model_dump(), "u.data")
+    path = cached_checkpoint_path(tmp_path / "cache", exp.model.kind, key)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"stands for a trained checkpoint")
+    ckpt, facts = prepare_model(dcfg, train, Path("/x/u.data"))
+    assert ckpt == path and facts["cached"] is True and facts["wall_s"] == 0.0
 
 
 def test_cli_error_exit_code_and_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

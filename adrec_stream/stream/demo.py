@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import json
 import os
 import shutil
@@ -134,15 +133,6 @@ def _say(msg: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ model
-def _cache_key(train: list, exp: Any, epochs: DemoEpochs, data_path: Path) -> str:
-    h = hashlib.sha256()
-    h.update(json.dumps({"exp": exp.model_dump(mode="json"), "epochs": epochs.model_dump(), "data": data_path.name,
-                         "format": 2}, sort_keys=True).encode())
-    for x in train:
-        h.update(f"{x.user}\t{x.item}\t{x.ts}\n".encode())
-    return h.hexdigest()[:16]
-
-
 def prepare_model(dcfg: DemoConfig, train: list, data_path: Path) -> tuple[Path, dict[str, Any]]:
     """Train ADRec on the training part (or reuse the cached checkpoint); returns (checkpoint path, facts).
 
@@ -152,6 +142,7 @@ def prepare_model(dcfg: DemoConfig, train: list, data_path: Path) -> tuple[Path,
 
     from adrec_stream.data.events import build_vocabulary, item_counts, user_sequences  # noqa: PLC0415
     from adrec_stream.model.checkpoint import save_checkpoint  # noqa: PLC0415
+    from adrec_stream.training.cache import cached_checkpoint_path, training_cache_key  # noqa: PLC0415
     from adrec_stream.training.config import load_experiment  # noqa: PLC0415
 
     exp = load_experiment(_repo_path(dcfg.experiment), dict(dcfg.experiment_overrides))
@@ -159,8 +150,8 @@ def prepare_model(dcfg: DemoConfig, train: list, data_path: Path) -> tuple[Path,
     seqs = user_sequences(train, vocab)
     facts: dict[str, Any] = {"train_events": len(train), "train_users": len(seqs), "items": len(vocab),
                              "epochs": dcfg.epochs.model_dump(), "kind": exp.model.kind}
-    key = _cache_key(train, exp, dcfg.epochs, data_path)
-    ckpt = _repo_path(dcfg.cache_dir) / f"{exp.model.kind}-{key}" / "model.pt"
+    key = training_cache_key(train, exp, dcfg.epochs.model_dump(), data_path.name)
+    ckpt = cached_checkpoint_path(_repo_path(dcfg.cache_dir), exp.model.kind, key)
     if ckpt.is_file():
         facts.update(cached=True, wall_s=0.0)
         return ckpt, facts

@@ -1,13 +1,13 @@
 """Cache keys of trained checkpoints: train once per (training events, experiment config, epoch budget).
 
 Shared by the commands that train a model on the first part of an interaction log before replaying the rest
-(``adrec-stream evaluate-replay``; the demo computes the same key in ``stream/demo.py``): a checkpoint is
+(``adrec-stream evaluate-replay`` and ``adrec-stream demo``): a checkpoint is
 cached under ``<cache_dir>/<model kind>-<key>/model.pt`` and reused when the key matches.
 
 The key hashes the training events themselves (user, item, time of every event, in order), the whole
 experiment config (``model`` + ``train``), the per-stage epoch budget and the data file's name, so a
 different cut, file, config or budget never reuses a stale model. It equals the demo's historical key for the
-same inputs (``format`` 2), so the demo can switch to this helper without retraining its cached model.
+same inputs (``format`` 2), so models cached by earlier demo runs are still found.
 """
 
 from __future__ import annotations

@@ -198,3 +198,12 @@ def test_gowalla_checkins_reverse_chronological_file():
     # the file lists user 0 newest first; read back oldest first (ISO 'Z' times parsed as UTC)
     assert user0[0] == Interaction("0", "608105", 1274496544.0, None)  # 2010-05-22T02:49:04Z
     assert user0[-1] == Interaction("0", "22847", 1287532527.0, None)  # 2010-10-19T23:55:27Z
+
+
+def test_a_utf8_byte_order_mark_is_not_part_of_the_header(tmp_path):
+    """Spreadsheet exports start with a BOM: 'userId,movieId,...' was read as '\\ufeffuserId' and the header row
+    failed as data ("bad timestamp 'rating'")."""
+    path = tmp_path / "ratings.csv"
+    path.write_bytes("\ufeffuserId,movieId,rating,timestamp\n1,31,2.5,1260759144\n1,1029,3.0,1260759179\n".encode())
+    rows = read_interactions(path)
+    assert [(r.user, r.item, r.ts) for r in rows] == [("1", "31", 1260759144.0), ("1", "1029", 1260759179.0)]

@@ -143,6 +143,23 @@ def _file_in_folder(folder: Path) -> Path:
                         f"{', '.join(held) or 'nothing'}); pass the interaction file itself")
 
 
+def _read_text(p: Path, expected: str) -> str:
+    """The text of an interaction file (UTF-8; a leading byte-order mark, as spreadsheet exports write it, is
+    dropped).
+
+    Raises:
+        DataFileError: missing, unreadable or not UTF-8; the message names the path and ``expected`` (the format).
+    """
+    if not p.is_file():
+        raise DataFileError(f"interaction file not found: {p} (expected {expected})")
+    try:
+        return p.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DataFileError(f"{p}: not UTF-8 text at byte {err.start} (expected {expected})") from None
+    except OSError as err:
+        raise DataFileError(f"cannot read {p}: {err.strerror}") from None
+
+
 def read_interactions(path: str | Path, fmt: Format = "auto") -> list[Interaction]:
     """Read an interaction log, sorted stably by (timestamp, file order).
 
@@ -163,14 +180,7 @@ def read_interactions(path: str | Path, fmt: Format = "auto") -> list[Interactio
         raise DataFileError(f"unknown interaction format {fmt!r}; use one of {sorted(FORMAT_DESCRIPTIONS)}")
     if p.is_dir():
         p = _file_in_folder(p)
-    if not p.is_file():
-        raise DataFileError(f"interaction file not found: {p} (expected {FORMAT_DESCRIPTIONS[fmt]})")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise DataFileError(f"{p}: not UTF-8 text at byte {err.start} (expected {FORMAT_DESCRIPTIONS[fmt]})") from None
-    except OSError as err:
-        raise DataFileError(f"cannot read {p}: {err.strerror}") from None
+    text = _read_text(p, FORMAT_DESCRIPTIONS[fmt])
     lines = [ln.rstrip("\r") for ln in text.split("\n")]  # physical lines: exact line numbers in errors
     first = next((ln for ln in lines if ln.strip()), "")
     if not first:
@@ -308,14 +318,7 @@ def read_delimited(path: str | Path, *, user: str | int, item: str | int, ts: st
         raise DataFileError(f"unknown timestamp unit {ts_unit!r}; use one of {', '.join(units)}")
     if not sep:
         raise DataFileError("the field separator is empty")
-    if not p.is_file():
-        raise DataFileError(f"interaction file not found: {p} (expected {layout})")
-    try:
-        text = p.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise DataFileError(f"{p}: not UTF-8 text at byte {err.start} (expected {layout})") from None
-    except OSError as err:
-        raise DataFileError(f"cannot read {p}: {err.strerror}") from None
+    text = _read_text(p, layout)
 
     def rows_of() -> Iterable[tuple[int, list[str]]]:
         if len(sep) == 1:

@@ -9,8 +9,7 @@
   the click-averaged table figures); the 95% interval is the 2.5/97.5 percentile of the gain over 1,000
   resamples of the users with replacement, the SAME resampled users for both policies (paired), seeded.
   (Efron & Tibshirani, *An Introduction to the Bootstrap*, 1993, percentile interval.)
-- Plots use matplotlib's Agg backend (no display needed); matplotlib is the ``plots`` extra
-  (``pip install -e '.[plots]'``).
+- Plots use matplotlib's Agg backend (no display needed); matplotlib is a dependency of the package.
 """
 
 from __future__ import annotations
@@ -39,13 +38,13 @@ def require_matplotlib() -> Any:
     """Import matplotlib with the Agg backend, or raise a clear error.
 
     Raises:
-        AdrecStreamError: matplotlib is not installed (names ``pip install -e '.[plots]'``).
+        AdrecStreamError: matplotlib is not installed (an install that skipped the package's dependencies).
     """
     try:
         import matplotlib  # noqa: PLC0415
     except ImportError:
         raise AdrecStreamError("the replay report's plots need matplotlib, which is not installed: run "
-                               "pip install -e '.[plots]' (the 'plots' extra of this project)") from None
+                               "pip install -e . (it is a dependency of adrec-stream) or pip install matplotlib") from None
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt  # noqa: PLC0415
 

@@ -185,7 +185,8 @@ class FinetuneWorker:
         self._consumed_at_round = self.tracker.consumed
         found = self.registry.latest()
         if found is None:
-            return self._skip("no_serving_model", hint=f"publish a model to {self.cfg.registry_dir} first")
+            return self._skip("no_serving_model", hint=f"publish a model to {self.cfg.registry_dir} first: "
+                              "adrec-stream model publish CHECKPOINT")
         parent_version, path = found
         try:
             parent = load_checkpoint(path, device="cpu")

@@ -136,7 +136,7 @@ def test_diverging_round_publishes_nothing_and_scoring_keeps_the_old_version(str
     cfg = _finetune_config(stream_config, lr=1e4, max_grad_norm=None, epochs=3)
     bootstrap = effective_bootstrap(cfg)
     ingest = spawn_worker("ingest", cfg)
-    score = spawn_worker("score", cfg)
+    spawn_worker("score", cfg)
     finetune = spawn_worker("finetune", cfg, "--device", "cpu")
     clicks = _known_clicks(ROUND_EVENTS)
     produce(bootstrap, cfg.topics.clicks.name, _records(clicks))

@@ -40,7 +40,8 @@ class FinetuneConfig(StrictModel):
         or ``normal`` (N(0, 0.02²) like a fresh table).
     Guard and publish:
         ``divergence_loss_ratio``: the round is treated as diverged (like a NaN loss) when the window's loss after
-        training exceeds this multiple of the loss before; ``tolerance``: a candidate is published only if its held-out NDCG@10 is at least the serving model's
+        training exceeds this multiple of the loss before; ``tolerance``: a candidate is published only if its
+        held-out NDCG@10 is at least the serving model's
         minus this (absolute, fraction in [0, 1]); ``keep_versions``: registry versions kept (the one LATEST
         names is always kept).
     Device:

@@ -146,11 +146,6 @@ class FinetuneWorker:
         """Ask the loop (and a round in progress, between two steps) to stop."""
         self._stop.set()
 
-    @property
-    def stopping(self) -> bool:
-        """True once :meth:`stop` was called."""
-        return self._stop.is_set()
-
     # ------------------------------------------------------------------ consuming
     def ingest(self, records: list[tuple[int, int, bytes]]) -> int:
         """Take raw (partition, offset, value) records of the sequence-updates topic; bad ones are counted and
@@ -199,7 +194,7 @@ class FinetuneWorker:
                               min_round_events=self.fcfg.min_round_events, serving_version=parent_version)
         window = build_window(fresh, self.tracker.pool(cut), cut, self.fcfg, self._rng, max_len=parent.model.max_len)
         self.counters.rounds += 1
-        outcome = run_round(parent.model, parent.vocab, window, self.fcfg, self.device, should_stop=self.stopping_fn,
+        outcome = run_round(parent.model, parent.vocab, window, self.fcfg, self.device, should_stop=self._stop.is_set,
                             log=self.log)
         record = self._record(outcome, parent_version)
         if outcome.reason in ("stopped", "no_training_windows", "no_steps"):
@@ -216,15 +211,12 @@ class FinetuneWorker:
             self.counters.published += 1
             self.counters.last_version = version
             record.update(status="published", version=version, publish_s=round(time.perf_counter() - t_pub, 3),
-                          staleness_s_p50=_round(_percentile(ages, 50)), staleness_s_max=_round(max(ages, default=None)))
+                          staleness_s_p50=_round(_percentile(ages, 50)),
+                          staleness_s_max=_round(max(ages, default=None)))
         record.update(self.counters.as_dict())
         level = self.log.info if record["status"] == "published" else self.log.warning
         level("finetune_round", **record)
         return record
-
-    def stopping_fn(self) -> bool:
-        """Callable form of :attr:`stopping` (polled by the training loop)."""
-        return self._stop.is_set()
 
     def _skip(self, reason: str, **facts: Any) -> dict[str, Any]:
         self.counters.skipped += 1

@@ -41,7 +41,10 @@ def test_one_round_on_a_small_ml100k_window():
     assert res["status"] in {"published", "rejected"}
     assert 0 < res["train_s"] < res["round_s"] <= res["round_s_total"]
     if res["status"] == "published":
-        assert res["publish_s"] > 0 and res["staleness_s"] >= res["round_s_total"]
+        # staleness is taken when the publish ends, inside run_once: it covers the whole round (its clicks were
+        # ingested before it started) but not what run_once does after it (the log line), which
+        # round_s_total includes; after other tests had configured logging that tail was 0.02-0.44 s
+        assert res["publish_s"] > 0 and res["staleness_s"] >= res["round_s"] + res["publish_s"] - 0.01
     # every step of run_once was seen once (held-out evaluation: serving model and candidate)
     calls = {k: v["calls"] for k, v in res["breakdown"].items()}
     assert calls == {"load_checkpoint": 1, "build_window": 1, "grow_vocabulary": 1, "probe_loss": 2,

@@ -120,7 +120,7 @@ def test_demo_bootstrap_puts_each_user_into_its_partition_store(tmp_path):
     """The demo's bootstrap routes every user's history to the store of the partition the producer will use."""
     from adrec_stream.data.events import Interaction
     from adrec_stream.stream.config import StreamConfig
-    from adrec_stream.stream.demo import _bootstrap_state
+    from adrec_stream.stream.local import bootstrap_state as _bootstrap_state
 
     scfg = StreamConfig.model_validate({"state_dir": str(tmp_path / "state"), "window": 4,
                                         "topics": {"clicks": {"name": "clk", "partitions": 3}}})

@@ -38,26 +38,29 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import shutil
 import signal
 import statistics
-import subprocess
-import sys
 import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field
 
 from adrec_stream.config import CONFIG_DIR, StrictModel, load_config
-from adrec_stream.errors import AdrecStreamError, ConfigError, DataFileError
+from adrec_stream.errors import ConfigError, DataFileError
 from adrec_stream.logging import get_logger
-from adrec_stream.stream.broker import die_with_parent
+from adrec_stream.stream.local import (
+    REPO_ROOT,
+    WorkerProcess,
+    bootstrap_state,
+    finetune_rounds,
+    supervise,
+    wait_ready,
+    write_stream_config,
+)
 
-REPO_ROOT = CONFIG_DIR.parent
 DEFAULT_DEMO_CONFIG = CONFIG_DIR / "demo.yaml"
 #: File that marks a work_dir as the demo's own (only such folders are wiped).
 MARKER = ".adrec-demo"
@@ -170,87 +173,6 @@ def prepare_model(dcfg: DemoConfig, train: list, data_path: Path) -> tuple[Path,
 
 
 # ---------------------------------------------------------------------------------------------- workers
-class WorkerProcess:
-    """One worker subprocess (``python -m workers.<role>``) with its log file and restart count.
-
-    ``restart_codes``: exit codes after which :func:`_supervise` restarts it (default: the Faust workers'
-    :data:`~adrec_stream.stream.app.EXIT_AGENT_CRASHED`); any other exit while the demo runs is an error.
-    """
-
-    def __init__(self, role: str, config_path: Path, log_dir: Path, extra: list[str],
-                 restart_codes: frozenset[int] | None = None) -> None:
-        self.role = role
-        self.cmd = [sys.executable, "-m", f"workers.{role}", "--config", str(config_path), *extra]
-        self.log_path = log_dir / f"{role}.log"
-        self.proc: subprocess.Popen | None = None
-        self.restarts = 0
-        self.restart_codes = restart_codes
-
-    def start(self) -> None:
-        """Start (or restart) the process, appending to its log."""
-        with open(self.log_path, "ab") as logf:
-            self.proc = subprocess.Popen(self.cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         cwd=str(REPO_ROOT), env={**os.environ, "OMP_NUM_THREADS": "1"},
-                                         preexec_fn=die_with_parent)
-
-    def log_text(self) -> str:
-        """The whole log so far (empty if none)."""
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def tail(self, n: int = 12) -> str:
-        """Last ``n`` log lines."""
-        return "\n".join(self.log_text().splitlines()[-n:])
-
-    def stop(self, timeout_s: float = 10.0) -> None:
-        """SIGTERM, wait up to ``timeout_s``, then SIGKILL."""
-        p = self.proc
-        if p is None or p.poll() is not None:
-            return
-        p.terminate()
-        try:
-            p.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(5)
-
-
-def _wait_ready(workers: list[WorkerProcess], markers: dict[str, list[str]], timeout_s: float) -> float:
-    t0 = time.time()
-    while True:
-        missing = [w.role for w in workers if not all(m in w.log_text() for m in markers[w.role])]
-        if not missing:
-            return time.time() - t0
-        for w in workers:
-            if w.proc is not None and w.proc.poll() is not None:
-                raise AdrecStreamError(f"{w.role} worker exited with code {w.proc.returncode} during start; "
-                                       f"log {w.log_path}:\n{w.tail()}")
-        if time.time() - t0 > timeout_s:
-            raise AdrecStreamError(f"workers {missing} not ready after {timeout_s:.0f} s; logs in "
-                                   f"{workers[0].log_path.parent}")
-        time.sleep(0.2)
-
-
-def _supervise(workers: list[WorkerProcess], max_restarts: int) -> None:
-    """Restart workers that crashed (an exit code in their ``restart_codes``, by default EXIT_AGENT_CRASHED);
-    raise for any other exit (also exit 0: nothing but the demo's own SIGTERM should stop a worker)."""
-    from adrec_stream.stream.app import EXIT_AGENT_CRASHED  # noqa: PLC0415
-
-    for w in workers:
-        rc = w.proc.poll() if w.proc is not None else None
-        if rc is None:
-            continue
-        codes = w.restart_codes if w.restart_codes is not None else frozenset({EXIT_AGENT_CRASHED})
-        if rc in codes and w.restarts < max_restarts:
-            w.restarts += 1
-            log.warning("worker_restart", role=w.role, exit_code=rc, restarts=w.restarts)
-            w.start()
-            continue
-        raise AdrecStreamError(f"{w.role} worker exited with code {rc}; log {w.log_path}:\n{w.tail()}")
-
-
 # ---------------------------------------------------------------------------------------------- stream
 async def _stream_phase(bootstrap: str, scfg: Any, clicks: list, dcfg: DemoConfig,
                         workers: list[WorkerProcess]) -> dict[str, Any]:
@@ -297,7 +219,7 @@ async def _stream_phase(bootstrap: str, scfg: Any, clicks: list, dcfg: DemoConfi
                                                          rate_per_s=dcfg.replay_rate_per_s or None, progress=False))
         try:
             while not replay_task.done():
-                _supervise(workers, dcfg.max_worker_restarts)
+                supervise(workers, dcfg.max_worker_restarts)
                 await asyncio.wait({replay_task, collector}, timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
                 if collector.done():
                     collector.result()
@@ -307,7 +229,7 @@ async def _stream_phase(bootstrap: str, scfg: Any, clicks: list, dcfg: DemoConfi
             while len(recs) + state["dead_lettered"] < expected:
                 if collector.done():
                     collector.result()
-                _supervise(workers, dcfg.max_worker_restarts)
+                supervise(workers, dcfg.max_worker_restarts)
                 if time.time() - state["last_progress"] > dcfg.drain_timeout_s:
                     log.warning("drain_timeout", recommendations=len(recs), expected=expected)
                     break
@@ -364,21 +286,6 @@ def _blame_demo(line: str, source: str) -> str:
     if loc == "finetune" or loc.startswith("finetune."):
         return f"{source}: finetune.settings{loc[len('finetune'):]}: {msg} (applied to the finetune section of {head})"
     return f"{source}: {loc}: {msg} (the demo's value for {loc} in {head})"
-
-
-def finetune_rounds(log_text: str) -> list[dict[str, Any]]:
-    """The ``finetune_round`` records of a fine-tune worker's log, in log order (other lines are ignored)."""
-    out = []
-    for line in log_text.splitlines():
-        if '"finetune_round"' not in line or "{" not in line:
-            continue
-        try:
-            rec = json.loads(line[line.index("{"):])
-        except ValueError:
-            continue
-        if isinstance(rec, dict) and rec.get("event") == "finetune_round":
-            out.append(rec)
-    return out
 
 
 def finetune_summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -447,34 +354,6 @@ def _finetune_report(ft: dict[str, Any], rounds: list[dict[str, Any]], initial: 
                      f"NDCG@10 {_fmt_metric(r.get('heldout_NDCG@10_serving'))} -> "
                      f"{_fmt_metric(r.get('heldout_NDCG@10_candidate'))}, round {float(r.get('round_s') or 0):.1f} s")
     return lines
-
-
-def _bootstrap_state(scfg: Any, train: list, source: str) -> dict[int, int]:
-    """Apply the training interactions to the per-partition sequence stores (pseudo-topic ``bootstrap:<source>``).
-
-    Each user's history goes into the store of the clicks partition its key (UTF-8 user id) maps to under
-    the producer's default partitioner (:func:`~adrec_stream.state.partitioned.partition_for_key`), i.e.
-    where the ingest worker that owns that partition will look for it. Returns clicks per partition.
-    """
-    from adrec_stream.state.partitioned import partition_for_key, partition_store_path  # noqa: PLC0415
-    from adrec_stream.state.store import SequenceStore, SourceRecord  # noqa: PLC0415
-    from adrec_stream.stream.events import ClickEvent  # noqa: PLC0415
-
-    n = scfg.topics.clicks.partitions
-    by_part: dict[int, list[SourceRecord]] = {}
-    for i, x in enumerate(train):
-        part = partition_for_key(str(x.user).encode("utf-8"), n)
-        by_part.setdefault(part, []).append(
-            SourceRecord(f"bootstrap:{source}", 0, i, ClickEvent(x.user, x.item, x.ts, f"{source}:{i}")))
-    for part, records in by_part.items():
-        with SequenceStore(partition_store_path(scfg.state_dir, scfg.topics.clicks.name, part),
-                           window=scfg.window) as store:
-            store.apply(records)
-    return {p: len(r) for p, r in sorted(by_part.items())}
-
-
-def _write_config(scfg: Any, path: Path) -> None:
-    path.write_text(yaml.safe_dump(scfg.model_dump(mode="json"), sort_keys=False))
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:  # noqa: ARG001
@@ -562,14 +441,14 @@ def run(args: argparse.Namespace) -> int:
         if dcfg.replay_limit is not None:
             clicks = clicks[: dcfg.replay_limit]
         if dcfg.bootstrap_state:
-            _bootstrap_state(scfg, train, data_path.name)
+            bootstrap_state(scfg, train, data_path.name)
             _say(f"state: sequence store bootstrapped with the training part ({len(train):,} clicks, window "
                  f"{scfg.window}), so known users are scored with their history")
         with ExitStack() as stack:
             handle = start_broker(scfg.broker, port=0, topics=scfg.topics.all(), owned=True)
             stack.callback(stop_broker, scfg.broker)
             scfg = scfg.model_copy(update={"broker": scfg.broker.model_copy(update={"port": handle.port})})
-            _write_config(scfg, scfg_path)
+            write_stream_config(scfg, scfg_path)
             registry = ModelRegistry(scfg.registry_dir)
             version = registry.publish(ckpt, meta={"source": "demo", **{k: v for k, v in facts.items()}})
             _say(f"broker: embedded Tansu at {handle.bootstrap} (memory storage, tansu_compat on); "
@@ -586,7 +465,7 @@ def run(args: argparse.Namespace) -> int:
             for w in workers:
                 stack.callback(w.stop)
                 w.start()
-            ready_s = _wait_ready(workers, {"ingest": ['"partitions_assigned"'],
+            ready_s = wait_ready(workers, {"ingest": ['"partitions_assigned"'],
                                             "score": ['"partitions_assigned"', '"model_version_loaded"'],
                                             "finetune": ['"finetune_started"']},
                                   dcfg.ready_timeout_s)

@@ -1,0 +1,163 @@
+"""A pipeline on this host: worker subprocesses next to an embedded broker, as the demo and
+``evaluate-replay --through-kafka`` run it.
+
+- :class:`WorkerProcess`: one ``python -m workers.<role>`` subprocess with its log file and restart count;
+  :func:`wait_ready` waits for the readiness markers in the workers' logs, :func:`supervise` restarts crashed
+  workers and raises for any other exit.
+- :func:`bootstrap_state`: load historical clicks into the per-partition sequence stores before the workers
+  start (so known users are scored with their history).
+- :func:`finetune_rounds`: the fine-tune worker's ``finetune_round`` records from its log.
+- :func:`write_stream_config`: the stream config as YAML for the workers' ``--config``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from adrec_stream.config import CONFIG_DIR
+from adrec_stream.errors import AdrecStreamError
+from adrec_stream.logging import get_logger
+from adrec_stream.stream.broker import die_with_parent
+
+#: the repository root: workers run there (``python -m workers.<role>``)
+REPO_ROOT = CONFIG_DIR.parent
+log = get_logger("adrec_stream.local")
+
+
+class WorkerProcess:
+    """One worker subprocess (``python -m workers.<role>``) with its log file and restart count.
+
+    ``restart_codes``: exit codes after which :func:`supervise` restarts it (default: the Faust workers'
+    :data:`~adrec_stream.stream.app.EXIT_AGENT_CRASHED`); any other exit while the demo runs is an error.
+    """
+
+    def __init__(self, role: str, config_path: Path, log_dir: Path, extra: list[str],
+                 restart_codes: frozenset[int] | None = None) -> None:
+        self.role = role
+        self.cmd = [sys.executable, "-m", f"workers.{role}", "--config", str(config_path), *extra]
+        self.log_path = log_dir / f"{role}.log"
+        self.proc: subprocess.Popen | None = None
+        self.restarts = 0
+        self.restart_codes = restart_codes
+
+    def start(self) -> None:
+        """Start (or restart) the process, appending to its log."""
+        with open(self.log_path, "ab") as logf:
+            self.proc = subprocess.Popen(self.cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         cwd=str(REPO_ROOT), env={**os.environ, "OMP_NUM_THREADS": "1"},
+                                         preexec_fn=die_with_parent)
+
+    def log_text(self) -> str:
+        """The whole log so far (empty if none)."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def tail(self, n: int = 12) -> str:
+        """Last ``n`` log lines."""
+        return "\n".join(self.log_text().splitlines()[-n:])
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """SIGTERM, wait up to ``timeout_s``, then SIGKILL."""
+        p = self.proc
+        if p is None or p.poll() is not None:
+            return
+        p.terminate()
+        try:
+            p.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
+
+
+def wait_ready(workers: list[WorkerProcess], markers: dict[str, list[str]], timeout_s: float) -> float:
+    """Wait until every worker's log contains all of its role's ``markers``; returns the seconds waited.
+
+    Raises:
+        AdrecStreamError: a worker exited during start (its log tail is in the message), or ``timeout_s``
+            passed.
+    """
+    t0 = time.time()
+    while True:
+        missing = [w.role for w in workers if not all(m in w.log_text() for m in markers[w.role])]
+        if not missing:
+            return time.time() - t0
+        for w in workers:
+            if w.proc is not None and w.proc.poll() is not None:
+                raise AdrecStreamError(f"{w.role} worker exited with code {w.proc.returncode} during start; "
+                                       f"log {w.log_path}:\n{w.tail()}")
+        if time.time() - t0 > timeout_s:
+            raise AdrecStreamError(f"workers {missing} not ready after {timeout_s:.0f} s; logs in "
+                                   f"{workers[0].log_path.parent}")
+        time.sleep(0.2)
+
+
+def supervise(workers: list[WorkerProcess], max_restarts: int) -> None:
+    """Restart workers that crashed (an exit code in their ``restart_codes``, by default EXIT_AGENT_CRASHED);
+    raise for any other exit (also exit 0: nothing but the demo's own SIGTERM should stop a worker)."""
+    from adrec_stream.stream.app import EXIT_AGENT_CRASHED  # noqa: PLC0415
+
+    for w in workers:
+        rc = w.proc.poll() if w.proc is not None else None
+        if rc is None:
+            continue
+        codes = w.restart_codes if w.restart_codes is not None else frozenset({EXIT_AGENT_CRASHED})
+        if rc in codes and w.restarts < max_restarts:
+            w.restarts += 1
+            log.warning("worker_restart", role=w.role, exit_code=rc, restarts=w.restarts)
+            w.start()
+            continue
+        raise AdrecStreamError(f"{w.role} worker exited with code {rc}; log {w.log_path}:\n{w.tail()}")
+
+
+def finetune_rounds(log_text: str) -> list[dict[str, Any]]:
+    """The ``finetune_round`` records of a fine-tune worker's log, in log order (other lines are ignored)."""
+    out = []
+    for line in log_text.splitlines():
+        if '"finetune_round"' not in line or "{" not in line:
+            continue
+        try:
+            rec = json.loads(line[line.index("{"):])
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and rec.get("event") == "finetune_round":
+            out.append(rec)
+    return out
+
+
+def bootstrap_state(scfg: Any, train: list, source: str) -> dict[int, int]:
+    """Apply the training interactions to the per-partition sequence stores (pseudo-topic ``bootstrap:<source>``).
+
+    Each user's history goes into the store of the clicks partition its key (UTF-8 user id) maps to under
+    the producer's default partitioner (:func:`~adrec_stream.state.partitioned.partition_for_key`), i.e.
+    where the ingest worker that owns that partition will look for it. Returns clicks per partition.
+    """
+    from adrec_stream.state.partitioned import partition_for_key, partition_store_path  # noqa: PLC0415
+    from adrec_stream.state.store import SequenceStore, SourceRecord  # noqa: PLC0415
+    from adrec_stream.stream.events import ClickEvent  # noqa: PLC0415
+
+    n = scfg.topics.clicks.partitions
+    by_part: dict[int, list[SourceRecord]] = {}
+    for i, x in enumerate(train):
+        part = partition_for_key(str(x.user).encode("utf-8"), n)
+        by_part.setdefault(part, []).append(
+            SourceRecord(f"bootstrap:{source}", 0, i, ClickEvent(x.user, x.item, x.ts, f"{source}:{i}")))
+    for part, records in by_part.items():
+        with SequenceStore(partition_store_path(scfg.state_dir, scfg.topics.clicks.name, part),
+                           window=scfg.window) as store:
+            store.apply(records)
+    return {p: len(r) for p, r in sorted(by_part.items())}
+
+
+def write_stream_config(scfg: Any, path: Path) -> None:
+    """Write the stream config ``scfg`` as YAML to ``path`` (the workers' ``--config``)."""
+    path.write_text(yaml.safe_dump(scfg.model_dump(mode="json"), sort_keys=False))

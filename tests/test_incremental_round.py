@@ -208,3 +208,23 @@ def _load(overrides):
     from adrec_stream.stream.config import load_stream_config
 
     return load_stream_config(None, overrides)
+
+
+def test_the_window_does_not_depend_on_how_the_partitions_interleaved_on_arrival():
+    """The worker's polls return one partition's batch after another's, so its arrival order differed from the
+    click order the in-process replay feeds: the newest 10 % held out were partition 3's newest clicks, not the
+    newest clicks. Fresh updates are now each partition's offset order merged by event time."""
+    cfg = FinetuneConfig(holdout_fraction=0.2, holdout_min_events=1, min_round_events=4, replay_ratio=0.0)
+    clicks = [(f"u{k % 7}", str(1 + (3 * k) % 40), float(k // 2)) for k in range(60)]  # ties in event time
+    ups = updates_from_clicks(clicks, window=10, n_partitions=4)
+    batched = sorted(ups, key=lambda u: (u.partition, u.offset))  # one partition after another
+    assert batched != ups
+    windows = []
+    for order in (ups, batched, sorted(ups, key=lambda u: (-u.partition, u.offset))):
+        t = UpdateTracker(max_recent=100)
+        t.add(order)
+        windows.append(build_window(t.fresh({}), t.pool({}), {}, cfg, np.random.default_rng(0), max_len=10))
+    assert all(w.holdout == windows[0].holdout and w.sequences == windows[0].sequences for w in windows)
+    held = [float(u.event_ts) for u in windows[0].holdout]
+    assert len(held) == 12 and min(held) >= max(float(u.event_ts) for u in windows[0].train)  # the newest by time
+    assert all(not (u.offset <= windows[0].cut.get(u.partition, -1)) for u in windows[0].holdout)  # never covered

@@ -99,7 +99,9 @@ def build_window(fresh: Sequence[SequenceUpdateRecord], pool: Sequence[SequenceU
     """Split the fresh clicks and pick the training sequences (step 1 of the module docstring).
 
     Args:
-        fresh: clicks above the serving version's window, arrival order (per partition: offset order).
+        fresh: clicks above the serving version's window, oldest first
+            (:meth:`~adrec_stream.incremental.updates.UpdateTracker.fresh`: partitions merged by event time,
+            each in offset order); the newest ``holdout`` of them are held out.
         pool: latest update of every user without a fresh click (replay candidates).
         serving_cut: the serving version's partition -> last covered offset.
         cfg: the ``finetune`` settings.
@@ -115,7 +117,7 @@ def build_window(fresh: Sequence[SequenceUpdateRecord], pool: Sequence[SequenceU
     per_user: dict[str, list[SequenceUpdateRecord]] = {}
     cut = dict(serving_cut)
     for u in train:
-        per_user.setdefault(u.user_id, []).append(u)  # arrival order = the user's click order
+        per_user.setdefault(u.user_id, []).append(u)  # a user's updates share a partition: offset = click order
         cut[u.partition] = max(cut.get(u.partition, -1), u.offset)
     fresh_seqs = []
     for updates in per_user.values():

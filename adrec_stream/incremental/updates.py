@@ -12,12 +12,19 @@ id), so per partition the topic order is each user's click order.
 - the latest update of every user (their newest window): the pool that replay samples are drawn from;
 - the newest ``max_recent`` updates in arrival order: the candidates for a round's window.
 
+Order of the fresh updates (:meth:`UpdateTracker.fresh`): the partitions' offset orders merged by event time
+(ties: lower partition first). Arrival order across partitions depends on how the consumer's polls happened to
+interleave them (a poll often returns one partition's batch after another's); the merged order does not, so
+a round's held-out part is the newest clicks by event time and the same updates give the same window however
+they were consumed (the in-process replay of ``evaluate-replay`` and the worker agree).
+
 A model version records, per sequence-updates partition, the last offset its training window covered
 (``window.offsets`` of its manifest). Updates above those offsets are *fresh* for that version.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -136,12 +143,22 @@ class UpdateTracker:
         return n
 
     def fresh(self, cut: dict[int, int]) -> list[SequenceUpdateRecord]:
-        """Kept updates above ``cut``, in arrival order (per partition: offset order)."""
-        return [u for u in self.recent if is_after(u, cut)]
+        """Kept updates above ``cut``: each partition in offset order, partitions merged by event time (ties:
+        lower partition first; see the module docstring), so the result does not depend on how the partitions
+        were interleaved on arrival."""
+        by_part: dict[int, list[SequenceUpdateRecord]] = {}
+        for u in self.recent:
+            if is_after(u, cut):
+                by_part.setdefault(u.partition, []).append(u)
+        return list(heapq.merge(*(by_part[p] for p in sorted(by_part)), key=_merge_key))
 
     def pool(self, cut: dict[int, int]) -> list[SequenceUpdateRecord]:
         """Latest updates of users whose newest click is covered by ``cut`` (no fresh click), by user id."""
         return [self.latest[u] for u in sorted(self.latest) if not is_after(self.latest[u], cut)]
+
+
+def _merge_key(u: SequenceUpdateRecord) -> tuple[float, int]:
+    return (u.event_ts if u.event_ts is not None else 0.0, u.partition)
 
 
 def updates_from_clicks(clicks: Iterable[tuple[str, str, float]], *, window: int, n_partitions: int,

@@ -4,8 +4,9 @@ In-process mode (this module): the log is read and ordered by (time, file order)
 ``--warmup-fraction`` trains the models, and every later click is judged by every policy before it is revealed
 (:mod:`.engine`); the incremental policies run the fine-tune worker's own round functions on the sequence
 updates the ingest worker would publish (:mod:`.policies`). Outputs in ``--out``: ``metrics.json``,
-``report.md`` and three PNGs (:mod:`.report`). Not built yet: ``--through-kafka`` (the same replay through the
-broker and the workers).
+``report.md`` and three PNGs (:mod:`.report`). ``--through-kafka`` (:mod:`.kafka`) also replays each model policy
+through the real pipeline (embedded broker, ingest, score and fine-tune workers as processes) and checks that it
+agrees with the in-process figures within ``--agreement-tolerance`` (exit code 1 when not).
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "in file order) trains the models; every later click is ranked by each policy as it would have served "
         "it BEFORE seeing it (full ranking over the items the policy knows; HR@k / NDCG@k, k = 5, 10, 20), then "
         "revealed to it. Writes metrics.json, report.md (policies side by side, gains over adrec-static with "
-        "paired bootstrap 95%% CIs over users) and PNG plots to --out. In-process mode only (--through-kafka "
-        "is not built yet).")
+        "paired bootstrap 95%% CIs over users) and PNG plots to --out. With --through-kafka the model policies "
+        "are also replayed through the real pipeline (broker, ingest, score and fine-tune workers) and compared "
+        "with the in-process figures.")
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", required=True, metavar="PATH",
                       help="interaction file: MovieLens u.data / ratings.csv / ratings.dat, Gowalla, user,item,ts CSV "
@@ -69,6 +71,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "wall time, unknown offline)")
     proto.add_argument("--seed", type=int, default=2025, help="scoring noise and bootstrap seed (default 2025)")
     proto.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of users (default 1000)")
+    kafka = parser.add_argument_group("through kafka")
+    kafka.add_argument("--through-kafka", action="store_true",
+                       help="also replay each model policy through the real pipeline (embedded broker, ingest, score "
+                            "and, for -incremental, fine-tune worker processes) in lock-step with the in-process "
+                            "round schedule, and report its agreement with the in-process figures (exit 1 when "
+                            "outside the tolerance); counter policies stay in-process; forces "
+                            "finetune.interval_s=1e12 (click-count trigger) in both modes")
+    kafka.add_argument("--agreement-tolerance", type=float, default=0.02, metavar="REL",
+                       help="largest relative difference of NDCG@10 and HR@10 between the modes on the clicks both "
+                            "judged (default 0.02)")
+    kafka.add_argument("--kafka-work-dir", default="var/replay-kafka", metavar="DIR",
+                       help="broker files, stores, registry and worker logs of the pipeline runs, one folder per "
+                            "policy (wiped at each start; default var/replay-kafka)")
     models = parser.add_argument_group("models")
     models.add_argument("--adrec-config", default=EXPERIMENT_CONFIGS["adrec"], help="ADRec experiment YAML")
     models.add_argument("--sasrec-config", default=EXPERIMENT_CONFIGS["sasrec"], help="SASRec+ experiment YAML")
@@ -206,7 +221,16 @@ def run(args: argparse.Namespace) -> int:
     if args.columns:
         parse_columns(args.columns)  # a bad spec is reported before the file is looked at
     epochs = parse_epochs(args.epochs)
-    scfg = load_stream_config(args.stream_config, parse_overrides(args.overrides))
+    overrides = parse_overrides(args.overrides)
+    if args.through_kafka:
+        if not 0.0 < args.agreement_tolerance < 1.0:
+            raise ConfigError(f"--agreement-tolerance must be in (0, 1), got {args.agreement_tolerance}")
+        if not any(n in P.MODEL_KIND for n in names):
+            raise ConfigError(f"--through-kafka replays the model policies ({', '.join(P.MODEL_KIND)}) through the "
+                              f"pipeline; --policy {args.policy} has none")
+        # the worker's interval is wall-clock time, which a replay does not share: the click-count trigger only
+        overrides["finetune.interval_s"] = 1e12
+    scfg = load_stream_config(args.stream_config, overrides)
     fcfg = scfg.finetune
     exp_over = parse_overrides(args.experiment_set)
     path = Path(args.dataset)
@@ -293,6 +317,11 @@ def run(args: argparse.Namespace) -> int:
                                     "sep": parse_sep(args.sep), "header": args.header, "ts_unit": args.ts_unit}},
     }
     metrics.update(build_metrics(result, windows=args.windows, bootstrap=args.bootstrap, seed=args.seed))
+    agreed = True
+    if args.through_kafka:
+        metrics["mode"] = "in-process + through-kafka"
+        metrics["through_kafka"] = through_kafka(args, events, result, overrides, device)
+        agreed = all(p["agreement"]["passed"] for p in metrics["through_kafka"]["policies"].values())
     metrics.update(replay_wall_s=round(result.wall_s, 3), wall_s=round(time.perf_counter() - t0, 3),
                    peak_rss_mb=_peak_rss_mb(), load_avg=_load_avg())
     paths = write_outputs(out_dir, metrics)
@@ -303,6 +332,69 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {name:20s} HR@10 {o['HR@10']:.4f}  NDCG@10 {o['NDCG@10']:.4f}  HR@20 {o['HR@20']:.4f}  "
               f"NDCG@20 {o['NDCG@20']:.4f}  (cold {o['cold']}, fallback {o['fallback']}, "
               f"unknown target {o['unknown_target']})")
+    for name, p in (metrics.get("through_kafka") or {}).get("policies", {}).items():
+        o, a = p["overall"], p["agreement"]
+        print(f"  {name + ' via kafka':20s} HR@10 {o['HR@10']:.4f}  NDCG@10 {o['NDCG@10']:.4f}  (no recommendation "
+              f"{o['no_recommendation']}); on {a['common_clicks']:,} common clicks NDCG@10 in-process "
+              f"{a['in_process']['NDCG@10']:.4f} vs kafka {a['kafka']['NDCG@10']:.4f} "
+              f"({_signed_pct(a['rel_diff']['NDCG@10'])}), same HR@10 outcome {a['same_hit10']:.2%}: "
+              f"{'AGREE' if a['passed'] else 'DISAGREE'} (tolerance {a['tolerance']:.1%})")
     print(f"wall {metrics['wall_s']:.1f} s, peak RSS {metrics['peak_rss_mb']:.0f} MB; "
           f"{paths['metrics']}, {paths['report']}")
+    if not agreed:
+        print("through-kafka: the pipeline does not agree with the in-process replay within the tolerance "
+              "(see report.md, 'Through Kafka'); worker logs under " + args.kafka_work_dir, file=sys.stderr)
+        return 1
     return 0
+
+
+def _signed_pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:+.2%}"
+
+
+def through_kafka(args: argparse.Namespace, events: list, result: Any, overrides: dict[str, Any],
+                  device: Any) -> dict[str, Any]:
+    """Replay every model policy of ``result`` through a local pipeline (:mod:`.kafka`) and compare.
+
+    Returns:
+        the ``through_kafka`` part of metrics.json: {"tolerance", "min_same_hit", "margin", "policies": {name:
+        {"overall", "versions_served", "rounds", "wall_s", ..., "agreement"}}, "wall_s"}.
+    """
+    import numpy as np  # noqa: PLC0415
+
+    from adrec_stream.data.events import chronological_split  # noqa: PLC0415
+    from adrec_stream.evaluation.replay import kafka as K  # noqa: PLC0415
+    from adrec_stream.evaluation.replay.policies import MODEL_KIND, due_rounds  # noqa: PLC0415
+    from adrec_stream.evaluation.replay.report import per_click  # noqa: PLC0415
+
+    t0 = time.perf_counter()
+    warm, replay = chronological_split(events, args.warmup_fraction)
+    seen: dict[str, set[str]] = {}
+    for x in warm:
+        seen.setdefault(x.user, set()).add(x.item)
+    target_seen = np.zeros(len(replay), dtype=bool)
+    for pos, x in enumerate(replay):
+        target_seen[pos] = bool(args.exclude_seen) and x.item in seen.get(x.user, ())
+        seen.setdefault(x.user, set()).add(x.item)
+    values = per_click(result)
+    out: dict[str, Any] = {"tolerance": args.agreement_tolerance, "min_same_hit": K.DEFAULT_MIN_SAME_HIT,
+                           "list_length": K.K_MAX, "margin": 30, "policies": {}}
+    source = Path(args.dataset).name
+    for name in result.results:
+        if name not in MODEL_KIND:
+            continue
+        facts = result.facts[name]
+        run_dir = Path(args.kafka_work_dir) / name
+        scfg = K.pipeline_config(args.stream_config, overrides, run_dir, top_k=K.K_MAX + out["margin"],
+                                 device=str(device))
+        round_after = due_rounds([x.ts for x in replay], scfg.finetune, warm[-1].ts) if "rounds" in facts else []
+        run = K.run_policy(name, warm=warm, replay=replay, source=source,
+                           checkpoint=Path(facts["training"]["checkpoint"]), scfg=scfg, round_after=round_after,
+                           exclude_seen=args.exclude_seen, run_dir=run_dir,
+                           progress=not args.no_progress)
+        entry = K.summary(run)
+        entry["agreement"] = K.agreement(run, values[name], K.inprocess_versions(facts, len(replay)),
+                                         target_seen=target_seen, tolerance=args.agreement_tolerance)
+        out["policies"][name] = entry
+    out["wall_s"] = round(time.perf_counter() - t0, 3)
+    return out

@@ -290,6 +290,7 @@ def render_report(metrics: dict[str, Any]) -> str:
             if skipped:
                 lines.append(f"\n({skipped} due rounds skipped: fewer than min_round_events fresh clicks.)")
             lines.append("")
+    lines += render_kafka(metrics.get("through_kafka"))
     lines += ["", "## Over replay time", "", "![NDCG@10 over time](ndcg10_over_time.png)", "",
               "![HR@10 over time](hr10_over_time.png)", "", "![model versions](model_versions.png)", "",
               "## Run", "",
@@ -302,6 +303,52 @@ def render_report(metrics: dict[str, Any]) -> str:
                   for n, p in pol.items()),
               ""]
     return "\n".join(lines)
+
+
+def _rel_pct(x: float | None, signed: bool = True) -> str:
+    if x is None:
+        return "n/a"
+    return f"{100 * x:+.2f}%" if signed else f"{100 * x:.2f}%"
+
+
+def render_kafka(tk: dict[str, Any] | None) -> list[str]:
+    """The "Through Kafka" section of report.md (empty without ``--through-kafka``)."""
+    if not tk:
+        return []
+    lines = ["", "## Through Kafka (the same replay through the pipeline)", "",
+             "Each model policy was replayed again through the real pipeline: embedded broker, ingest and score "
+             "workers (and the fine-tune worker for the incremental policies) as separate processes, the stores "
+             "bootstrapped with the warm-up, the same static checkpoint published as registry v1; clicks produced "
+             "in lock-step with the in-process round schedule. A click is judged against the list the score worker "
+             f"emitted after the user's previous click (top {tk['list_length']} after the history exclusion; a "
+             "user's first replayed click has none: a miss, counted). Agreement is measured on the clicks judged "
+             f"in both modes; tolerance: relative difference of NDCG@10 and HR@10 at most {tk['tolerance']:.1%}, "
+             f"same HR@10 outcome on at least {tk['min_same_hit']:.0%} of them.", "",
+             "| policy | HR@10 (all clicks) | NDCG@10 (all clicks) | no recommendation | common clicks | NDCG@10 "
+             "in-process → kafka | HR@10 in-process → kafka | same HR@10 outcome | same version: clicks, NDCG@10 "
+             "diff | agreement |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, p in tk["policies"].items():
+        o, a = p["overall"], p["agreement"]
+        sv = a["same_version"]
+        lines.append(
+            f"| {name} | {_pct(o['HR@10'])} | {_pct(o['NDCG@10'])} | {o['no_recommendation']:,} | "
+            f"{a['common_clicks']:,} | {_pct(a['in_process']['NDCG@10'])} → {_pct(a['kafka']['NDCG@10'])} "
+            f"({_rel_pct(a['rel_diff']['NDCG@10'])}) | {_pct(a['in_process']['HR@10'])} → "
+            f"{_pct(a['kafka']['HR@10'])} ({_rel_pct(a['rel_diff']['HR@10'])}) | "
+            f"{_rel_pct(a['same_hit10'], signed=False)} | {sv['clicks']:,}, {_rel_pct(sv['rel_diff_NDCG@10'])} | "
+            f"{'**agree**' if a['passed'] else '**DISAGREE**'} |")
+    lines.append("")
+    for name, p in tk["policies"].items():
+        rounds = [r for r in p.get("rounds", []) if r.get("status") in ("published", "rejected")]
+        pub = [r.get("version") for r in rounds if r.get("status") == "published"]
+        lines.append(f"- {name}: pipeline run {p['wall_s']:.1f} s (producing {p['produce_s']:.1f} s), versions "
+                     f"served {', '.join(f'v{v}' for v in p['versions_served']) or 'none'}"
+                     + (f"; fine-tune worker: {len(rounds)} rounds trained, published "
+                        f"{', '.join(f'v{v}' for v in pub) or 'none'}" if rounds else "")
+                     + f"; dead-lettered {p['dead_lettered']}, duplicate recommendations {p['duplicates']}, worker "
+                     f"restarts {p['worker_restarts']}; logs in `{p['work_dir']}/logs`")
+    return lines
 
 
 def write_plots(out_dir: Path, metrics: dict[str, Any]) -> list[Path]:

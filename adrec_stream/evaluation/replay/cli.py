@@ -193,8 +193,10 @@ def _load_avg() -> list[float] | None:
         return None
 
 
-def _peak_rss_mb() -> float:
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+def _peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
+    """Peak resident memory (MB) of this process, or with ``RUSAGE_CHILDREN`` of its largest finished child
+    (the pipeline's broker and worker processes under ``--through-kafka``)."""
+    kb = resource.getrusage(who).ru_maxrss  # KiB on Linux
     return round(kb / (1 << 20) if sys.platform == "darwin" else kb / 1024, 1)
 
 
@@ -323,7 +325,8 @@ def run(args: argparse.Namespace) -> int:
         metrics["through_kafka"] = through_kafka(args, events, result, overrides, device)
         agreed = all(p["agreement"]["passed"] for p in metrics["through_kafka"]["policies"].values())
     metrics.update(replay_wall_s=round(result.wall_s, 3), wall_s=round(time.perf_counter() - t0, 3),
-                   peak_rss_mb=_peak_rss_mb(), load_avg=_load_avg())
+                   peak_rss_mb=_peak_rss_mb(), peak_rss_child_mb=_peak_rss_mb(resource.RUSAGE_CHILDREN),
+                   load_avg=_load_avg())
     paths = write_outputs(out_dir, metrics)
     print(f"replayed {len(result.users):,} clicks after {result.warmup_events:,} warm-up events "
           f"(exclude-seen {'on' if args.exclude_seen else 'off'}):")

@@ -295,7 +295,9 @@ def render_report(metrics: dict[str, Any]) -> str:
               "![HR@10 over time](hr10_over_time.png)", "", "![model versions](model_versions.png)", "",
               "## Run", "",
               f"- wall time {metrics['wall_s']:.1f} s (replay {metrics['replay_wall_s']:.1f} s), peak memory "
-              f"(max RSS) {metrics['peak_rss_mb']:.0f} MB, load average at the end "
+              f"(max RSS) {metrics['peak_rss_mb']:.0f} MB"
+              + (f" (largest pipeline process {metrics['peak_rss_child_mb']:.0f} MB)" if metrics.get("through_kafka")
+                 else "") + ", load average at the end "
               f"{metrics['load_avg']}; torch threads: static training {cfg.get('train_threads')}, replay scoring "
               f"{cfg.get('score_threads')}, fine-tune rounds {cfg['finetune']['threads']}; device {cfg.get('device')}",
               "- per policy (s): " + ", ".join(

@@ -58,7 +58,7 @@ class FinetuneConfig(StrictModel):
     holdout_fraction: _Fraction = 0.1
     holdout_min_events: int = Field(10, ge=1)
     holdout_max_events: int = Field(2000, ge=1)
-    epochs: int = Field(2, ge=1)
+    epochs: int = Field(8, ge=1)
     max_steps: int = Field(400, ge=1)
     max_seconds: _PosFloat = 45.0
     batch_size: int = Field(128, ge=1)

@@ -77,7 +77,7 @@ class DemoEpochs(StrictModel):
 
 #: The demo's ``finetune.settings`` when demo.yaml has none: rounds sized for the ~200 s replay.
 DEFAULT_FINETUNE_SETTINGS: dict[str, Any] = {"interval_s": 40, "min_new_events": 4000, "threads": 1, "device": "cpu",
-                                             "max_seconds": 30}
+                                             "max_seconds": 30, "epochs": 2}
 
 
 class DemoFinetune(StrictModel):

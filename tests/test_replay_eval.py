@@ -238,7 +238,7 @@ def test_a_model_never_scores_an_event_inside_its_training_window(successor_run)
         with pytest.raises(AssertionError, match="not after its training window"):
             static.judge(_click(index))
     inc = policies["adrec-incremental"]
-    assert inc.serving.version > 0  # swapped during the replay: the bound moved to the round's last click
+    assert inc.serving.version > 1  # swapped during the replay: the bound moved to the round's last click
     assert inc.serving.trained_until > result.warmup_events - 1
     with pytest.raises(AssertionError, match="not after its training window"):
         inc.judge(_click(inc.serving.trained_until))
@@ -322,7 +322,7 @@ def test_metrics_json_report_and_plots(uniform_run) -> None:
         assert p["windows"][0]["start_ts"] <= p["windows"][-1]["end_ts"]
     for name in ("adrec-incremental", "sasrec-incremental"):
         p = m["policies"][name]
-        assert p["versions"][0]["version"] == 0 and p["rounds"]
+        assert p["versions"][0]["version"] == 1 and p["rounds"]
         r = next(r for r in p["rounds"] if r["status"] != "skipped")
         assert "heldout_NDCG@10_serving" in r and "heldout_NDCG@10_candidate" in r
     g = m["gains"]["metrics"]["NDCG@10"]["markov"]

@@ -58,16 +58,16 @@ def test_agreement_passes_on_equal_figures_and_fails_outside_the_tolerance() -> 
     higher = np.where(rng.random(n) < 0.3, rng.integers(0, 10, n), K.K_MAX).astype(np.int64)
     run = K.KafkaRun("adrec-static", higher, np.ones(n, bool), np.zeros(n, bool), np.zeros(n, bool), np.ones(n, np.int64))
     same = tie_metrics(higher, np.zeros(n, np.int64))
-    a = K.agreement(run, same, np.zeros(n, np.int64), target_seen=np.zeros(n, bool))
+    a = K.agreement(run, same, np.ones(n, np.int64), target_seen=np.zeros(n, bool))
     assert a["passed"] and a["rel_diff"]["NDCG@10"] == 0.0 and a["same_hit10"] == 1.0 and a["common_clicks"] == n
     worse = higher.copy()
     worse[: n // 4] = K.K_MAX  # a quarter of the pipeline's hits lost
     run_w = K.KafkaRun("adrec-static", worse, np.ones(n, bool), np.zeros(n, bool), np.zeros(n, bool), np.ones(n, np.int64))
-    b = K.agreement(run_w, same, np.zeros(n, np.int64), target_seen=np.zeros(n, bool))
+    b = K.agreement(run_w, same, np.ones(n, np.int64), target_seen=np.zeros(n, bool))
     assert not b["passed"] and b["rel_diff"]["HR@10"] < -0.02
     seen = np.zeros(n, bool)
     seen[:10] = True
-    assert K.agreement(run, same, np.zeros(n, np.int64), target_seen=seen)["common_clicks"] == n - 10
+    assert K.agreement(run, same, np.ones(n, np.int64), target_seen=seen)["common_clicks"] == n - 10
 
 
 @pytest.fixture(scope="module")

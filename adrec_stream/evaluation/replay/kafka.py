@@ -350,11 +350,11 @@ def judge(replay: list, clicks: list, recs: dict[str, dict[str, Any]], warm: lis
 
 
 def inprocess_versions(facts: dict[str, Any], n: int) -> np.ndarray:
-    """(n,) version (0 = static, then 1, 2, ...) that served each click in-process, from the policy's
-    ``versions`` facts (``swap_pos``); all 0 for a static policy."""
-    out = np.zeros(n, dtype=np.int64)
+    """(n,) version (1 = static, then 2, 3, ..., as the registry numbers them) that served each click in-process,
+    from the policy's ``versions`` facts (``swap_pos``); all 1 for a static policy."""
+    out = np.ones(n, dtype=np.int64)
     for v in sorted(facts.get("versions", []), key=lambda r: r["swap_pos"]):
-        if v["version"] and v.get("swap_pos") is not None and v["swap_pos"] < n:
+        if v["version"] > 1 and v.get("swap_pos") is not None and v["swap_pos"] < n:
             out[v["swap_pos"]:] = v["version"]
     return out
 
@@ -380,8 +380,8 @@ def agreement(run: KafkaRun, inproc: dict[str, np.ndarray], inproc_version: np.n
     """
     kafka = run.per_click()
     common = run.has_rec & ~run.truncated & ~target_seen
-    # pipeline version 1 is the static model (in-process 0); later versions follow the published rounds
-    same_v = common & (run.version - 1 == inproc_version)
+    # both number the static model v1 and each published round's model the next version
+    same_v = common & (run.version == inproc_version)
     out: dict[str, Any] = {"common_clicks": int(common.sum()),
                            "excluded": {"no_recommendation": int((~run.has_rec).sum()),
                                         "truncated_list": int((run.has_rec & run.truncated).sum()),

@@ -264,7 +264,8 @@ class ModelVersion:
         counts: (N+1,) int64 popularity-fallback counts per internal index (entry 0 = padding = 0).
         trained_until: index (in the time-ordered log) of the last event this version was trained or selected
             on; it may only rank events after it.
-        version: 0 = the static model, then 1, 2, ... per accepted round.
+        version: 1 = the static model, then 2, 3, ... per accepted round (the registry's numbering: the
+            pipeline publishes the static model as v1).
         cut: sequence-updates partition -> last offset covered by its training (the worker's ``finetune.cut``).
     """
 
@@ -272,7 +273,7 @@ class ModelVersion:
     vocab: Any
     counts: np.ndarray
     trained_until: int
-    version: int = 0
+    version: int = 1
     cut: dict[int, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -311,7 +312,7 @@ def train_static(warmup: Sequence[Interaction], spec: TrainSpec) -> tuple[ModelV
     events, the experiment config, the epochs, the file name).
 
     Returns:
-        (version 0 with ``trained_until`` = last warm-up index, facts: kind, key, checkpoint, cached, wall_s,
+        (version 1 with ``trained_until`` = last warm-up index, facts: kind, key, checkpoint, cached, wall_s,
         train_users, items, train_events, epochs).
 
     Raises:
@@ -372,7 +373,7 @@ class StaticModelPolicy(Policy):
 
     Args:
         name: policy name.
-        provider: warm-up events -> (version 0, training facts) (e.g. :func:`train_static`, shared and memoised
+        provider: warm-up events -> (version 1, training facts) (e.g. :func:`train_static`, shared and memoised
             by the caller so that the static and incremental policies of a kind train once).
         batch_size: clicks per ``model.score`` call.
         seed: seed of the scoring generator (ADRec's sampling noise).
@@ -537,7 +538,7 @@ class IncrementalModelPolicy(StaticModelPolicy):
         self.pending: deque[tuple[int, ModelVersion]] = deque()
         self.rounds: list[dict[str, Any]] = []
         self.versions: list[dict[str, Any]] = [{
-            "version": 0, "source": "static (warm-up)", "trained_until_index": self.serving.trained_until,
+            "version": 1, "source": "static (warm-up)", "trained_until_index": self.serving.trained_until,
             "accepted_index": None, "accepted_ts": None, "swap_pos": 0, "swap_index": None, "swap_ts": None,
             "served_from_first_click": True}]
 
@@ -547,7 +548,7 @@ class IncrementalModelPolicy(StaticModelPolicy):
             _, new = self.pending.popleft()
             self.flush()  # clicks judged before the swap are ranked by the old model
             self.serving = new
-            rec = self.versions[new.version]
+            rec = self.versions[new.version - 1]
             rec.update(swap_pos=click.pos, swap_index=click.index, swap_ts=click.ts)
 
     # -------------------------------------------------------------------- the fine-tune worker's logic
@@ -608,7 +609,7 @@ class IncrementalModelPolicy(StaticModelPolicy):
             counts = out.vocab.counts([[u.clicked for u in window.train]], base=parent.counts.tolist())
             model = out.candidate.to(self.device).eval()
             new = ModelVersion(model, out.vocab, np.asarray(counts, dtype=np.int64), trained_until=click.index,
-                               version=len(self.versions), cut=dict(window.cut))
+                               version=len(self.versions) + 1, cut=dict(window.cut))
             self.latest = new
             self.pending.append((click.pos + 1 + self.swap_delay, new))
             self.versions.append({"version": new.version, "source": f"round {rec['round']}",

@@ -392,7 +392,7 @@ def write_plots(out_dir: Path, metrics: dict[str, Any]) -> list[Path]:
     t0, t1 = metrics["data"].get("cut_ts"), metrics["data"].get("last_ts")
     for ax, name in zip(axes[:, 0], inc):
         p = pol[name]
-        steps_x, steps_y = [when(t0)], [0]
+        steps_x, steps_y = [when(t0)], [p["versions"][0]["version"]]
         for v in p["versions"][1:]:
             if v.get("swap_ts") is not None:
                 steps_x.append(when(v["swap_ts"]))
@@ -409,7 +409,7 @@ def write_plots(out_dir: Path, metrics: dict[str, Any]) -> list[Path]:
             ax.scatter([when(r["event_ts"]) for r in rej], [r["parent_version"] for r in rej], marker="x",
                        color="C3", s=28, label="round rejected", zorder=3)
         ax.set_title(f"{name}: model versions (swap delay {p['swap_delay_events']} clicks)", fontsize=10)
-        ax.set_ylabel("version (0 = static)")
+        ax.set_ylabel("version (1 = static)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="upper left")
     if not inc:

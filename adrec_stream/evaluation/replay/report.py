@@ -362,6 +362,8 @@ def write_plots(out_dir: Path, metrics: dict[str, Any]) -> list[Path]:
         AdrecStreamError: matplotlib missing (:func:`require_matplotlib`).
     """
     plt = require_matplotlib()
+    from matplotlib.ticker import MaxNLocator  # noqa: PLC0415
+
     out = []
     pol = metrics["policies"]
 
@@ -410,6 +412,7 @@ def write_plots(out_dir: Path, metrics: dict[str, Any]) -> list[Path]:
                        color="C3", s=28, label="round rejected", zorder=3)
         ax.set_title(f"{name}: model versions (swap delay {p['swap_delay_events']} clicks)", fontsize=10)
         ax.set_ylabel("version (1 = static)")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="upper left")
     if not inc:

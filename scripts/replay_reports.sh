@@ -7,7 +7,9 @@
 # replay the model policies through the real pipeline (--through-kafka; worker logs under var/replay-kafka/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-R=(.venv/bin/adrec-stream --log-level WARNING evaluate-replay --policy all --exclude-seen
+# --exclude-seen for the MovieLens rating logs (an item is rated once); not for the check-ins and item views,
+# where revisiting is the signal: with the exclusion on, every revisit is a miss for every policy.
+R=(.venv/bin/adrec-stream --log-level WARNING evaluate-replay --policy all
    --set finetune.interval_s=1e12 --no-progress)
 E=../shared/data/events
 run() {
@@ -17,9 +19,9 @@ run() {
 names=("$@"); [ ${#names[@]} -gt 0 ] || names=(ml-100k ml-latest-small ml-1m-sample diginetica gowalla)
 for n in "${names[@]}"; do
   case $n in
-    ml-100k) run ml-100k --dataset $E/ml-100k/u.data --through-kafka ;;
-    ml-latest-small) run ml-latest-small --dataset $E/ml-latest-small/ratings.csv ;;
-    ml-1m-sample) run ml-1m-sample --dataset $E/ml-1m-sample100k/sample_movielens_rating.dat ;;
+    ml-100k) run ml-100k --dataset $E/ml-100k/u.data --exclude-seen --through-kafka ;;
+    ml-latest-small) run ml-latest-small --dataset $E/ml-latest-small/ratings.csv --exclude-seen ;;
+    ml-1m-sample) run ml-1m-sample --dataset $E/ml-1m-sample100k/sample_movielens_rating.dat --exclude-seen ;;
     diginetica) run diginetica --dataset $E/diginetica-sample/sample_train-item-views.csv \
         --columns user=session_id,item=item_id,ts=eventdate,order=timeframe --sep ';' --header --ts-unit iso \
         --set finetune.min_new_events=600 --through-kafka ;;

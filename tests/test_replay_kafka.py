@@ -36,20 +36,24 @@ def test_segments_end_at_every_due_round_and_respect_the_chunk() -> None:
 
 def test_a_click_is_judged_against_the_list_emitted_after_the_users_previous_click() -> None:
     warm, _ = _log([("a", "1"), ("a", "2")])
-    replay, clicks = _log([("a", "3"), ("b", "9"), ("a", "4"), ("a", "5"), ("b", "7")])
+    replay, clicks = _log([("a", "3"), ("b", "9"), ("a", "4"), ("a", "5"), ("b", "7"), ("a", "2")])
+    filler = [str(100 + j) for j in range(30)]
     recs = {"f:0": {"items": ["2", "4", "8"], "version": 1, "fallback": False},  # after a's click 3: 2 is seen
             "f:1": {"items": ["5", "6"], "version": 1, "fallback": True},
-            "f:2": {"items": ["9", "8"] + [str(100 + j) for j in range(30)], "version": 2, "fallback": False}}
+            "f:2": {"items": ["9", "8", *filler], "version": 2, "fallback": False},
+            "f:3": {"items": ["2", *filler], "version": 2, "fallback": False}}  # a re-clicks 2 next
     run = K.judge(replay, clicks, recs, warm, exclude_seen=True)
-    # a's first replayed click and b's first click: no list; a's click 4: '2' removed (seen), 4 at rank 1
-    assert run.has_rec.tolist() == [False, False, True, True, True]
-    assert run.higher.tolist() == [K.K_MAX, K.K_MAX, 0, K.K_MAX, K.K_MAX]
-    assert run.truncated.tolist() == [False, False, False, False, True]  # b's list has 2 items, 7 not in it
-    assert run.version.tolist() == [-1, -1, 1, 2, 1] and run.fallback.tolist() == [False, False, False, False, True]
+    # a's first replayed click and b's first click: no list; a's click 4: '2' removed (seen), 4 at rank 1;
+    # a's re-click of 2: removed from the list with the rest of the history, a miss (as in-process)
+    assert run.has_rec.tolist() == [False, False, True, True, True, True]
+    assert run.higher.tolist() == [K.K_MAX, K.K_MAX, 0, K.K_MAX, K.K_MAX, K.K_MAX]
+    assert run.truncated.tolist() == [False, False, False, False, True, False]  # b's list: 2 items, 7 not in it
+    assert run.version.tolist() == [-1, -1, 1, 2, 1, 2]
+    assert run.fallback.tolist() == [False, False, False, False, True, False]
     no_excl = K.judge(replay, clicks, recs, warm, exclude_seen=False)
-    assert no_excl.higher[2] == 1  # '2' stays in the list: 4 is second
+    assert no_excl.higher[2] == 1 and no_excl.higher[5] == 0  # '2' stays in the lists
     s = K.summary(run)["overall"]
-    assert s["total"] == 5 and s["no_recommendation"] == 2 and s["HR@10"] == pytest.approx(1 / 5)
+    assert s["total"] == 6 and s["no_recommendation"] == 2 and s["HR@10"] == pytest.approx(1 / 6)
 
 
 def test_agreement_passes_on_equal_figures_and_fails_outside_the_tolerance() -> None:
@@ -58,16 +62,26 @@ def test_agreement_passes_on_equal_figures_and_fails_outside_the_tolerance() -> 
     higher = np.where(rng.random(n) < 0.3, rng.integers(0, 10, n), K.K_MAX).astype(np.int64)
     run = K.KafkaRun("adrec-static", higher, np.ones(n, bool), np.zeros(n, bool), np.zeros(n, bool), np.ones(n, np.int64))
     same = tie_metrics(higher, np.zeros(n, np.int64))
-    a = K.agreement(run, same, np.ones(n, np.int64), target_seen=np.zeros(n, bool))
+    a = K.agreement(run, same, np.ones(n, np.int64))
     assert a["passed"] and a["rel_diff"]["NDCG@10"] == 0.0 and a["same_hit10"] == 1.0 and a["common_clicks"] == n
     worse = higher.copy()
     worse[: n // 4] = K.K_MAX  # a quarter of the pipeline's hits lost
     run_w = K.KafkaRun("adrec-static", worse, np.ones(n, bool), np.zeros(n, bool), np.zeros(n, bool), np.ones(n, np.int64))
-    b = K.agreement(run_w, same, np.ones(n, np.int64), target_seen=np.zeros(n, bool))
+    b = K.agreement(run_w, same, np.ones(n, np.int64))
     assert not b["passed"] and b["rel_diff"]["HR@10"] < -0.02
-    seen = np.zeros(n, bool)
-    seen[:10] = True
-    assert K.agreement(run, same, np.ones(n, np.int64), target_seen=seen)["common_clicks"] == n - 10
+    # rare hits: one click's difference is within the slack of SLACK_CLICKS clicks, four are not
+    rare = np.full(n, K.K_MAX, np.int64)
+    rare[:10] = 0
+    base = tie_metrics(rare, np.zeros(n, np.int64))
+    for lost, ok in ((1, True), (4, False)):
+        r = rare.copy()
+        r[:lost] = K.K_MAX
+        run_r = K.KafkaRun("adrec-static", r, np.ones(n, bool), np.zeros(n, bool), np.zeros(n, bool), np.ones(n, np.int64))
+        assert K.agreement(run_r, base, np.ones(n, np.int64))["passed"] is ok
+    cut = np.zeros(n, bool)
+    cut[:10] = True
+    run_c = K.KafkaRun("adrec-static", higher, np.ones(n, bool), np.zeros(n, bool), cut, np.ones(n, np.int64))
+    assert K.agreement(run_c, same, np.ones(n, np.int64))["common_clicks"] == n - 10  # truncated lists left out
 
 
 @pytest.fixture(scope="module")

@@ -363,8 +363,6 @@ def through_kafka(args: argparse.Namespace, events: list, result: Any, overrides
         the ``through_kafka`` part of metrics.json: {"tolerance", "min_same_hit", "margin", "policies": {name:
         {"overall", "versions_served", "rounds", "wall_s", ..., "agreement"}}, "wall_s"}.
     """
-    import numpy as np  # noqa: PLC0415
-
     from adrec_stream.data.events import chronological_split  # noqa: PLC0415
     from adrec_stream.evaluation.replay import kafka as K  # noqa: PLC0415
     from adrec_stream.evaluation.replay.policies import MODEL_KIND, due_rounds  # noqa: PLC0415
@@ -372,13 +370,6 @@ def through_kafka(args: argparse.Namespace, events: list, result: Any, overrides
 
     t0 = time.perf_counter()
     warm, replay = chronological_split(events, args.warmup_fraction)
-    seen: dict[str, set[str]] = {}
-    for x in warm:
-        seen.setdefault(x.user, set()).add(x.item)
-    target_seen = np.zeros(len(replay), dtype=bool)
-    for pos, x in enumerate(replay):
-        target_seen[pos] = bool(args.exclude_seen) and x.item in seen.get(x.user, ())
-        seen.setdefault(x.user, set()).add(x.item)
     values = per_click(result)
     out: dict[str, Any] = {"tolerance": args.agreement_tolerance, "min_same_hit": K.DEFAULT_MIN_SAME_HIT,
                            "list_length": K.K_MAX, "margin": 30, "policies": {}}
@@ -397,7 +388,7 @@ def through_kafka(args: argparse.Namespace, events: list, result: Any, overrides
                            progress=not args.no_progress)
         entry = K.summary(run)
         entry["agreement"] = K.agreement(run, values[name], K.inprocess_versions(facts, len(replay)),
-                                         target_seen=target_seen, tolerance=args.agreement_tolerance)
+                                         tolerance=args.agreement_tolerance)
         out["policies"][name] = entry
     out["wall_s"] = round(time.perf_counter() - t0, 3)
     return out

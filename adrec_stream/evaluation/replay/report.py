@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from adrec_stream.errors import AdrecStreamError
-from adrec_stream.evaluation.replay.engine import METRICS, UNKNOWN, ReplayResult, expected_rank, tie_metrics
+from adrec_stream.evaluation.replay.engine import EXCLUDED, METRICS, UNKNOWN, ReplayResult, expected_rank, tie_metrics
 
 #: the reference policy of the gains
 BASELINE = "adrec-static"
@@ -61,7 +61,8 @@ def _counts(result: ReplayResult, name: str, sel: slice | np.ndarray = slice(Non
     n = int(np.asarray(result.cold[sel]).size)
     return {"total": n, "judged": n, "cold": int(np.count_nonzero(result.cold[sel])),
             "fallback": int(np.count_nonzero(r.fallback[sel])),
-            "unknown_target": int(np.count_nonzero(r.higher[sel] == UNKNOWN)), "no_recommendation": 0}
+            "unknown_target": int(np.count_nonzero(r.higher[sel] == UNKNOWN)),
+            "target_excluded": int(np.count_nonzero(r.higher[sel] == EXCLUDED)), "no_recommendation": 0}
 
 
 def _means(values: dict[str, np.ndarray], sel: slice | np.ndarray = slice(None)) -> dict[str, float | None]:
@@ -140,8 +141,8 @@ def build_metrics(result: ReplayResult, *, windows: int = 10, bootstrap: int = 1
 
     Returns:
         {"policies": {name: {"overall": {HR@5..NDCG@20 (click means), total, judged, cold, fallback,
-        unknown_target, no_recommendation, mean_expected_rank (known targets)}, "windows": [{window, start_pos,
-        end_pos, start_ts, end_ts, counts and metrics}], "wall_s": {...}, facts (training, versions, rounds)}},
+        unknown_target, target_excluded, no_recommendation, mean_expected_rank (ranked targets)}, "windows":
+        [{window, start_pos, end_pos, start_ts, end_ts, counts and metrics}], "wall_s": {...}, facts (training, versions, rounds)}},
         "gains": {"baseline", "resamples", "seed", "level", "users", "metrics": {metric: {policy: gain}}} or
         None when ``adrec-static`` was not replayed}.
     """
@@ -150,7 +151,7 @@ def build_metrics(result: ReplayResult, *, windows: int = 10, bootstrap: int = 1
     bounds = window_bounds(n, windows)
     policies: dict[str, Any] = {}
     for name, r in result.results.items():
-        known = r.higher != UNKNOWN
+        known = r.higher >= 0
         ranks = expected_rank(r.higher[known], r.ties[known])
         overall = {**_means(values[name]), **_counts(result, name),
                    "mean_expected_rank": float(np.mean(ranks)) if np.size(ranks) else None}
@@ -207,7 +208,8 @@ def render_report(metrics: dict[str, Any]) -> str:
              "it, full ranking over the items the policy knows at that time; then the click is revealed)",
              "- exclusion of already-clicked items (`--exclude-seen`): "
              f"**{'on' if metrics['exclude_seen'] else 'off'}** "
-             "(same for every policy; the clicked item itself is never removed)",
+             "(same for every policy; with it on, a click on an item the user clicked before is a miss for every "
+             "policy, counted as *target excluded*: the list a policy would have served cannot contain it)",
              "- ties: HR@k / NDCG@k are exact expectations under a uniformly random tie-break (no ties: the plain "
              "metrics); a target the policy does not know is a miss",
              f"- seed {metrics['seed']}; incremental policies: model swap delay **{cfg['swap_delay_events']} clicks** "
@@ -251,14 +253,16 @@ def render_report(metrics: dict[str, Any]) -> str:
               "recommendation). *cold*: the user had no earlier click; *fallback*: ranked by the policy's fallback "
               "(model policies: popularity of the serving version when no history item is known to it; markov: "
               "popularity back-off when the last item has no transition); *unknown target*: the clicked item is "
-              "not known to the policy (a miss).", "",
-              "| policy | total | judged | cold | fallback | unknown target | no recommendation | mean expected rank |",
-              "|---|---|---|---|---|---|---|---|"]
+              "not known to the policy (a miss); *target excluded*: with `--exclude-seen`, the user clicked the item "
+              "before (a miss).", "",
+              "| policy | total | judged | cold | fallback | unknown target | target excluded | no recommendation "
+              "| mean expected rank |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for name, p in pol.items():
         o = p["overall"]
         mr = "-" if o["mean_expected_rank"] is None else f"{o['mean_expected_rank']:.1f}"
         lines.append(f"| {name} | {o['total']:,} | {o['judged']:,} | {o['cold']:,} | {o['fallback']:,} | "
-                     f"{o['unknown_target']:,} | {o['no_recommendation']} | {mr} |")
+                     f"{o['unknown_target']:,} | {o.get('target_excluded', 0):,} | {o['no_recommendation']} | {mr} |")
     inc = [n for n in pol if "rounds" in pol[n]]
     if inc:
         lines += ["", "## Model versions (incremental policies)", ""]

@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "in file order) trains the models; every later click is ranked by each policy as it would have served "
         "it BEFORE seeing it (full ranking over the items the policy knows; HR@k / NDCG@k, k = 5, 10, 20), then "
         "revealed to it. Writes metrics.json, report.md (policies side by side, gains over adrec-static with "
-        "paired bootstrap 95%% CIs over users) and PNG plots to --out. With --through-kafka the model policies "
+        "paired bootstrap 95% CIs over users) and PNG plots to --out. With --through-kafka the model policies "
         "are also replayed through the real pipeline (broker, ingest, score and fine-tune workers) and compared "
         "with the in-process figures.")
     data = parser.add_argument_group("data")
@@ -104,7 +104,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default configs/stream.yaml)")
     models.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a stream-config key (repeatable), e.g. finetune.min_new_events=2000; "
-                             "finetune.interval_s counts EVENT seconds here (1e12 = the click-count trigger only)")
+                             "finetune.interval_s counts EVENT seconds here and defaults to 1e12 (the click-count "
+                             "trigger only: the stream config's 300 s of event time would start a round every few "
+                             "clicks on a dense log)")
     models.add_argument("--device", default="cpu", help="cpu (default), cuda or auto: training, rounds and scoring")
     models.add_argument("--score-batch", type=int, default=256, help="clicks per model scoring call (default 256)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
@@ -232,6 +234,9 @@ def run(args: argparse.Namespace) -> int:
                               f"pipeline; --policy {args.policy} has none")
         # the worker's interval is wall-clock time, which a replay does not share: the click-count trigger only
         overrides["finetune.interval_s"] = 1e12
+    # the stream config's interval is wall-clock seconds of a live stream; on event time (a replay of a dense log)
+    # it would start a round every few clicks (ML-100K: 1,541 rounds): the click-count trigger unless set
+    overrides.setdefault("finetune.interval_s", 1e12)
     scfg = load_stream_config(args.stream_config, overrides)
     fcfg = scfg.finetune
     exp_over = parse_overrides(args.experiment_set)

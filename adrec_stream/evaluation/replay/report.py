@@ -271,7 +271,8 @@ def render_report(metrics: dict[str, Any]) -> str:
             st = p.get("rounds_by_status", {})
             by_status = ", ".join(f"{k} {v}" for k, v in sorted(st.items())) or "none"
             lines += [f"**{name}**: {len(p['rounds'])} rounds ({by_status}), "
-                      f"serving version at the end: v{p['serving_version_at_end']}; swap delay "
+                      f"serving at the last click: v{p['serving_version_at_end']} (a version published after "
+                      f"it served no click); swap delay "
                       f"{p['swap_delay_events']} clicks.", "",
                       "| round | after click (log index) | event time (UTC) | status | fresh | window | held-out | "
                       "held-out NDCG@10 old → new | steps | round s | version | swapped in at click |",
@@ -286,7 +287,7 @@ def render_report(metrics: dict[str, Any]) -> str:
                     f"| {r['round']} | {r['after_index']:,} | {_utc(r['event_ts'])} | {r['status']}"
                     f"{'' if r['status'] == 'published' else ' (' + str(r.get('reason')) + ')'} | "
                     f"{r['fresh_events']:,} | "
-                    f"{r.get('window_events', '-')} | {r.get('holdout_events', '-')} | "
+                    f"{_count(r.get('window_events'))} | {_count(r.get('holdout_events'))} | "
                     f"{'-' if old is None else f'{old:.4f}'} → {'-' if new is None else f'{new:.4f}'} | "
                     f"{r.get('steps', '-')} | {r.get('round_s', '-')} | {'-' if ver is None else f'v{ver}'} | "
                     f"{'-' if ver is None or swaps.get(ver) is None else f'{swaps[ver]:,}'} |")
@@ -311,6 +312,10 @@ def render_report(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _count(x: Any) -> str:
+    return f"{x:,}" if isinstance(x, int) else "-"
+
+
 def _rel_pct(x: float | None, signed: bool = True) -> str:
     if x is None:
         return "n/a"
@@ -330,15 +335,17 @@ def render_kafka(tk: dict[str, Any] | None) -> list[str]:
              "user's first replayed click has none: a miss, counted). Agreement is measured on the clicks judged "
              f"in both modes; tolerance: relative difference of NDCG@10 and HR@10 at most {tk['tolerance']:.1%}, "
              f"same HR@10 outcome on at least {tk['min_same_hit']:.0%} of them.", "",
-             "| policy | HR@10 (all clicks) | NDCG@10 (all clicks) | no recommendation | common clicks | NDCG@10 "
+             "| policy | HR@10 (all clicks) | NDCG@10 (all clicks) | no recommendation | list cut below 20 by the "
+             "exclusion | common clicks | NDCG@10 "
              "in-process → kafka | HR@10 in-process → kafka | same HR@10 outcome | same version: clicks, NDCG@10 "
              "diff | agreement |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, p in tk["policies"].items():
         o, a = p["overall"], p["agreement"]
         sv = a["same_version"]
         lines.append(
             f"| {name} | {_pct(o['HR@10'])} | {_pct(o['NDCG@10'])} | {o['no_recommendation']:,} | "
+            f"{a['excluded']['truncated_list']:,} | "
             f"{a['common_clicks']:,} | {_pct(a['in_process']['NDCG@10'])} → {_pct(a['kafka']['NDCG@10'])} "
             f"({_rel_pct(a['rel_diff']['NDCG@10'])}) | {_pct(a['in_process']['HR@10'])} → "
             f"{_pct(a['kafka']['HR@10'])} ({_rel_pct(a['rel_diff']['HR@10'])}) | "

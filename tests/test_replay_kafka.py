@@ -17,7 +17,7 @@ from adrec_stream.data.events import Interaction
 from adrec_stream.evaluation.replay import kafka as K
 from adrec_stream.evaluation.replay.engine import tie_metrics
 from adrec_stream.stream.events import ClickEvent
-from tests.test_replay_eval import TINY_FLAGS, run_cli, write_successor
+from test_replay_eval import TINY_FLAGS, run_cli, write_successor
 
 
 def _log(rows: list[tuple[str, str]]) -> tuple[list[Interaction], list[ClickEvent]]:

@@ -80,7 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "finetune.interval_s=1e12 (click-count trigger) in both modes")
     kafka.add_argument("--agreement-tolerance", type=float, default=0.02, metavar="REL",
                        help="largest relative difference of NDCG@10 and HR@10 between the modes on the clicks both "
-                            "judged (default 0.02)")
+                            "judged, plus a slack of 3 clicks (default 0.02; docs/replay.md explains it)")
     kafka.add_argument("--kafka-work-dir", default="var/replay-kafka", metavar="DIR",
                        help="broker files, stores, registry and worker logs of the pipeline runs, one folder per "
                             "policy (wiped at each start; default var/replay-kafka)")

@@ -97,10 +97,11 @@ class _ItemIndex:
         return j
 
     def excluded(self, click: Click) -> np.ndarray:
-        """Columns of the click's ``seen`` items known here, the target excluded (empty without exclusion)."""
+        """Columns of the click's ``seen`` items known here (empty without exclusion; never the target: the engine
+        does not judge a click whose target the user clicked before)."""
         if not click.seen:
             return np.zeros(0, dtype=np.int64)
-        cols = [self.index[i] for i in click.seen if i != click.item and i in self.index]
+        cols = [self.index[i] for i in click.seen if i in self.index]
         return np.asarray(cols, dtype=np.int64)
 
 
@@ -421,7 +422,7 @@ class StaticModelPolicy(Policy):
         if target is None:
             self.result.record_unknown(click.pos, fallback=not hist)
             return
-        excl = [j for j in v.vocab.encode(sorted(click.seen)) if j != target] if click.seen else []
+        excl = v.vocab.encode(sorted(click.seen)) if click.seen else []  # never holds the target (engine)
         if not hist:  # no usable history: the version's popularity fallback
             st = v.counts[target]
             right = int(np.searchsorted(v.sorted_counts, st, side="right"))

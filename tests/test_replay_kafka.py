@@ -38,10 +38,10 @@ def test_a_click_is_judged_against_the_list_emitted_after_the_users_previous_cli
     warm, _ = _log([("a", "1"), ("a", "2")])
     replay, clicks = _log([("a", "3"), ("b", "9"), ("a", "4"), ("a", "5"), ("b", "7"), ("a", "2")])
     filler = [str(100 + j) for j in range(30)]
-    recs = {"f:0": {"items": ["2", "4", "8"], "version": 1, "fallback": False},  # after a's click 3: 2 is seen
-            "f:1": {"items": ["5", "6"], "version": 1, "fallback": True},
-            "f:2": {"items": ["9", "8", *filler], "version": 2, "fallback": False},
-            "f:3": {"items": ["2", *filler], "version": 2, "fallback": False}}  # a re-clicks 2 next
+    recs = {"f:0": {"items": ["2", "4", "8"], "model_version": 1, "fallback": False},  # after a's click 3: 2 is seen
+            "f:1": {"items": ["5", "6"], "model_version": 1, "fallback": True},
+            "f:2": {"items": ["9", "8", *filler], "model_version": 2, "fallback": False},
+            "f:3": {"items": ["2", *filler], "model_version": 2, "fallback": False}}  # a re-clicks 2 next
     run = K.judge(replay, clicks, recs, warm, exclude_seen=True)
     # a's first replayed click and b's first click: no list; a's click 4: '2' removed (seen), 4 at rank 1;
     # a's re-click of 2: removed from the list with the rest of the history, a miss (as in-process)
@@ -56,17 +56,24 @@ def test_a_click_is_judged_against_the_list_emitted_after_the_users_previous_cli
     assert s["total"] == 6 and s["no_recommendation"] == 2 and s["HR@10"] == pytest.approx(1 / 6)
 
 
+def _run(higher: np.ndarray, truncated: np.ndarray | None = None) -> K.KafkaRun:
+    """A static-policy run with a list (served by v1, not the fallback) before every click."""
+    n = higher.size
+    cut = np.zeros(n, bool) if truncated is None else truncated
+    return K.KafkaRun("adrec-static", higher, np.ones(n, bool), np.zeros(n, bool), cut, np.ones(n, np.int64))
+
+
 def test_agreement_passes_on_equal_figures_and_fails_outside_the_tolerance() -> None:
     n = 400
     rng = np.random.default_rng(0)
     higher = np.where(rng.random(n) < 0.3, rng.integers(0, 10, n), K.K_MAX).astype(np.int64)
-    run = K.KafkaRun("adrec-static", higher, np.ones(n, bool), np.zeros(n, bool), np.zeros(n, bool), np.ones(n, np.int64))
+    run = _run(higher)
     same = tie_metrics(higher, np.zeros(n, np.int64))
     a = K.agreement(run, same, np.ones(n, np.int64))
     assert a["passed"] and a["rel_diff"]["NDCG@10"] == 0.0 and a["same_hit10"] == 1.0 and a["common_clicks"] == n
     worse = higher.copy()
     worse[: n // 4] = K.K_MAX  # a quarter of the pipeline's hits lost
-    run_w = K.KafkaRun("adrec-static", worse, np.ones(n, bool), np.zeros(n, bool), np.zeros(n, bool), np.ones(n, np.int64))
+    run_w = _run(worse)
     b = K.agreement(run_w, same, np.ones(n, np.int64))
     assert not b["passed"] and b["rel_diff"]["HR@10"] < -0.02
     # rare hits: one click's difference is within the slack of SLACK_CLICKS clicks, four are not
@@ -76,12 +83,10 @@ def test_agreement_passes_on_equal_figures_and_fails_outside_the_tolerance() -> 
     for lost, ok in ((1, True), (4, False)):
         r = rare.copy()
         r[:lost] = K.K_MAX
-        run_r = K.KafkaRun("adrec-static", r, np.ones(n, bool), np.zeros(n, bool), np.zeros(n, bool), np.ones(n, np.int64))
-        assert K.agreement(run_r, base, np.ones(n, np.int64))["passed"] is ok
+        assert K.agreement(_run(r), base, np.ones(n, np.int64))["passed"] is ok
     cut = np.zeros(n, bool)
     cut[:10] = True
-    run_c = K.KafkaRun("adrec-static", higher, np.ones(n, bool), np.zeros(n, bool), cut, np.ones(n, np.int64))
-    assert K.agreement(run_c, same, np.ones(n, np.int64))["common_clicks"] == n - 10  # truncated lists left out
+    assert K.agreement(_run(higher, cut), same, np.ones(n, np.int64))["common_clicks"] == n - 10  # truncated lists left out
 
 
 @pytest.fixture(scope="module")

@@ -53,9 +53,11 @@ from adrec_stream.errors import ConfigError, DataFileError
 from adrec_stream.logging import get_logger
 from adrec_stream.stream.local import (
     REPO_ROOT,
+    OutputCollector,
     WorkerProcess,
     bootstrap_state,
     finetune_rounds,
+    run_dir_overrides,
     supervise,
     wait_ready,
     write_stream_config,
@@ -177,42 +179,17 @@ def prepare_model(dcfg: DemoConfig, train: list, data_path: Path) -> tuple[Path,
 async def _stream_phase(bootstrap: str, scfg: Any, clicks: list, dcfg: DemoConfig,
                         workers: list[WorkerProcess]) -> dict[str, Any]:
     """Replay ``clicks`` and collect recommendations / dead letters until drained."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: PLC0415
-    import orjson  # noqa: PLC0415
-
     from adrec_stream.stream.replay import produce_clicks  # noqa: PLC0415
 
-    recs: dict[str, dict[str, Any]] = {}
-    state = {"recommendations_out": 0, "dead_lettered": 0, "fallback": 0, "last_progress": time.time()}
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
-                                fetch_max_wait_ms=int(min(scfg.consumer.fetch_max_wait_s, 0.1) * 1000),
-                                auto_offset_reset="earliest", client_id="adrec-demo-collector")
-    await consumer.start()
-    try:
-        tps = [TopicPartition(scfg.topics.recommendations.name, p)
-               for p in range(scfg.topics.recommendations.partitions)]
-        tps += [TopicPartition(scfg.topics.dead_letter.name, p) for p in range(scfg.topics.dead_letter.partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
+    last_progress = time.time()
+    async with OutputCollector(bootstrap, scfg, client_id="adrec-demo-collector",
+                               fetch_max_wait_ms=int(min(scfg.consumer.fetch_max_wait_s, 0.1) * 1000)) as out:
 
         async def collect() -> None:
+            nonlocal last_progress
             while True:
-                batch = await consumer.getmany(timeout_ms=200, max_records=5000)
-                now = time.time()
-                for tp, msgs in batch.items():
-                    if tp.topic == scfg.topics.dead_letter.name:
-                        state["dead_lettered"] += len(msgs)
-                        continue
-                    for m in msgs:
-                        state["recommendations_out"] += 1
-                        v = orjson.loads(m.value)
-                        eid = v.get("event_id")
-                        if eid not in recs:
-                            v["received_ts"] = now
-                            recs[eid] = v
-                            state["fallback"] += bool(v.get("fallback"))
-                if batch:
-                    state["last_progress"] = now
+                if await out.poll():
+                    last_progress = time.time()
 
         collector = asyncio.create_task(collect())
         replay_task = asyncio.create_task(produce_clicks(bootstrap, scfg.topics.clicks.name, clicks,
@@ -224,14 +201,14 @@ async def _stream_phase(bootstrap: str, scfg: Any, clicks: list, dcfg: DemoConfi
                 if collector.done():
                     collector.result()
             replay = replay_task.result()
-            state["last_progress"] = max(state["last_progress"], time.time())
+            last_progress = max(last_progress, time.time())
             expected = replay.sent
-            while len(recs) + state["dead_lettered"] < expected:
+            while out.answered < expected:
                 if collector.done():
                     collector.result()
                 supervise(workers, dcfg.max_worker_restarts)
-                if time.time() - state["last_progress"] > dcfg.drain_timeout_s:
-                    log.warning("drain_timeout", recommendations=len(recs), expected=expected)
+                if time.time() - last_progress > dcfg.drain_timeout_s:
+                    log.warning("drain_timeout", recommendations=len(out.recs), expected=expected)
                     break
                 await asyncio.sleep(0.2)
             await asyncio.sleep(0.5)  # let straggling duplicates arrive, so the count is complete
@@ -239,9 +216,8 @@ async def _stream_phase(bootstrap: str, scfg: Any, clicks: list, dcfg: DemoConfi
             for t in (collector, replay_task):
                 t.cancel()
             await asyncio.gather(collector, replay_task, return_exceptions=True)
-    finally:
-        await consumer.stop()
-    return {"replay": replay, "recs": recs, **state}
+    return {"replay": replay, "recs": out.recs, "recommendations_out": out.recommendations_out,
+            "dead_lettered": out.dead_lettered, "fallback": out.fallback}
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -258,16 +234,7 @@ def _derived_stream_config(dcfg: DemoConfig, run_dir: Path, source: str = "demo 
     from adrec_stream.stream.config import load_stream_config  # noqa: PLC0415
 
     stream_path = _repo_path(dcfg.stream_config)
-    over: dict[str, Any] = {
-        "broker.embedded": True,
-        "broker.tansu_compat": True,
-        "broker.data_dir": str(run_dir / "broker"),
-        "broker.pid_file": str(run_dir / "broker" / "tansu.pid"),
-        "broker.log_file": str(run_dir / "broker" / "tansu.log"),
-        "state_dir": str(run_dir / "state"),
-        "registry_dir": str(run_dir / "registry"),
-        "top_k": dcfg.top_k,
-    }
+    over: dict[str, Any] = {**run_dir_overrides(run_dir), "top_k": dcfg.top_k}
     over.update({f"finetune.{key}": value for key, value in dcfg.finetune.settings.items()})
     try:
         scfg = load_stream_config(stream_path, over)

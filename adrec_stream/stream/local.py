@@ -7,7 +7,9 @@
 - :func:`bootstrap_state`: load historical clicks into the per-partition sequence stores before the workers
   start (so known users are scored with their history).
 - :func:`finetune_rounds`: the fine-tune worker's ``finetune_round`` records from its log.
-- :func:`write_stream_config`: the stream config as YAML for the workers' ``--config``.
+- :func:`write_stream_config`: the stream config as YAML for the workers' ``--config``;
+  :func:`run_dir_overrides`: the overrides that keep the broker files, stores and registry in one run folder.
+- :class:`OutputCollector`: reads the recommendations and dead-letter topics back (first copy per event id).
 """
 
 from __future__ import annotations
@@ -161,3 +163,92 @@ def bootstrap_state(scfg: Any, train: list, source: str) -> dict[int, int]:
 def write_stream_config(scfg: Any, path: Path) -> None:
     """Write the stream config ``scfg`` as YAML to ``path`` (the workers' ``--config``)."""
     path.write_text(yaml.safe_dump(scfg.model_dump(mode="json"), sort_keys=False))
+
+
+def run_dir_overrides(run_dir: Path) -> dict[str, Any]:
+    """Stream-config overrides (dotted keys) that put a local pipeline's embedded broker (Tansu compatibility on,
+    its PID and log files), its sequence stores and its model registry inside ``run_dir``."""
+    return {
+        "broker.embedded": True,
+        "broker.tansu_compat": True,
+        "broker.data_dir": str(run_dir / "broker"),
+        "broker.pid_file": str(run_dir / "broker" / "tansu.pid"),
+        "broker.log_file": str(run_dir / "broker" / "tansu.log"),
+        "state_dir": str(run_dir / "state"),
+        "registry_dir": str(run_dir / "registry"),
+    }
+
+
+class OutputCollector:
+    """Reads a pipeline's recommendations and dead-letter topics from the beginning (no consumer group).
+
+    Use as ``async with OutputCollector(...) as out:`` and call :meth:`poll` repeatedly. ``recs`` maps each event
+    id to the FIRST recommendation seen for it (the decoded JSON record plus ``received_ts``, epoch s); later
+    copies (at-least-once redelivery) are counted in ``duplicates`` only.
+
+    Args:
+        bootstrap: the broker address.
+        scfg: the pipeline's stream config (topic names and partitions).
+        client_id: the consumer's client id.
+        fetch_max_wait_ms: broker-side wait of a fetch (ms).
+
+    Attributes:
+        recs, recommendations_out (records read), duplicates, dead_lettered, fallback (first copies that were
+        the popularity fallback).
+    """
+
+    def __init__(self, bootstrap: str, scfg: Any, *, client_id: str, fetch_max_wait_ms: int = 100) -> None:
+        self.bootstrap, self.scfg = bootstrap, scfg
+        self.client_id, self.fetch_max_wait_ms = client_id, fetch_max_wait_ms
+        self.recs: dict[Any, dict[str, Any]] = {}
+        self.recommendations_out = self.duplicates = self.dead_lettered = self.fallback = 0
+
+    @property
+    def answered(self) -> int:
+        """Clicks answered so far: distinct event ids with a recommendation, plus dead letters."""
+        return len(self.recs) + self.dead_lettered
+
+    async def __aenter__(self) -> OutputCollector:
+        from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: PLC0415
+
+        t = self.scfg.topics
+        self.consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False, group_id=None,
+                                         fetch_max_wait_ms=self.fetch_max_wait_ms, auto_offset_reset="earliest",
+                                         client_id=self.client_id)
+        await self.consumer.start()
+        try:
+            tps = [TopicPartition(t.recommendations.name, p) for p in range(t.recommendations.partitions)]
+            tps += [TopicPartition(t.dead_letter.name, p) for p in range(t.dead_letter.partitions)]
+            self.consumer.assign(tps)
+            await self.consumer.seek_to_beginning(*tps)
+        except BaseException:
+            await self.consumer.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.consumer.stop()
+
+    async def poll(self, timeout_ms: int = 200) -> int:
+        """Read what arrived within ``timeout_ms``; returns the number of records read (0: nothing new)."""
+        import orjson  # noqa: PLC0415
+
+        batch = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=5000)
+        now = time.time()
+        n = 0
+        for tp, msgs in batch.items():
+            n += len(msgs)
+            if tp.topic == self.scfg.topics.dead_letter.name:
+                self.dead_lettered += len(msgs)
+                continue
+            for m in msgs:
+                self.recommendations_out += 1
+                v = orjson.loads(m.value)
+                eid = v.get("event_id")
+                if eid in self.recs:
+                    self.duplicates += 1
+                    continue
+                v["received_ts"] = now
+                self.recs[eid] = v
+                self.fallback += bool(v.get("fallback"))
+        return n

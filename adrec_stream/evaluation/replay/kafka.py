@@ -24,8 +24,8 @@ round (published, rejected or skipped) and the score worker's registry poll has 
 on exactly the updates the in-process round saw, and a published version serves from the next segment on.
 
 Agreement (:func:`agreement`): on the clicks judged in both modes (a pipeline recommendation exists and its
-list was not cut below 20 items by the exclusion), the relative difference of NDCG@10 and HR@10 between the modes, the fraction of clicks with the same HR@10 outcome
-and the mean absolute per-click NDCG@10 difference. What may differ (docs/replay.md): ADRec's sampling noise
+list was not cut below 20 items by the exclusion), the relative difference of NDCG@10 and HR@10 between the
+modes, the fraction of clicks with the same HR@10 outcome and the mean absolute per-click NDCG@10 difference. What may differ (docs/replay.md): ADRec's sampling noise
 (the score worker's generator is not seeded), the version that served the first click of a user after a swap
 (the pipeline's list was made at the user's previous click, possibly by the older version; the in-process mode
 judges with the version serving at the click), and the popularity fallback's order among equal counts.
@@ -130,15 +130,10 @@ def pipeline_config(stream_config: str | None, overrides: dict[str, Any], run_di
         ConfigError: the stream config or an override is invalid.
     """
     from adrec_stream.stream.config import load_stream_config  # noqa: PLC0415
+    from adrec_stream.stream.local import run_dir_overrides  # noqa: PLC0415
 
-    over = dict(overrides)
-    over.update({
-        "broker.embedded": True, "broker.tansu_compat": True, "broker.data_dir": str(run_dir / "broker"),
-        "broker.pid_file": str(run_dir / "broker" / "tansu.pid"),
-        "broker.log_file": str(run_dir / "broker" / "tansu.log"),
-        "state_dir": str(run_dir / "state"), "registry_dir": str(run_dir / "registry"), "top_k": top_k,
-        "item_id_type": "str", "registry_poll_s": 0.2, "finetune.interval_s": 1e12, "finetune.device": device,
-    })
+    over = {**overrides, **run_dir_overrides(run_dir), "top_k": top_k, "item_id_type": "str", "registry_poll_s": 0.2,
+            "finetune.interval_s": 1e12, "finetune.device": device}
     return load_stream_config(stream_config, over)
 
 
@@ -181,7 +176,13 @@ def run_policy(policy: str, *, warm: list, replay: list, source: str, checkpoint
     """
     from adrec_stream.serving.registry import ModelRegistry  # noqa: PLC0415
     from adrec_stream.stream.broker import start_broker, stop_broker  # noqa: PLC0415
-    from adrec_stream.stream.local import WorkerProcess, bootstrap_state, wait_ready, write_stream_config  # noqa: PLC0415
+    from adrec_stream.stream.local import (  # noqa: PLC0415
+        WorkerProcess,
+        bootstrap_state,
+        finetune_rounds,
+        wait_ready,
+        write_stream_config,
+    )
     from adrec_stream.stream.replay import select_clicks  # noqa: PLC0415
 
     incremental = policy.endswith("-incremental")
@@ -212,8 +213,6 @@ def run_policy(policy: str, *, warm: list, replay: list, source: str, checkpoint
         segs = segments(len(clicks), round_after if incremental else [], chunk)
         state = asyncio.run(_drive(handle.bootstrap, scfg, clicks, segs, workers, finetuner,
                                    stall_timeout_s=stall_timeout_s, progress=progress, policy=policy))
-    from adrec_stream.stream.local import finetune_rounds  # noqa: PLC0415
-
     rounds = finetune_rounds(finetuner.log_text()) if finetuner is not None else []
     out = judge(replay, clicks, state["recs"], warm, exclude_seen=exclude_seen, policy=policy)
     out.rounds = rounds
@@ -229,52 +228,27 @@ def run_policy(policy: str, *, warm: list, replay: list, source: str, checkpoint
 async def _drive(bootstrap: str, scfg: Any, clicks: list, segs: list[tuple[int, int, bool]], workers: list,
                  finetuner: Any, *, stall_timeout_s: float, progress: bool, policy: str) -> dict[str, Any]:
     """Produce the segments in lock-step and collect the recommendations (see the module docstring)."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: PLC0415
-    import orjson  # noqa: PLC0415
     from tqdm import tqdm  # noqa: PLC0415
 
-    from adrec_stream.stream.local import finetune_rounds, supervise  # noqa: PLC0415
+    from adrec_stream.stream.local import OutputCollector, finetune_rounds, supervise  # noqa: PLC0415
     from adrec_stream.stream.replay import produce_clicks  # noqa: PLC0415
 
-    recs: dict[str, dict[str, Any]] = {}
-    st = {"recommendations_out": 0, "duplicates": 0, "dead_lettered": 0, "produce_s": 0.0}
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
-                                fetch_max_wait_ms=100, auto_offset_reset="earliest",
-                                client_id="adrec-replay-kafka-collector")
-    await consumer.start()
+    produce_s = 0.0
     bar = tqdm(total=len(clicks), unit="click", desc=f"{policy} via kafka", disable=not progress, mininterval=1.0)
-    try:
-        tps = [TopicPartition(scfg.topics.recommendations.name, p)
-               for p in range(scfg.topics.recommendations.partitions)]
-        tps += [TopicPartition(scfg.topics.dead_letter.name, p) for p in range(scfg.topics.dead_letter.partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
+    async with OutputCollector(bootstrap, scfg, client_id="adrec-replay-kafka-collector") as out:
 
         async def collect(until: int) -> None:
             """Read until ``until`` clicks are answered (recommendation or dead letter), or stall."""
             last = time.monotonic()
-            while len(recs) + st["dead_lettered"] < until:
+            while out.answered < until:
                 supervise(workers, 0)
-                batch = await consumer.getmany(timeout_ms=200, max_records=5000)
-                for tp, msgs in batch.items():
-                    if tp.topic == scfg.topics.dead_letter.name:
-                        st["dead_lettered"] += len(msgs)
-                        continue
-                    for m in msgs:
-                        st["recommendations_out"] += 1
-                        v = orjson.loads(m.value)
-                        eid = v.get("event_id")
-                        if eid in recs:
-                            st["duplicates"] += 1
-                            continue
-                        recs[eid] = {"items": [str(i) for i in v.get("items", [])],
-                                     "version": v.get("model_version"), "fallback": bool(v.get("fallback"))}
-                        bar.update(1)
-                if batch:
+                before = len(out.recs)
+                if await out.poll():
                     last = time.monotonic()
+                    bar.update(len(out.recs) - before)
                 elif time.monotonic() - last > stall_timeout_s:
-                    raise AdrecStreamError(f"{policy} via kafka: {len(recs) + st['dead_lettered']:,} of {until:,} "
-                                           f"clicks answered, nothing new for {stall_timeout_s:.0f} s; worker logs in "
+                    raise AdrecStreamError(f"{policy} via kafka: {out.answered:,} of {until:,} clicks answered, "
+                                           f"nothing new for {stall_timeout_s:.0f} s; worker logs in "
                                            f"{workers[0].log_path.parent}")
 
         async def wait_round(count: int) -> dict[str, Any]:
@@ -290,24 +264,25 @@ async def _drive(bootstrap: str, scfg: Any, clicks: list, segs: list[tuple[int, 
                                            f"{stall_timeout_s:.0f} s; log {finetuner.log_path}:\n{finetuner.tail()}")
                 await asyncio.sleep(0.2)
 
-        rounds_done = 0
-        for start, end, round_due in segs:
-            t = time.perf_counter()
-            await produce_clicks(bootstrap, scfg.topics.clicks.name, clicks[start:end], rate_per_s=None,
-                                 progress=False)
-            st["produce_s"] += time.perf_counter() - t
-            await collect(end)
-            if round_due and finetuner is not None:
-                rounds_done += 1
-                rec = await wait_round(rounds_done)
-                log.info("replay_kafka_round", policy=policy, after_pos=end - 1, status=rec.get("status"),
-                         reason=rec.get("reason"), version=rec.get("version"))
-                if rec.get("status") == "published":
-                    await asyncio.sleep(scfg.registry_poll_s + 0.3)  # the score worker's next batch loads it
-    finally:
-        bar.close()
-        await consumer.stop()
-    return {"recs": recs, **st}
+        try:
+            rounds_done = 0
+            for start, end, round_due in segs:
+                t = time.perf_counter()
+                await produce_clicks(bootstrap, scfg.topics.clicks.name, clicks[start:end], rate_per_s=None,
+                                     progress=False)
+                produce_s += time.perf_counter() - t
+                await collect(end)
+                if round_due and finetuner is not None:
+                    rounds_done += 1
+                    rec = await wait_round(rounds_done)
+                    log.info("replay_kafka_round", policy=policy, after_pos=end - 1, status=rec.get("status"),
+                             reason=rec.get("reason"), version=rec.get("version"))
+                    if rec.get("status") == "published":
+                        await asyncio.sleep(scfg.registry_poll_s + 0.3)  # the score worker's next batch loads it
+        finally:
+            bar.close()
+    return {"recs": out.recs, "produce_s": produce_s, "recommendations_out": out.recommendations_out,
+            "duplicates": out.duplicates, "dead_lettered": out.dead_lettered}
 
 
 def judge(replay: list, clicks: list, recs: dict[str, dict[str, Any]], warm: list, *, exclude_seen: bool,
@@ -316,7 +291,8 @@ def judge(replay: list, clicks: list, recs: dict[str, dict[str, Any]], warm: lis
 
     Args:
         replay: the replayed interactions; clicks: their :class:`~adrec_stream.stream.events.ClickEvent` (event
-            ids); recs: event id -> {"items", "version", "fallback"} read from the recommendations topic.
+            ids); recs: event id -> the recommendation record read from the recommendations topic ("items",
+            "model_version", "fallback"; :class:`~adrec_stream.stream.local.OutputCollector`).
         warm: the warm-up interactions (the users' histories before the replay, for the exclusion).
         exclude_seen: remove the user's whole history before the click from the list (a click on an item the
             user clicked before is then a miss, as in-process).
@@ -338,10 +314,10 @@ def judge(replay: list, clicks: list, recs: dict[str, dict[str, Any]], warm: lis
         rec = recs.get(previous.get(x.user, ""))
         if rec is not None:
             has_rec[pos] = True
-            fallback[pos] = rec["fallback"]
-            version[pos] = -1 if rec["version"] is None else int(rec["version"])
+            fallback[pos] = bool(rec.get("fallback"))
+            version[pos] = -1 if rec.get("model_version") is None else int(rec["model_version"])
             mine = seen.get(x.user, set())
-            items = [i for i in rec["items"] if not (exclude_seen and i in mine)][:K_MAX]
+            items = [str(i) for i in rec.get("items", []) if not (exclude_seen and str(i) in mine)][:K_MAX]
             if x.item in items:
                 higher[pos] = items.index(x.item)
             elif len(items) < K_MAX:

@@ -9,7 +9,8 @@ import orjson
 
 from adrec_stream.state.partitioned import read_all
 from adrec_stream.stream.config import StreamConfig
-from adrec_stream.stream.events import ClickEvent, encode_click
+from adrec_stream.data.events import Interaction
+from adrec_stream.stream.events import encode_click
 from conftest import send_checked
 
 
@@ -32,7 +33,7 @@ def produce_to(bootstrap: str, topic: str, records: list[tuple[bytes | None, byt
         producer.close(5)
 
 
-def click_records(clicks: list[ClickEvent]) -> list[tuple[bytes, bytes]]:
+def click_records(clicks: list[Interaction]) -> list[tuple[bytes, bytes]]:
     """Clicks as (key = user id, value = JSON) records."""
     return [(c.user_id.encode(), encode_click(c)) for c in clicks]
 
@@ -71,7 +72,7 @@ def store_contents(cfg: StreamConfig) -> tuple[dict[str, list[str]], dict[tuple[
     return read_all(cfg.state_dir, window=cfg.window)
 
 
-def expected_windows(clicks: list[ClickEvent], window: int) -> dict[str, list[str]]:
+def expected_windows(clicks: list[Interaction], window: int) -> dict[str, list[str]]:
     """Per-user last ``window`` item ids of an uninterrupted, in-order application of ``clicks``."""
     seqs: dict[str, list[str]] = defaultdict(list)
     for c in clicks:

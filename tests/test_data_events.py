@@ -33,11 +33,11 @@ def _is_time_sorted(rows):
 
 def test_ml100k_counts_and_order(ml100k):
     assert len(ml100k) == 100_000
-    assert len({r.user for r in ml100k}) == 943
-    assert len({r.item for r in ml100k}) == 1682
+    assert len({r.user_id for r in ml100k}) == 943
+    assert len({r.item_id for r in ml100k}) == 1682
     assert _is_time_sorted(ml100k)
-    assert ml100k[0] == Interaction("259", "255", 874724710.0, 4.0)
-    assert ml100k[-1] == Interaction("729", "272", 893286638.0, 4.0)
+    assert ml100k[0] == Interaction("259", "255", 874724710.0, rating=4.0)
+    assert ml100k[-1] == Interaction("729", "272", 893286638.0, rating=4.0)
     assert sorted({r.rating for r in ml100k}) == [1.0, 2.0, 3.0, 4.0, 5.0]
 
 
@@ -47,26 +47,26 @@ def test_ties_keep_file_order(ml100k):
     pos = {(u, i): n for n, (u, i, _r, _t) in enumerate(raw)}
     for a, b in zip(ml100k, ml100k[1:]):
         if a.ts == b.ts:
-            assert pos[(a.user, a.item)] < pos[(b.user, b.item)]
+            assert pos[(a.user_id, a.item_id)] < pos[(b.user_id, b.item_id)]
     assert read_interactions(ML100K, "ml100k") == ml100k  # deterministic, explicit format = auto
 
 
 def test_ml_latest_small_csv_with_header_and_crlf():
     rows = read_interactions(MLSMALL)
     assert len(rows) == 100_836
-    assert len({r.user for r in rows}) == 610
-    assert len({r.item for r in rows}) == 9724
+    assert len({r.user_id for r in rows}) == 610
+    assert len({r.item_id for r in rows}) == 9724
     assert _is_time_sorted(rows)
-    assert rows[0] == Interaction("429", "22", 828124615.0, 4.0)
+    assert rows[0] == Interaction("429", "22", 828124615.0, rating=4.0)
     assert 0.5 in {r.rating for r in rows}
 
 
 def test_ml1m_dat_sample():
     rows = read_interactions(ML1M)
     assert len(rows) == 100_000
-    assert len({r.user for r in rows}) == 5958
-    assert len({r.item for r in rows}) == 3312
-    assert rows[0] == Interaction("6040", "1649", 956704519.0, 5.0)
+    assert len({r.user_id for r in rows}) == 5958
+    assert len({r.item_id for r in rows}) == 3312
+    assert rows[0] == Interaction("6040", "1649", 956704519.0, rating=5.0)
     assert _is_time_sorted(rows)
 
 
@@ -81,17 +81,17 @@ def test_chronological_split_ml100k(ml100k):
 
 
 def test_chronological_split_sorts_unsorted_input():
-    rows = [Interaction("u", "c", 3.0, None), Interaction("u", "a", 1.0, None), Interaction("v", "b", 2.0, None)]
+    rows = [Interaction("u", "c", 3.0), Interaction("u", "a", 1.0), Interaction("v", "b", 2.0)]
     train, rest = chronological_split(rows, 0.5)  # round(1.5) == 2
-    assert [r.item for r in train] == ["a", "b"] and [r.item for r in rest] == ["c"]
+    assert [r.item_id for r in train] == ["a", "b"] and [r.item_id for r in rest] == ["c"]
 
 
 def test_vocabulary_sequences_and_counts():
     rows = [
-        Interaction("u1", "10", 1.0, None),
-        Interaction("u2", "0", 2.0, None),
-        Interaction("u1", "10", 3.0, None),
-        Interaction("u1", "7", 4.0, None),
+        Interaction("u1", "10", 1.0),
+        Interaction("u2", "0", 2.0),
+        Interaction("u1", "10", 3.0),
+        Interaction("u1", "7", 4.0),
     ]
     vocab = build_vocabulary(rows)
     assert vocab == ["10", "0", "7"]  # first appearance; "0" is an ordinary item
@@ -116,13 +116,13 @@ def test_generic_csv_with_and_without_header(tmp_path):
     f.write_text("user,item,ts\nalice,B001,2024-01-02T00:00:00Z\nbob,0,1704067200\nalice,B002,1704067200,4.5\n")
     rows = read_interactions(f)
     assert rows == [
-        Interaction("bob", "0", 1704067200.0, None),
-        Interaction("alice", "B002", 1704067200.0, 4.5),
-        Interaction("alice", "B001", 1704153600.0, None),
+        Interaction("bob", "0", 1704067200.0),
+        Interaction("alice", "B002", 1704067200.0, rating=4.5),
+        Interaction("alice", "B001", 1704153600.0),
     ]
     g = tmp_path / "noheader.csv"
     g.write_text("1,2,30\n1,3,10\n")
-    assert read_interactions(g, "csv") == [Interaction("1", "3", 10.0, None), Interaction("1", "2", 30.0, None)]
+    assert read_interactions(g, "csv") == [Interaction("1", "3", 10.0), Interaction("1", "2", 30.0)]
 
 
 def test_missing_file_names_path_and_format(tmp_path):
@@ -191,13 +191,13 @@ def test_empty_and_header_only_and_binary_files(tmp_path):
 def test_gowalla_checkins_reverse_chronological_file():
     path = EVENTS / "gowalla-head50k" / "Gowalla_totalCheckins50000.txt"
     rows = read_interactions(path)
-    assert len(rows) == 50_000 and len({r.user for r in rows}) == 171
+    assert len(rows) == 50_000 and len({r.user_id for r in rows}) == 171
     assert _is_time_sorted(rows)
-    user0 = [r for r in rows if r.user == "0"]
+    user0 = [r for r in rows if r.user_id == "0"]
     assert len(user0) == 225
     # the file lists user 0 newest first; read back oldest first (ISO 'Z' times parsed as UTC)
-    assert user0[0] == Interaction("0", "608105", 1274496544.0, None)  # 2010-05-22T02:49:04Z
-    assert user0[-1] == Interaction("0", "22847", 1287532527.0, None)  # 2010-10-19T23:55:27Z
+    assert user0[0] == Interaction("0", "608105", 1274496544.0)  # 2010-05-22T02:49:04Z
+    assert user0[-1] == Interaction("0", "22847", 1287532527.0)  # 2010-10-19T23:55:27Z
 
 
 def test_a_utf8_byte_order_mark_is_not_part_of_the_header(tmp_path):
@@ -206,4 +206,4 @@ def test_a_utf8_byte_order_mark_is_not_part_of_the_header(tmp_path):
     path = tmp_path / "ratings.csv"
     path.write_bytes("\ufeffuserId,movieId,rating,timestamp\n1,31,2.5,1260759144\n1,1029,3.0,1260759179\n".encode())
     rows = read_interactions(path)
-    assert [(r.user, r.item, r.ts) for r in rows] == [("1", "31", 1260759144.0), ("1", "1029", 1260759179.0)]
+    assert [(r.user_id, r.item_id, r.ts) for r in rows] == [("1", "31", 1260759144.0), ("1", "1029", 1260759179.0)]

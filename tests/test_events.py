@@ -11,10 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from adrec_stream.data.events import Interaction
 from adrec_stream.stream.events import (
     MAX_ID_CHARS,
     REASONS,
-    ClickEvent,
     DecodeError,
     click_key,
     dead_letter_record,
@@ -40,7 +40,7 @@ def _reason(obj, key=None, **kw) -> DecodeError:
 
 def test_valid_click_canonicalises_ids():
     ev = _dec({"user_id": 42, "item_id": "0012", "ts": 978300760, "event_id": "e-1"})
-    assert ev == ClickEvent("42", "12", 978300760.0, "e-1")
+    assert ev == Interaction("42", "12", 978300760.0, "e-1")
     assert isinstance(ev.ts, float)
 
 
@@ -72,7 +72,7 @@ def test_timestamp_forms(ts, expected):
 
 def test_extra_fields_are_ignored():
     ev = _dec({"user_id": "u", "item_id": 5, "ts": 1, "source": "web", "nested": {"a": [1]}})
-    assert ev == ClickEvent("u", "5", 1.0, "")
+    assert ev == Interaction("u", "5", 1.0, "")
 
 
 def test_str_item_type_accepts_any_id_and_canonicalises_ints():
@@ -91,7 +91,7 @@ def test_key_is_advisory_value_user_wins():
 
 def test_memoryview_and_bytearray_values():
     raw = orjson.dumps({"user_id": "u", "item_id": 3, "ts": 2})
-    assert decode_click(bytearray(raw)) == decode_click(memoryview(raw)) == ClickEvent("u", "3", 2.0, "")
+    assert decode_click(bytearray(raw)) == decode_click(memoryview(raw)) == Interaction("u", "3", 2.0, "")
 
 
 # --------------------------------------------------------------------------- refusals
@@ -192,7 +192,7 @@ def test_arbitrary_bytes_only_raise_decode_error(value, key, item_type):
     except DecodeError as err:
         assert err.reason in REASONS
     else:
-        assert isinstance(ev, ClickEvent) and ev.user_id and ev.item_id
+        assert isinstance(ev, Interaction) and ev.user_id and ev.item_id
 
 
 @settings(max_examples=400, deadline=None)
@@ -229,14 +229,14 @@ _ids = st.text(
     event_id=_ids,
 )
 def test_valid_int_events_round_trip(user, item, ts, event_id):
-    ev = ClickEvent(user, str(item), ts, event_id)
+    ev = Interaction(user, str(item), ts, event_id)
     assert decode_click(encode_click(ev), click_key(ev)) == ev
 
 
 @settings(max_examples=200, deadline=None)
 @given(user=_ids, item=_ids, ts=st.integers(min_value=0, max_value=10**11 - 1), event_id=_ids)
 def test_valid_str_events_round_trip(user, item, ts, event_id):
-    ev = ClickEvent(user, item, float(ts), event_id)
+    ev = Interaction(user, item, float(ts), event_id)
     assert decode_click(encode_click(ev), click_key(ev), item_id_type="str") == ev
 
 

@@ -16,7 +16,8 @@ import pytest
 from adrec_stream.model.checkpoint import load_checkpoint
 from adrec_stream.serving.registry import ModelRegistry
 from adrec_stream.stream.broker import effective_bootstrap
-from adrec_stream.stream.events import ClickEvent, encode_click
+from adrec_stream.data.events import Interaction
+from adrec_stream.stream.events import encode_click
 from conftest import consume, last_log_event, produce
 
 pytestmark = pytest.mark.broker
@@ -36,20 +37,20 @@ def _finetune_config(cfg, **over):
     return cfg.model_copy(update={"finetune": cfg.finetune.model_copy(update=settings)})
 
 
-def _new_item_clicks(n: int, start: int = 0, users: int = 20) -> list[ClickEvent]:
+def _new_item_clicks(n: int, start: int = 0, users: int = 20) -> list[Interaction]:
     """User u walks the 50 new items in a cycle (next = last + 1): learnable, and every new item is clicked."""
     out = []
     for i in range(start, start + n):
         u, k = i % users, i // users
-        out.append(ClickEvent(f"u{u}", NEW_ITEMS[(u * 3 + k) % len(NEW_ITEMS)], 2_000_000.0 + i, f"ev-{i}"))
+        out.append(Interaction(f"u{u}", NEW_ITEMS[(u * 3 + k) % len(NEW_ITEMS)], 2_000_000.0 + i, f"ev-{i}"))
     return out
 
 
-def _known_clicks(n: int, start: int = 0, users: int = 20) -> list[ClickEvent]:
-    return [ClickEvent(f"u{i % users}", str((i * 7) % 40 + 1), 1_000_000.0 + i, f"ev-{i}") for i in range(start, start + n)]
+def _known_clicks(n: int, start: int = 0, users: int = 20) -> list[Interaction]:
+    return [Interaction(f"u{i % users}", str((i * 7) % 40 + 1), 1_000_000.0 + i, f"ev-{i}") for i in range(start, start + n)]
 
 
-def _records(clicks: list[ClickEvent]) -> list[tuple[bytes, bytes]]:
+def _records(clicks: list[Interaction]) -> list[tuple[bytes, bytes]]:
     return [(c.user_id.encode(), encode_click(c)) for c in clicks]
 
 
@@ -71,7 +72,7 @@ def test_new_items_enter_the_model_and_the_scorer_swaps_once(stream_config, tiny
     ingest.wait_for('"partitions_assigned"')
 
     # continuous clicks while the round trains and publishes; stop 30 clicks after the scorer took v2
-    sent: list[ClickEvent] = []
+    sent: list[Interaction] = []
     stop = threading.Event()
 
     def trickle() -> None:

@@ -12,7 +12,7 @@ from adrec_stream.errors import StoreError, StoreLockedError
 from adrec_stream.state.partitioned import (PartitionStores, open_store_waiting, partition_for_key,
                                             partition_store_path, read_all, user_sequence)
 from adrec_stream.state.store import SequenceStore, SourceRecord
-from adrec_stream.stream.events import ClickEvent
+from adrec_stream.data.events import Interaction
 
 KEYS = [f"u{i}".encode() for i in range(300)] + [b"", b"\x00\xff", "ü-é".encode(), b"x" * 100]
 
@@ -63,7 +63,7 @@ def test_partition_for_key_equals_where_the_broker_put_the_records(stream_config
 
 
 def _rec(topic: str, part: int, off: int, user: str, item: str) -> SourceRecord:
-    return SourceRecord(topic, part, off, ClickEvent(user, item, 1_700_000_000.0 + off, f"{part}-{off}"))
+    return SourceRecord(topic, part, off, Interaction(user, item, 1_700_000_000.0 + off, f"{part}-{off}"))
 
 
 def test_stores_are_per_partition_and_a_new_owner_waits_for_the_lock(tmp_path):
@@ -124,11 +124,11 @@ def test_demo_bootstrap_puts_each_user_into_its_partition_store(tmp_path):
 
     scfg = StreamConfig.model_validate({"state_dir": str(tmp_path / "state"), "window": 4,
                                         "topics": {"clicks": {"name": "clk", "partitions": 3}}})
-    train = [Interaction(f"u{i % 9}", str(i), float(i), None) for i in range(45)]
+    train = [Interaction(f"u{i % 9}", str(i), float(i)) for i in range(45)]
     counts = _bootstrap_state(scfg, train, "u.data")
     assert sum(counts.values()) == 45 and len(counts) == 3
-    for u in {x.user for x in train}:
-        hist = [x.item for x in train if x.user == u][-4:]
+    for u in {x.user_id for x in train}:
+        hist = [x.item_id for x in train if x.user_id == u][-4:]
         assert user_sequence(scfg.state_dir, "clk", 3, u, window=4) == hist
         for p in range(3):  # only in its own partition's store
             with SequenceStore(partition_store_path(scfg.state_dir, "clk", p), window=4) as s:

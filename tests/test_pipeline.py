@@ -11,18 +11,19 @@ import pytest
 from adrec_stream.state.partitioned import read_all, user_sequence
 from adrec_stream.stream.app import EXIT_AGENT_CRASHED
 from adrec_stream.stream.broker import effective_bootstrap
-from adrec_stream.stream.events import ClickEvent, encode_click
+from adrec_stream.data.events import Interaction
+from adrec_stream.stream.events import encode_click
 from conftest import consume, last_log_event, produce
 
 pytestmark = pytest.mark.broker
 
 
-def _clicks(n: int, start: int = 0, users: int = 7) -> list[ClickEvent]:
+def _clicks(n: int, start: int = 0, users: int = 7) -> list[Interaction]:
     """Deterministic valid clicks: user u{i % users}, item (i*7 % 40) + 1, increasing ts."""
-    return [ClickEvent(f"u{i % users}", str((i * 7) % 40 + 1), 1_000_000.0 + i, f"ev-{i}") for i in range(start, start + n)]
+    return [Interaction(f"u{i % users}", str((i * 7) % 40 + 1), 1_000_000.0 + i, f"ev-{i}") for i in range(start, start + n)]
 
 
-def _expected_sequences(clicks: list[ClickEvent], window: int) -> dict[str, list[str]]:
+def _expected_sequences(clicks: list[Interaction], window: int) -> dict[str, list[str]]:
     seqs: dict[str, list[str]] = defaultdict(list)
     for c in clicks:
         seqs[c.user_id].append(c.item_id)

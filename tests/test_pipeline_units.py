@@ -10,11 +10,11 @@ from adrec_stream.model import ModelConfig, build_model, save_checkpoint
 from adrec_stream.serving.recommender import Recommender
 from adrec_stream.state.store import SequenceStore, SourceRecord
 from adrec_stream.stream.app import recommend_batch
-from adrec_stream.stream.events import ClickEvent
+from adrec_stream.data.events import Interaction
 
 
 def _rec(p: int, o: int, user: str | None, item: str = "1") -> SourceRecord:
-    ev = ClickEvent(user, item, float(o), f"e{p}-{o}") if user is not None else None
+    ev = Interaction(user, item, float(o), f"e{p}-{o}") if user is not None else None
     return SourceRecord("clicks", p, o, ev)
 
 

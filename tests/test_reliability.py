@@ -19,7 +19,8 @@ from adrec_stream.state.partitioned import partition_store_path
 from adrec_stream.state.store import SequenceStore
 from adrec_stream.stream.app import EXIT_AGENT_CRASHED
 from adrec_stream.stream.broker import effective_bootstrap
-from adrec_stream.stream.events import ClickEvent, encode_click
+from adrec_stream.data.events import Interaction
+from adrec_stream.stream.events import encode_click
 from conftest import REPO_ROOT, consume, last_log_event, write_stream_config
 from reliability_helpers import (by_event_id, click_records, committed_offsets, produce_to, store_contents,
                                  wait_committed)
@@ -27,8 +28,8 @@ from reliability_helpers import (by_event_id, click_records, committed_offsets, 
 pytestmark = pytest.mark.broker
 
 
-def _click(user: str, item: str, i: int) -> ClickEvent:
-    return ClickEvent(user, item, 1_700_000_000.0 + i, f"{user}-{i}")
+def _click(user: str, item: str, i: int) -> Interaction:
+    return Interaction(user, item, 1_700_000_000.0 + i, f"{user}-{i}")
 
 
 def test_poison_tombstone_empty_key_and_oversize_commit_past_them(stream_config, spawn_worker):

@@ -14,7 +14,7 @@ import pytest
 from adrec_stream.stream.broker import ensure_topics, start_broker, stop_broker
 from adrec_stream.stream.compat import true_end_offsets
 from adrec_stream.stream.config import BrokerConfig
-from adrec_stream.stream.events import ClickEvent
+from adrec_stream.data.events import Interaction
 from conftest import consume, last_log_event
 from reliability_helpers import (by_event_id, click_records, expected_windows, produce_to, restart_broker_empty,
                                  store_contents, wait_committed)
@@ -35,8 +35,8 @@ def private_broker(tmp_path: Path):
         stop_broker(bcfg)
 
 
-def _clicks(n: int, start: int, users: int = 5) -> list[ClickEvent]:
-    return [ClickEvent(f"u{i % users}", str(i % 40 + 1), 1_700_000_000.0 + i, f"e{i}") for i in range(start, start + n)]
+def _clicks(n: int, start: int, users: int = 5) -> list[Interaction]:
+    return [Interaction(f"u{i % users}", str(i % 40 + 1), 1_700_000_000.0 + i, f"e{i}") for i in range(start, start + n)]
 
 
 def _run_broker_reset(cfg, private_broker, spawn_worker, outage_s: float, produce_during_outage: bool) -> None:

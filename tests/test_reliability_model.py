@@ -12,7 +12,7 @@ from adrec_stream.model import ModelConfig, build_model, save_checkpoint
 from adrec_stream.serving.recommender import Recommender, ReloadingRecommender
 from adrec_stream.serving.registry import ModelRegistry
 from adrec_stream.state.store import SequenceStore, SourceRecord
-from adrec_stream.stream.events import ClickEvent
+from adrec_stream.data.events import Interaction
 
 OLD_VOCAB = [str(i) for i in range(1, 11)]  # raw "1".."10" -> internal 1..10
 
@@ -55,7 +55,7 @@ def test_ten_thousand_clicks_model_sees_the_last_l_items(tmp_path):
     window, max_len = 50, 6
     with SequenceStore(tmp_path / "db", window=window) as store:
         for start in range(0, 10_000, 2_500):
-            store.apply([SourceRecord("clicks", 0, i, ClickEvent("heavy", str(i % 10 + 1), float(i), f"e{i}"))
+            store.apply([SourceRecord("clicks", 0, i, Interaction("heavy", str(i % 10 + 1), float(i), f"e{i}"))
                          for i in range(start, start + 2_500)])
         seq = store.sequence("heavy")
     assert seq == [str(i % 10 + 1) for i in range(10_000 - window, 10_000)]

@@ -17,7 +17,8 @@ import pytest
 
 from adrec_stream.state.partitioned import partition_for_key
 from adrec_stream.stream.broker import effective_bootstrap
-from adrec_stream.stream.events import ClickEvent, encode_click
+from adrec_stream.data.events import Interaction
+from adrec_stream.stream.events import encode_click
 from conftest import consume, last_log_event
 from reliability_helpers import by_event_id, expected_windows, store_contents
 
@@ -35,8 +36,8 @@ TRICKLE_FROM = 600
 TRICKLE_PER_S = 10.0
 
 
-def _clicks() -> list[ClickEvent]:
-    return [ClickEvent(f"u{i % N_USERS}", str((i * 7 + i // N_USERS) % 40 + 1), 1_700_000_000.0 + i, f"r{i}")
+def _clicks() -> list[Interaction]:
+    return [Interaction(f"u{i % N_USERS}", str((i * 7 + i // N_USERS) % 40 + 1), 1_700_000_000.0 + i, f"r{i}")
             for i in range(N_CLICKS)]
 
 
@@ -45,7 +46,7 @@ class _PacedProducer(threading.Thread):
     until ``rebalanced`` is set), pausing before click ``REST_FROM`` until ``rest`` is set; ``sent`` counts the
     records handed over."""
 
-    def __init__(self, bootstrap: str, topic: str, clicks: list[ClickEvent]) -> None:
+    def __init__(self, bootstrap: str, topic: str, clicks: list[Interaction]) -> None:
         super().__init__(daemon=True)
         self.bootstrap, self.topic, self.clicks = bootstrap, topic, clicks
         self.sent = 0

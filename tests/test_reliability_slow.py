@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from adrec_stream.stream.broker import effective_bootstrap
-from adrec_stream.stream.events import ClickEvent
+from adrec_stream.data.events import Interaction
 from conftest import consume, last_log_event
 from reliability_helpers import by_event_id, click_records, expected_windows, kill9_after, produce_to, store_contents
 
@@ -16,9 +16,9 @@ N_CLICKS = 10_000
 N_USERS = 100
 
 
-def _clicks() -> list[ClickEvent]:
+def _clicks() -> list[Interaction]:
     """10,000 clicks of 100 users, interleaved; items vary per user so that order errors show."""
-    return [ClickEvent(f"u{i % N_USERS}", str((i * 13 + i // N_USERS) % 40 + 1), 1_700_000_000.0 + i, f"c{i}")
+    return [Interaction(f"u{i % N_USERS}", str((i * 13 + i // N_USERS) % 40 + 1), 1_700_000_000.0 + i, f"c{i}")
             for i in range(N_CLICKS)]
 
 

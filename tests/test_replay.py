@@ -30,7 +30,7 @@ def test_select_held_out_part_with_deterministic_ids(ml100k):
     train, rest = chronological_split(ml100k, 0.8)
     assert len(clicks) == len(rest) == 20_000
     assert clicks[0].event_id == "u.data:80000" and clicks[-1].event_id == "u.data:99999"
-    assert [(c.user_id, c.item_id, c.ts) for c in clicks] == [(x.user, x.item, x.ts) for x in rest]
+    assert [(c.user_id, c.item_id, c.ts) for c in clicks] == [(x.user_id, x.item_id, x.ts) for x in rest]
     assert all(a.ts <= b.ts for a, b in zip(clicks, clicks[1:]))
     again = replay.select_clicks(ml100k, "u.data", skip_fraction=0.8, limit=5)
     assert again == clicks[:5]
@@ -89,9 +89,9 @@ def test_replay_creates_a_missing_clicks_topic_with_the_configured_partitions(st
 def test_paced_replay_respects_the_rate(stream_config):
     import asyncio
 
-    from adrec_stream.stream.events import ClickEvent
+    from adrec_stream.data.events import Interaction
 
-    clicks = [ClickEvent("u1", str(i), float(i), f"p:{i}") for i in range(60)]
+    clicks = [Interaction("u1", str(i), float(i), f"p:{i}") for i in range(60)]
     res = asyncio.run(replay.produce_clicks(stream_config.broker.address, stream_config.topics.clicks.name,
                                             clicks, rate_per_s=100.0, progress=False))
     assert res.sent == 60

@@ -301,7 +301,7 @@ def test_exclude_seen_is_applied_to_every_policy(tmp_path: Path, one_torch_threa
     warm_n = on.warmup_events
     seen: dict[str, set[str]] = {}
     for x in events[:warm_n]:
-        seen.setdefault(x.user, set()).add(x.item)
+        seen.setdefault(x.user_id, set()).add(x.item_id)
     repeat = np.zeros(len(on.users), dtype=bool)
     for pos, (u, i) in enumerate(zip(on.users, on.items)):
         repeat[pos] = i in seen.get(u, set())
@@ -359,12 +359,12 @@ def test_columns_reader_on_diginetica_with_session_as_user() -> None:
     rows = read_delimited(path, user="session_id", item="item_id", ts="eventdate", order="timeframe", sep=";",
                           ts_unit="iso")
     assert len(rows) == 12391  # every line but the header
-    assert len({r.user for r in rows}) == 2986
+    assert len({r.user_id for r in rows}) == 2986
     assert all(a.ts <= b.ts for a, b in zip(rows, rows[1:]))
     # within a day, a session's views follow their timeframe (ms since the session started)
     lines = [ln.split(";") for ln in path.read_text().splitlines()[1:]]
     s1 = sorted((int(f[3]), f[2]) for f in lines if f[0] == "1")
-    assert [r.item for r in rows if r.user == "1"] == [item for _, item in s1]
+    assert [r.item_id for r in rows if r.user_id == "1"] == [item for _, item in s1]
     # the same file by column indices
     by_idx = read_delimited(path, user=0, item=2, ts=4, order=3, sep=";", ts_unit="iso")
     assert by_idx == rows
@@ -374,7 +374,7 @@ def test_columns_reader_on_diginetica_with_session_as_user() -> None:
 def test_columns_reader_on_gowalla() -> None:
     path = EVENTS / "gowalla-head50k" / "Gowalla_totalCheckins50000.txt"
     rows = read_delimited(path, user=0, item=4, ts=1, sep="\t", header=False, ts_unit="iso")
-    assert len(rows) == 50000 and len({r.user for r in rows}) == 171
+    assert len(rows) == 50000 and len({r.user_id for r in rows}) == 171
     assert rows == read_interactions(path)  # the same as the built-in Gowalla format
 
 
@@ -408,7 +408,7 @@ def test_delimited_reader_errors(tmp_path: Path) -> None:
         read_delimited(tmp_path / "missing.csv", user="a", item="b", ts="c", sep=";")
     g = tmp_path / "ms.csv"
     g.write_text("\ufeffu,i,t\n1,x,1500\n1,y,500\n")  # a BOM is ignored; ms -> s; sorted by time
-    assert [(r.item, r.ts) for r in read_delimited(g, user="u", item="i", ts="t", ts_unit="ms")] == [("y", 0.5),
+    assert [(r.item_id, r.ts) for r in read_delimited(g, user="u", item="i", ts="t", ts_unit="ms")] == [("y", 0.5),
                                                                                                     ("x", 1.5)]
 
 
@@ -439,7 +439,7 @@ def test_demo_and_replay_share_the_cache_key(tmp_path: Path) -> None:
     from adrec_stream.training.config import load_experiment
 
     dcfg = DemoConfig(cache_dir=str(tmp_path / "cache"))
-    train = [Interaction("1", "10", 5.0, 3.0), Interaction("2", "11", 6.0, None)]
+    train = [Interaction("1", "10", 5.0, rating=3.0), Interaction("2", "11", 6.0)]
     exp = load_experiment(REPO / dcfg.experiment)
     key = training_cache_key(train, exp, dcfg.epochs.model_dump(), "u.data")
     path = cached_checkpoint_path(tmp_path / "cache", exp.model.kind, key)

@@ -16,13 +16,12 @@ import pytest
 from adrec_stream.data.events import Interaction
 from adrec_stream.evaluation.replay import kafka as K
 from adrec_stream.evaluation.replay.engine import tie_metrics
-from adrec_stream.stream.events import ClickEvent
 from test_replay_eval import TINY_FLAGS, run_cli, write_successor
 
 
-def _log(rows: list[tuple[str, str]]) -> tuple[list[Interaction], list[ClickEvent]]:
-    inter = [Interaction(u, i, float(t), None) for t, (u, i) in enumerate(rows)]
-    return inter, [ClickEvent(x.user, x.item, x.ts, f"f:{k}") for k, x in enumerate(inter)]
+def _log(rows: list[tuple[str, str]]) -> tuple[list[Interaction], list[Interaction]]:
+    inter = [Interaction(u, i, float(t)) for t, (u, i) in enumerate(rows)]
+    return inter, [Interaction(x.user_id, x.item_id, x.ts, f"f:{k}") for k, x in enumerate(inter)]
 
 
 def test_segments_end_at_every_due_round_and_respect_the_chunk() -> None:

@@ -188,7 +188,7 @@ def test_ml100k_vocab_and_popularity_fallback(tmp_path):
     rec = Recommender.from_checkpoint(path)
     fb = rec.recommend([["no-such-movie"]], k=5)[0]
     assert fb == Recommendation(["50", "181", "100", "294", "258"], [473.0, 423.0, 417.0, 396.0, 394.0], True, None)
-    hist = [r.item for r in train if r.user == "1"]
+    hist = [r.item_id for r in train if r.user_id == "1"]
     out = rec.recommend([hist], k=10)[0]
     assert not out.fallback and len(set(out.items)) == 10 and set(out.items) <= set(vocab)
 

@@ -10,13 +10,13 @@ import pytest
 from adrec_stream.data.events import read_interactions
 from adrec_stream.errors import StoreError
 from adrec_stream.state.store import SequenceStore, SequenceUpdate, SourceRecord
-from adrec_stream.stream.events import ClickEvent
+from adrec_stream.data.events import Interaction
 
 ML100K = Path(__file__).resolve().parents[2] / "shared" / "data" / "events" / "ml-100k" / "u.data"
 
 
 def rec(offset: int, user: str | None, item: str = "1", *, partition: int = 0, topic: str = "clicks") -> SourceRecord:
-    ev = None if user is None else ClickEvent(user, item, float(offset), f"{topic}:{partition}:{offset}")
+    ev = None if user is None else Interaction(user, item, float(offset), f"{topic}:{partition}:{offset}")
     return SourceRecord(topic, partition, offset, ev)
 
 
@@ -25,7 +25,7 @@ def test_apply_appends_in_order_and_reports_updates(tmp_path):
         ups = store.apply([rec(0, "a", "10"), rec(1, "b", "20"), rec(2, "a", "0"), rec(3, "a", "12")])
         assert [u.user_id for u in ups] == ["a", "b", "a", "a"]
         assert ups[0].items == ["10"] and ups[2].items == ["10", "0"]
-        assert ups[3] == SequenceUpdate("a", ["10", "0", "12"], ClickEvent("a", "12", 3.0, "clicks:0:3"), 0, 3)
+        assert ups[3] == SequenceUpdate("a", ["10", "0", "12"], Interaction("a", "12", 3.0, "clicks:0:3"), 0, 3)
         store.apply([rec(4, "a", "13")])
         assert store.sequence("a") == ["0", "12", "13"]  # window 3: oldest dropped
         assert store.history("a") == (["0", "12", "13"], [2.0, 3.0, 4.0])
@@ -180,10 +180,10 @@ def test_ml100k_replay_matches_last_window_per_user(tmp_path):
     parts: dict[int, int] = defaultdict(lambda: -1)
     records = []
     for r in rows:
-        p = int(r.user) % 4
+        p = int(r.user_id) % 4
         parts[p] += 1
-        records.append(SourceRecord("clicks", p, parts[p], ClickEvent(r.user, r.item, r.ts, "")))
-        expected[r.user].append(r.item)
+        records.append(SourceRecord("clicks", p, parts[p], Interaction(r.user_id, r.item_id, r.ts, "")))
+        expected[r.user_id].append(r.item_id)
     with SequenceStore(tmp_path / "db", window=50) as store:
         for start in range(0, len(records), 1000):
             store.apply(records[start : start + 1000])

@@ -14,7 +14,7 @@ import pytest
 
 from adrec_stream.errors import StoreLockedError
 from adrec_stream.state.store import SequenceStore, SourceRecord, pid_file_for
-from adrec_stream.stream.events import ClickEvent
+from adrec_stream.data.events import Interaction
 
 N_RECORDS = 20_000
 N_USERS = 37
@@ -24,11 +24,11 @@ CHILD = textwrap.dedent(
     """
     import sys, time
     from adrec_stream.state.store import SequenceStore, SourceRecord
-    from adrec_stream.stream.events import ClickEvent
+    from adrec_stream.data.events import Interaction
     path, n, users, stop = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     store = SequenceStore(path, window=30)
     print("open", flush=True)
-    recs = [SourceRecord("clicks", i % 2, i // 2, ClickEvent(f"u{i % users}", str(i), float(i), ""))
+    recs = [SourceRecord("clicks", i % 2, i // 2, Interaction(f"u{i % users}", str(i), float(i), ""))
             for i in range(n)]
     for start in range(0, stop, 100):
         store.apply(recs[start:start + 100])
@@ -43,7 +43,7 @@ CHILD = textwrap.dedent(
 
 
 def _records(n: int = N_RECORDS) -> list[SourceRecord]:
-    return [SourceRecord("clicks", i % 2, i // 2, ClickEvent(f"u{i % N_USERS}", str(i), float(i), "")) for i in range(n)]
+    return [SourceRecord("clicks", i % 2, i // 2, Interaction(f"u{i % N_USERS}", str(i), float(i), "")) for i in range(n)]
 
 
 def _spawn(path, stop: int) -> subprocess.Popen:

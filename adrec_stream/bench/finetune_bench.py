@@ -157,7 +157,7 @@ def bench_finetune(
     window = after[:window_events]
     history: dict[str, list[str]] = {}
     for x in before:
-        history.setdefault(x.user, []).append(x.item)
+        history.setdefault(x.user_id, []).append(x.item_id)
 
     with tempfile.TemporaryDirectory(prefix="adrec-bench-finetune-") as tmp:
         base = dict(overrides or {})
@@ -204,7 +204,7 @@ def bench_finetune(
         warmup_s = time.perf_counter() - t_warm
         try:
             t_ingest = time.time()
-            updates = updates_from_clicks(((x.user, x.item, x.ts) for x in window), window=scfg.window,
+            updates = updates_from_clicks(((x.user_id, x.item_id, x.ts) for x in window), window=scfg.window,
                                           n_partitions=scfg.topics.sequence_updates.partitions, history=history,
                                           ingest_ts=t_ingest)
             worker.tracker.add(updates)

@@ -44,12 +44,19 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_ ]*")
 
 
 class Interaction(NamedTuple):
-    """One interaction: raw user id, raw item id, epoch seconds, rating (None if the format has none)."""
+    """One interaction (a click): the record shared by the file loaders, the wire format and the stores.
 
-    user: str
-    item: str
+    Fields: ``user_id`` and ``item_id`` are canonical raw ids (strings, as in the file or the click's JSON),
+    ``ts`` epoch seconds, ``event_id`` a unique id ("" when the source has none: the file loaders leave it
+    empty, the replay producer sets ``"<source>:<row>"``, the click decoder ``"topic:partition:offset"`` when
+    the record carries none), ``rating`` the explicit rating when the file has one (never on the wire).
+    """
+
+    user_id: str
+    item_id: str
     ts: float
-    rating: float | None
+    event_id: str = ""
+    rating: float | None = None
 
 
 def parse_timestamp(text: str) -> float:
@@ -115,7 +122,7 @@ def _row(path: Path, lineno: int, fields: list[str], fmt: str, has_rating: bool)
             raise DataFileError(f"{path}:{lineno}: bad rating {rating_text!r} (a number)") from None
         if not math.isfinite(rating):
             raise DataFileError(f"{path}:{lineno}: rating {rating_text!r} is not finite")
-    return Interaction(user, item, ts, rating)
+    return Interaction(user, item, ts, rating=rating)
 
 
 def _generic_header(fields: list[str]) -> bool:
@@ -240,7 +247,7 @@ def build_vocabulary(interactions: Iterable[Interaction], min_count: int = 1) ->
     """
     counts: dict[str, int] = {}
     for it in interactions:
-        counts[it.item] = counts.get(it.item, 0) + 1
+        counts[it.item_id] = counts.get(it.item_id, 0) + 1
     return [item for item, c in counts.items() if c >= min_count]
 
 
@@ -253,9 +260,9 @@ def user_sequences(interactions: Iterable[Interaction], vocab: Sequence[str]) ->
     index = {raw: i + 1 for i, raw in enumerate(vocab)}
     out: dict[str, list[int]] = {}
     for it in interactions:
-        idx = index.get(it.item)
+        idx = index.get(it.item_id)
         if idx is not None:
-            out.setdefault(it.user, []).append(idx)
+            out.setdefault(it.user_id, []).append(idx)
     return out
 
 
@@ -267,7 +274,7 @@ def item_counts(interactions: Iterable[Interaction], vocab: Sequence[str]) -> li
     index = {raw: i + 1 for i, raw in enumerate(vocab)}
     counts = [0] * (len(vocab) + 1)
     for it in interactions:
-        idx = index.get(it.item)
+        idx = index.get(it.item_id)
         if idx is not None:
             counts[idx] += 1
     return counts
@@ -394,7 +401,7 @@ def read_delimited(path: str | Path, *, user: str | int, item: str | int, ts: st
             except ValueError:
                 raise DataFileError(f"{p}:{lineno}: bad order value {o_text!r} in column order={order} "
                                     "(a finite number)") from None
-        out.append((t, rank, Interaction(u, i, t, None)))
+        out.append((t, rank, Interaction(u, i, t)))
     if not out:
         raise DataFileError(f"{p}: no interactions{' (only a header?)' if header else ''}; expected {layout}")
     out.sort(key=lambda r: (r[0], r[1]))  # stable: ties keep file order

@@ -10,7 +10,7 @@ from adrec_stream.data.batching import loo_histories
 from adrec_stream.errors import DataFileError
 from adrec_stream.evaluation.offline import evaluate_model
 from adrec_stream.model import load_checkpoint
-from adrec_stream.training.trainer import resolve_device
+from adrec_stream.runtime import resolve_device
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

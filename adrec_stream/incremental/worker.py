@@ -46,7 +46,7 @@ from adrec_stream.logging import get_logger
 from adrec_stream.model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from adrec_stream.serving.registry import ModelRegistry
 from adrec_stream.stream.config import StreamConfig
-from adrec_stream.training.trainer import resolve_device
+from adrec_stream.runtime import resolve_device
 
 #: records asked for per poll
 POLL_MAX_RECORDS = 5000

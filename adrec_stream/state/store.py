@@ -41,7 +41,7 @@ from rocksdict import Options, Rdict, WriteBatch, WriteOptions
 
 from adrec_stream.errors import StoreError, StoreLockedError
 from adrec_stream.procs import pid_alive
-from adrec_stream.stream.events import ClickEvent
+from adrec_stream.data.events import Interaction
 
 FORMAT_VERSION = b"1"
 _SEQ = b"s:"
@@ -59,7 +59,7 @@ class SourceRecord(NamedTuple):
     topic: str
     partition: int
     offset: int
-    event: ClickEvent | None
+    event: Interaction | None
 
 
 class SequenceUpdate(NamedTuple):
@@ -67,7 +67,7 @@ class SequenceUpdate(NamedTuple):
 
     user_id: str
     items: list[str]
-    event: ClickEvent
+    event: Interaction
     partition: int
     offset: int
 

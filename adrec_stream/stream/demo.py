@@ -387,8 +387,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         interactions = read_interactions(data_path, fmt=dcfg.data_format)
         train, rest = chronological_split(interactions, dcfg.train_fraction)
-        n_users = len({x.user for x in interactions})
-        n_items = len({x.item for x in interactions})
+        n_users = len({x.user_id for x in interactions})
+        n_items = len({x.item_id for x in interactions})
         _say(f"adrec-stream demo: {data_path.name} ({len(interactions):,} events, {n_users:,} users, {n_items:,} items); "
              f"train = first {dcfg.train_fraction:.0%} by time ({len(train):,} events), "
              f"replay = the remaining {len(rest):,} as clicks")
@@ -457,10 +457,10 @@ def run(args: argparse.Namespace) -> int:
         history: dict[str, list[str]] = {}
         if dcfg.bootstrap_state:
             for x in train:
-                history.setdefault(x.user, []).append(x.item)
+                history.setdefault(x.user_id, []).append(x.item_id)
         base = prequential_metrics(
             ((c.user_id, c.item_id, c.event_id) for c in clicks),
-            popularity_recommendations((x.item for x in train), [(c.user_id, c.item_id, c.event_id) for c in clicks],
+            popularity_recommendations((x.item_id for x in train), [(c.user_id, c.item_id, c.event_id) for c in clicks],
                                        dcfg.top_k, history=history, exclude_seen=dcfg.exclude_history),
             k=dcfg.top_k)
         timed = [r for r in recs.values() if r.get("produced_ts") is not None]

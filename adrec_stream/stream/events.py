@@ -36,11 +36,12 @@ from __future__ import annotations
 import base64
 import math
 import re
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Literal
 
 import orjson
+
+from adrec_stream.data.events import Interaction
 
 #: Reason codes that :func:`decode_click` can produce.
 REASONS = (
@@ -82,16 +83,6 @@ class DecodeError(ValueError):
         self.reason = reason
         self.detail = detail
         super().__init__(f"{reason}: {detail}" if detail else reason)
-
-
-@dataclass(frozen=True, slots=True)
-class ClickEvent:
-    """One decoded click: canonical raw user id, raw item id (strings), epoch seconds, event id."""
-
-    user_id: str
-    item_id: str
-    ts: float
-    event_id: str
 
 
 def _short(value: Any, limit: int = 40) -> str:
@@ -212,7 +203,7 @@ def _decode(
     max_bytes: int,
     default_event_id: str,
     require_key_match: bool,
-) -> ClickEvent:
+) -> Interaction:
     if value is None:
         raise DecodeError("tombstone", "null value (tombstone); clicks must carry a JSON object")
     if not isinstance(value, (bytes, bytearray, memoryview)):
@@ -257,7 +248,7 @@ def _decode(
         event_id = default_event_id
     elif not isinstance(event_id, str) or not event_id or len(event_id) > MAX_ID_CHARS:
         raise DecodeError("bad_event_id", f"{_short(event_id)}: expected a non-empty string of <= {MAX_ID_CHARS} chars")
-    return ClickEvent(user, item, ts, event_id)
+    return Interaction(user, item, ts, event_id)
 
 
 def decode_click(
@@ -268,7 +259,7 @@ def decode_click(
     max_bytes: int = 65536,
     default_event_id: str = "",
     require_key_match: bool = False,
-) -> ClickEvent:
+) -> Interaction:
     """Decode and validate one Kafka record of the ``clicks`` topic (rules in the module docstring).
 
     Args:
@@ -280,7 +271,7 @@ def decode_click(
         require_key_match: refuse records whose key differs from the value's user_id (``key_mismatch``).
 
     Returns:
-        The canonical :class:`ClickEvent`.
+        The canonical :class:`Interaction`.
 
     Raises:
         DecodeError: for every invalid input, whatever the bytes; nothing else escapes.
@@ -296,12 +287,12 @@ def decode_click(
         raise DecodeError("undecodable", f"unexpected {type(err).__name__}: {str(err)[:80]}") from None
 
 
-def encode_click(ev: ClickEvent) -> bytes:
+def encode_click(ev: Interaction) -> bytes:
     """Serialise a click as the JSON value :func:`decode_click` reads (ids as strings, ts as a number)."""
     return orjson.dumps({"user_id": ev.user_id, "item_id": ev.item_id, "ts": ev.ts, "event_id": ev.event_id})
 
 
-def click_key(ev: ClickEvent) -> bytes:
+def click_key(ev: Interaction) -> bytes:
     """The Kafka key for a click: its user id as UTF-8 (so that one user's clicks share a partition)."""
     return ev.user_id.encode("utf-8")
 

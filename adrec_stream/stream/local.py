@@ -145,14 +145,14 @@ def bootstrap_state(scfg: Any, train: list, source: str) -> dict[int, int]:
     """
     from adrec_stream.state.partitioned import partition_for_key, partition_store_path  # noqa: PLC0415
     from adrec_stream.state.store import SequenceStore, SourceRecord  # noqa: PLC0415
-    from adrec_stream.stream.events import ClickEvent  # noqa: PLC0415
+    from adrec_stream.data.events import Interaction  # noqa: PLC0415
 
     n = scfg.topics.clicks.partitions
     by_part: dict[int, list[SourceRecord]] = {}
     for i, x in enumerate(train):
-        part = partition_for_key(str(x.user).encode("utf-8"), n)
+        part = partition_for_key(str(x.user_id).encode("utf-8"), n)
         by_part.setdefault(part, []).append(
-            SourceRecord(f"bootstrap:{source}", 0, i, ClickEvent(x.user, x.item, x.ts, f"{source}:{i}")))
+            SourceRecord(f"bootstrap:{source}", 0, i, Interaction(x.user_id, x.item_id, x.ts, f"{source}:{i}")))
     for part, records in by_part.items():
         with SequenceStore(partition_store_path(scfg.state_dir, scfg.topics.clicks.name, part),
                            window=scfg.window) as store:

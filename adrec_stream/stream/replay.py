@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Sequence
 
 from adrec_stream.errors import ConfigError
-from adrec_stream.stream.events import ClickEvent, encode_click
+from adrec_stream.data.events import Interaction
+from adrec_stream.stream.events import encode_click
 
 
 @dataclass(frozen=True)
@@ -37,11 +38,11 @@ class ReplayResult:
 
 
 def select_clicks(interactions: Sequence, source_name: str, *, skip_fraction: float = 0.0,
-                  limit: int | None = None) -> list[ClickEvent]:
+                  limit: int | None = None) -> list[Interaction]:
     """Turn time-ordered interactions into click events with deterministic ids.
 
     Args:
-        interactions: ``Interaction(user, item, ts, rating)`` sorted by (ts, file order).
+        interactions: :class:`~adrec_stream.data.events.Interaction` records sorted by (ts, file order).
         source_name: prefix of the event ids (the file name).
         skip_fraction: fraction in [0, 1) of the time order to skip; the split point is
             ``floor(skip_fraction * n)``, the same as ``chronological_split``'s train part when equal.
@@ -56,11 +57,11 @@ def select_clicks(interactions: Sequence, source_name: str, *, skip_fraction: fl
         raise ConfigError(f"--limit must be >= 0, got {limit}")
     start = int(math.floor(skip_fraction * len(interactions)))
     stop = len(interactions) if limit is None else min(len(interactions), start + limit)
-    return [ClickEvent(str(x.user), str(x.item), float(x.ts), f"{source_name}:{i}")
+    return [Interaction(str(x.user_id), str(x.item_id), float(x.ts), f"{source_name}:{i}")
             for i, x in zip(range(start, stop), interactions[start:stop])]
 
 
-async def produce_clicks(bootstrap: str, topic: str, clicks: Sequence[ClickEvent], *,
+async def produce_clicks(bootstrap: str, topic: str, clicks: Sequence[Interaction], *,
                          rate_per_s: float | None = None, linger_s: float = 0.005,
                          progress: bool = True) -> ReplayResult:
     """Produce ``clicks`` in order (key = user id), paced at ``rate_per_s`` (None/0 = as fast as possible).

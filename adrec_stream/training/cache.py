@@ -40,7 +40,7 @@ def training_cache_key(events: Iterable[Any], exp: Any, epochs: Mapping[str, int
     h.update(json.dumps({"exp": exp.model_dump(mode="json"), "epochs": {k: int(v) for k, v in epochs.items()},
                          "data": data_name, "format": CACHE_FORMAT}, sort_keys=True).encode())
     for x in events:
-        h.update(f"{x.user}\t{x.item}\t{x.ts}\n".encode())
+        h.update(f"{x.user_id}\t{x.item_id}\t{x.ts}\n".encode())
     return h.hexdigest()[:16]
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -38,6 +37,7 @@ from tqdm.auto import tqdm
 
 from adrec_stream.data.batching import training_windows, window_batches
 from adrec_stream.errors import ConfigError, TrainingDivergedError
+from adrec_stream.runtime import resolve_device, seed_everything
 from adrec_stream.evaluation.offline import evaluate_model
 from adrec_stream.logging import get_logger
 from adrec_stream.model import SequenceModel, build_model
@@ -74,30 +74,6 @@ class TrainResult:
     pretrained_table: torch.Tensor | None = None
     steps: int = 0
     stop_reason: str = "epochs"
-
-
-def resolve_device(name: str | None) -> torch.device:
-    """``None``/"auto" -> CUDA if available else CPU; "cpu"/"cuda"/"cuda:N" as given.
-
-    Raises:
-        ConfigError: CUDA requested but not available, or an unknown device name.
-    """
-    if name is None or name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {name!r}; use auto, cpu or cuda") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} requested but CUDA is not available here; use --device cpu or auto")
-    return dev
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (CPU and CUDA) generators."""
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
 
 
 def _cosine(total_steps: int, min_ratio: float):

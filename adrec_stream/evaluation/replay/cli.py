@@ -251,7 +251,7 @@ def run(args: argparse.Namespace) -> int:
     import torch  # noqa: PLC0415
 
     from adrec_stream.training.config import load_experiment  # noqa: PLC0415
-    from adrec_stream.training.trainer import resolve_device  # noqa: PLC0415
+    from adrec_stream.runtime import resolve_device  # noqa: PLC0415
 
     device = resolve_device(args.device)
     threads_before = torch.get_num_threads()
@@ -298,7 +298,7 @@ def run(args: argparse.Namespace) -> int:
     metrics: dict[str, Any] = {
         "command": "evaluate-replay", "mode": "in-process",
         "data": {"path": str(path), "sha256": _sha256(path), "read_as": how, "events": len(events),
-                 "users": len({x.user for x in events}), "items": len({x.item for x in events}),
+                 "users": len({x.user_id for x in events}), "items": len({x.item_id for x in events}),
                  "warmup_events": result.warmup_events, "replay_events": len(result.users),
                  "first_ts": float(events[0].ts), "cut_ts": float(events[result.warmup_events - 1].ts),
                  "last_ts": float(events[-1].ts)},

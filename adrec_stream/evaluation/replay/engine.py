@@ -290,8 +290,8 @@ def run_replay(events: Sequence[Interaction], policies: Sequence[Policy], *, war
                           f"{len(warm)} warm-up and {len(replay)} replayed events; both must be non-empty")
     history: dict[str, list[str]] = {}
     for x in warm:
-        history.setdefault(x.user, []).append(x.item)
-    updates = updates_from_clicks(((x.user, x.item, x.ts) for x in replay), window=window,
+        history.setdefault(x.user_id, []).append(x.item_id)
+    updates = updates_from_clicks(((x.user_id, x.item_id, x.ts) for x in replay), window=window,
                                   n_partitions=n_partitions, history=history)
     n = len(replay)
     timing: dict[str, dict[str, float]] = {}
@@ -307,12 +307,12 @@ def run_replay(events: Sequence[Interaction], policies: Sequence[Policy], *, war
     bar = tqdm(total=n, unit="click", desc="replay", disable=not progress, mininterval=1.0)
     try:
         for pos, (x, upd) in enumerate(zip(replay, updates)):
-            is_cold = x.user not in known_users
+            is_cold = x.user_id not in known_users
             cold[pos] = is_cold
-            click = Click(pos=pos, index=w + pos, user=x.user, item=x.item, ts=float(x.ts),
-                          history=upd.items[:-1], seen=None if seen is None else frozenset(seen.get(x.user, ())),
+            click = Click(pos=pos, index=w + pos, user=x.user_id, item=x.item_id, ts=float(x.ts),
+                          history=upd.items[:-1], seen=None if seen is None else frozenset(seen.get(x.user_id, ())),
                           cold=is_cold, update=upd)
-            excluded = seen is not None and x.item in seen.get(x.user, ())
+            excluded = seen is not None and x.item_id in seen.get(x.user_id, ())
             for p in policies:  # test ...
                 if excluded:  # the served list cannot hold an item the user clicked before
                     p.result.record(pos, EXCLUDED, 0)
@@ -328,9 +328,9 @@ def run_replay(events: Sequence[Interaction], policies: Sequence[Policy], *, war
                 t0 = time.perf_counter()
                 p.reveal(click)
                 clock[p.name] += time.perf_counter() - t0
-            known_users.add(x.user)
+            known_users.add(x.user_id)
             if seen is not None:
-                seen.setdefault(x.user, set()).add(x.item)
+                seen.setdefault(x.user_id, set()).add(x.item_id)
             bar.update(1)
     finally:
         bar.close()
@@ -343,7 +343,7 @@ def run_replay(events: Sequence[Interaction], policies: Sequence[Policy], *, war
         if left:
             raise AssertionError(f"policy {p.name} left {left} clicks unjudged")
     return ReplayResult(
-        warmup_events=w, users=[x.user for x in replay], items=[x.item for x in replay],
+        warmup_events=w, users=[x.user_id for x in replay], items=[x.item_id for x in replay],
         ts=np.array([x.ts for x in replay], dtype=np.float64), index=np.arange(w, w + n), cold=cold,
         results={p.name: p.result for p in policies}, facts={p.name: p.facts() for p in policies},
         policy_s=timing, wall_s=time.perf_counter() - t_all)

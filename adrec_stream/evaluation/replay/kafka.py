@@ -290,7 +290,7 @@ def judge(replay: list, clicks: list, recs: dict[str, dict[str, Any]], warm: lis
     """Judge every replayed click against the list the pipeline emitted after the user's previous click.
 
     Args:
-        replay: the replayed interactions; clicks: their :class:`~adrec_stream.stream.events.ClickEvent` (event
+        replay: the replayed interactions; clicks: their :class:`~adrec_stream.data.events.Interaction` (event
             ids); recs: event id -> the recommendation record read from the recommendations topic ("items",
             "model_version", "fallback"; :class:`~adrec_stream.stream.local.OutputCollector`).
         warm: the warm-up interactions (the users' histories before the replay, for the exclusion).
@@ -308,22 +308,22 @@ def judge(replay: list, clicks: list, recs: dict[str, dict[str, Any]], warm: lis
     version = np.full(n, -1, dtype=np.int64)
     seen: dict[str, set[str]] = {}
     for x in warm:
-        seen.setdefault(x.user, set()).add(x.item)
+        seen.setdefault(x.user_id, set()).add(x.item_id)
     previous: dict[str, str] = {}
     for pos, (x, c) in enumerate(zip(replay, clicks)):
-        rec = recs.get(previous.get(x.user, ""))
+        rec = recs.get(previous.get(x.user_id, ""))
         if rec is not None:
             has_rec[pos] = True
             fallback[pos] = bool(rec.get("fallback"))
             version[pos] = -1 if rec.get("model_version") is None else int(rec["model_version"])
-            mine = seen.get(x.user, set())
+            mine = seen.get(x.user_id, set())
             items = [str(i) for i in rec.get("items", []) if not (exclude_seen and str(i) in mine)][:K_MAX]
-            if x.item in items:
-                higher[pos] = items.index(x.item)
+            if x.item_id in items:
+                higher[pos] = items.index(x.item_id)
             elif len(items) < K_MAX:
                 truncated[pos] = True
-        previous[x.user] = c.event_id
-        seen.setdefault(x.user, set()).add(x.item)
+        previous[x.user_id] = c.event_id
+        seen.setdefault(x.user_id, set()).add(x.item_id)
     return KafkaRun(policy, higher, has_rec, fallback, truncated, version)
 
 

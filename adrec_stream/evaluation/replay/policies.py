@@ -131,7 +131,7 @@ class PopularityPolicy(Policy):
         self.items = _ItemIndex()
         counts: dict[int, int] = {}
         for x in warmup:
-            j = self.items.add(x.item)
+            j = self.items.add(x.item_id)
             counts[j] = counts.get(j, 0) + 1
         self.counts = np.array([counts[j] for j in range(len(self.items))], dtype=np.int64)
         self.sorted = np.sort(self.counts)
@@ -172,7 +172,7 @@ class RecentPopularityPolicy(Policy):
         self.counts = np.zeros(16, dtype=np.int64)
         self.recent: deque[int] = deque()
         for x in warmup:
-            self._add(x.item)
+            self._add(x.item_id)
 
     def _add(self, raw: str) -> None:
         j = self.items.add(raw)
@@ -217,7 +217,7 @@ class MarkovPolicy(Policy):
         self.last: dict[str, int] = {}
         self.big = len(warmup) + n_replay + 1  # > any popularity count: lexicographic (transitions, popularity)
         for x in warmup:
-            self._add(x.user, x.item)
+            self._add(x.user_id, x.item_id)
 
     def _add(self, user: str, raw: str) -> None:
         j = self.items.add(raw)

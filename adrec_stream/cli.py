@@ -22,10 +22,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "split-stats": ("adrec_stream.evaluation.split_stats",
                     "model-free val vs test statistics of a leave-one-out split (is the test step harder?)"),
     "bench": ("adrec_stream.bench.cli", "speed benchmarks against reference-equivalent paths"),
-    "broker": ("adrec_stream.stream.broker_cli", "start/stop/status of the embedded Kafka-compatible broker (Tansu)"),
+    "broker": ("adrec_stream.broker.cli", "start/stop/status of the embedded Kafka-compatible broker (Tansu)"),
     "worker": ("adrec_stream.stream.worker_cli", "run a streaming worker (ingest, score, finetune)"),
     "replay": ("adrec_stream.stream.replay", "replay a logged click file into the clicks topic"),
-    "demo": ("adrec_stream.stream.demo", "main job: broker + train + workers + replay + prequential summary"),
+    "demo": ("adrec_stream.demo", "main job: broker + train + workers + replay + prequential summary"),
     "model": ("adrec_stream.serving.model_cli", "list model versions in the registry, roll back to one"),
 }
 

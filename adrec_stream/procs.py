@@ -1,8 +1,9 @@
-"""Process helpers shared by the broker manager and the RocksDB store's lock reporting."""
+"""Process helpers shared by the broker manager, the local worker pipeline and the RocksDB store's lock reporting."""
 
 from __future__ import annotations
 
 import os
+import signal
 
 
 def pid_alive(pid: int) -> bool:
@@ -22,3 +23,15 @@ def pid_alive(pid: int) -> bool:
             return f.read().split(") ", 1)[1][:1] != "Z"
     except OSError:
         return True
+
+
+def die_with_parent() -> None:
+    """``preexec_fn`` for children owned by this process: on Linux the kernel sends them SIGTERM when the
+    parent dies (``prctl(PR_SET_PDEATHSIG)``), so a killed test session or demo leaves no broker/worker behind.
+    No-op elsewhere."""
+    try:
+        import ctypes  # noqa: PLC0415
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass

@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from adrec_stream.stream.broker import BrokerHandle, die_with_parent, ensure_topics, start_broker, stop_broker
+from adrec_stream.broker.admin import ensure_topics
+from adrec_stream.broker.process import BrokerHandle, start_broker, stop_broker
+from adrec_stream.procs import die_with_parent
 from adrec_stream.stream.config import BrokerConfig, StreamConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -6,12 +6,12 @@ import time
 from collections import defaultdict
 
 import orjson
+from conftest import send_checked
 
+from adrec_stream.data.events import Interaction
 from adrec_stream.state.partitioned import read_all
 from adrec_stream.stream.config import StreamConfig
-from adrec_stream.data.events import Interaction
 from adrec_stream.stream.events import encode_click
-from conftest import send_checked
 
 
 def produce_to(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes | None]], partition: int | None,
@@ -101,7 +101,8 @@ def restart_broker_empty(broker_cfg, port: int, outage_s: float, topics, hold=No
     """
     import signal
 
-    from adrec_stream.stream.broker import ensure_topics, start_broker, stop_broker
+    from adrec_stream.broker.admin import ensure_topics
+    from adrec_stream.broker.process import start_broker, stop_broker
 
     stop_broker(broker_cfg)
     time.sleep(outage_s)

@@ -12,17 +12,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from adrec_stream.broker import cli as broker_cli
+from adrec_stream.broker.admin import ensure_topics, list_topics, merge_end_offsets, true_end_offsets
+from adrec_stream.broker.process import effective_bootstrap, running_broker, start_broker, stop_broker
 from adrec_stream.errors import BrokerError
-from adrec_stream.stream import broker_cli
-from adrec_stream.stream.broker import (
-    effective_bootstrap,
-    ensure_topics,
-    list_topics,
-    running_broker,
-    start_broker,
-    stop_broker,
-)
-from adrec_stream.stream.compat import consumer_timing, merge_end_offsets, true_end_offsets
+from adrec_stream.stream.compat import consumer_timing
 from adrec_stream.stream.config import BrokerConfig, StreamConfig, TopicConfig
 
 pytestmark = pytest.mark.broker
@@ -97,7 +91,7 @@ def test_ensure_topics_creates_missing_only(broker):
 
 
 def test_unreachable_cluster_is_a_broker_error(tmp_path: Path):
-    from adrec_stream.stream.broker import free_port
+    from adrec_stream.broker.process import free_port
 
     with pytest.raises(BrokerError, match="cannot reach a Kafka broker"):
         list_topics(f"127.0.0.1:{free_port()}", timeout_s=2.0)
@@ -154,7 +148,7 @@ def test_owned_broker_dies_with_its_parent(tmp_path: Path):
     d = tmp_path / "b"
     code = (
         "import sys, time\n"
-        "from adrec_stream.stream.broker import start_broker\n"
+        "from adrec_stream.broker.process import start_broker\n"
         "from adrec_stream.stream.config import BrokerConfig\n"
         f"cfg = BrokerConfig(data_dir={str(d)!r}, pid_file={str(d / 'p')!r}, log_file={str(d / 'l')!r})\n"
         "h = start_broker(cfg, port=0, owned=True)\n"

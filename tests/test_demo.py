@@ -12,7 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import REPO_ROOT
 
+from adrec_stream import demo
 from adrec_stream.config import load_config
 from adrec_stream.errors import ConfigError, DataFileError
 from adrec_stream.evaluation.prequential import (
@@ -22,8 +24,6 @@ from adrec_stream.evaluation.prequential import (
     prequential_metrics,
 )
 from adrec_stream.serving.registry import ModelRegistry
-from adrec_stream.stream import demo
-from conftest import REPO_ROOT
 
 ML100K = REPO_ROOT.parent / "shared" / "data" / "events" / "ml-100k" / "u.data"
 

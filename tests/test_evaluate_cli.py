@@ -49,7 +49,8 @@ def test_train_writes_stage_checkpoints_and_meta(trained: tuple[Path, Path]) -> 
     assert ck.vocab[:3] == ["1", "2", "3"] and len(ck.vocab) == 1008
     m = ck.meta
     assert m["dataset"] == "ml-100k" and m["seed"] == 11 and m["stage"] == "finetune"
-    assert m["stage_epochs"] == {"pretrain": 1, "align": 1, "finetune": 2} and len(m["item_counts"]) == 1009 and m["item_counts"][0] == 0
+    assert m["stage_epochs"] == {"pretrain": 1, "align": 1, "finetune": 2}
+    assert len(m["item_counts"]) == 1009 and m["item_counts"][0] == 0
     assert ck.config["train"]["seed"] == 11 and ck.config["model"]["hidden_size"] == 16
     assert 0 < m["best_val_metric"] < 1 and m["wall_s"] > 0
     pre = load_checkpoint(out / "pretrain")

@@ -12,13 +12,13 @@ import time
 
 import orjson
 import pytest
+from conftest import consume, last_log_event, produce
 
+from adrec_stream.broker.process import effective_bootstrap
+from adrec_stream.data.events import Interaction
 from adrec_stream.model.checkpoint import load_checkpoint
 from adrec_stream.serving.registry import ModelRegistry
-from adrec_stream.stream.broker import effective_bootstrap
-from adrec_stream.data.events import Interaction
 from adrec_stream.stream.events import encode_click
-from conftest import consume, last_log_event, produce
 
 pytestmark = pytest.mark.broker
 
@@ -76,9 +76,8 @@ def test_new_items_enter_the_model_and_the_scorer_swaps_once(stream_config, tiny
     stop = threading.Event()
 
     def trickle() -> None:
-        from kafka import KafkaProducer
-
         from conftest import send_checked
+        from kafka import KafkaProducer
 
         producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
         try:

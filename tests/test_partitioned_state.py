@@ -8,11 +8,17 @@ import threading
 
 import pytest
 
-from adrec_stream.errors import StoreError, StoreLockedError
-from adrec_stream.state.partitioned import (PartitionStores, open_store_waiting, partition_for_key,
-                                            partition_store_path, read_all, user_sequence)
-from adrec_stream.state.store import SequenceStore, SourceRecord
 from adrec_stream.data.events import Interaction
+from adrec_stream.errors import StoreError, StoreLockedError
+from adrec_stream.state.partitioned import (
+    PartitionStores,
+    open_store_waiting,
+    partition_for_key,
+    partition_store_path,
+    read_all,
+    user_sequence,
+)
+from adrec_stream.state.store import SequenceStore, SourceRecord
 
 KEYS = [f"u{i}".encode() for i in range(300)] + [b"", b"\x00\xff", "ü-é".encode(), b"x" * 100]
 
@@ -50,7 +56,7 @@ def test_partition_for_key_equals_where_the_broker_put_the_records(stream_config
     """Keyed records produced with the default partitioner land where partition_for_key says (real broker)."""
     from conftest import consume, produce
 
-    from adrec_stream.stream.broker import effective_bootstrap
+    from adrec_stream.broker.process import effective_bootstrap
 
     bootstrap = effective_bootstrap(stream_config)
     topic = stream_config.topics.clicks.name

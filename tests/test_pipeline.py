@@ -7,13 +7,13 @@ from collections import defaultdict
 
 import orjson
 import pytest
+from conftest import consume, last_log_event, produce
 
+from adrec_stream.broker.process import effective_bootstrap
+from adrec_stream.data.events import Interaction
 from adrec_stream.state.partitioned import read_all, user_sequence
 from adrec_stream.stream.app import EXIT_AGENT_CRASHED
-from adrec_stream.stream.broker import effective_bootstrap
-from adrec_stream.data.events import Interaction
 from adrec_stream.stream.events import encode_click
-from conftest import consume, last_log_event, produce
 
 pytestmark = pytest.mark.broker
 

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import torch
 
+from adrec_stream.data.events import Interaction
 from adrec_stream.model import ModelConfig, build_model, save_checkpoint
 from adrec_stream.serving.recommender import Recommender
 from adrec_stream.state.store import SequenceStore, SourceRecord
 from adrec_stream.stream.app import recommend_batch
-from adrec_stream.data.events import Interaction
 
 
 def _rec(p: int, o: int, user: str | None, item: str = "1") -> SourceRecord:

@@ -1,4 +1,4 @@
-"""Reliability scenarios of issue 4 (fast part): real Tansu broker (session fixture), real RocksDB, real
+"""Reliability scenarios (fast part): real Tansu broker (session fixture), real RocksDB, real
 worker subprocesses. Slow crash / long-outage scenarios are in test_reliability_slow.py, the two-worker
 rebalance (scenario 4) in test_reliability_rebalance.py.
 
@@ -14,16 +14,22 @@ import time
 
 import orjson
 import pytest
+from conftest import REPO_ROOT, consume, last_log_event, write_stream_config
+from reliability_helpers import (
+    by_event_id,
+    click_records,
+    committed_offsets,
+    produce_to,
+    store_contents,
+    wait_committed,
+)
 
+from adrec_stream.broker.process import effective_bootstrap
+from adrec_stream.data.events import Interaction
 from adrec_stream.state.partitioned import partition_store_path
 from adrec_stream.state.store import SequenceStore
 from adrec_stream.stream.app import EXIT_AGENT_CRASHED
-from adrec_stream.stream.broker import effective_bootstrap
-from adrec_stream.data.events import Interaction
 from adrec_stream.stream.events import encode_click
-from conftest import REPO_ROOT, consume, last_log_event, write_stream_config
-from reliability_helpers import (by_event_id, click_records, committed_offsets, produce_to, store_contents,
-                                 wait_committed)
 
 pytestmark = pytest.mark.broker
 

@@ -10,14 +10,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from adrec_stream.stream.broker import ensure_topics, start_broker, stop_broker
-from adrec_stream.stream.compat import true_end_offsets
-from adrec_stream.stream.config import BrokerConfig
-from adrec_stream.data.events import Interaction
 from conftest import consume, last_log_event
-from reliability_helpers import (by_event_id, click_records, expected_windows, produce_to, restart_broker_empty,
-                                 store_contents, wait_committed)
+from reliability_helpers import (
+    by_event_id,
+    click_records,
+    expected_windows,
+    produce_to,
+    restart_broker_empty,
+    store_contents,
+    wait_committed,
+)
+
+from adrec_stream.broker.admin import ensure_topics, true_end_offsets
+from adrec_stream.broker.process import start_broker, stop_broker
+from adrec_stream.data.events import Interaction
+from adrec_stream.stream.config import BrokerConfig
 
 pytestmark = pytest.mark.broker
 

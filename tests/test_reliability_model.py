@@ -8,11 +8,11 @@ import math
 
 import torch
 
+from adrec_stream.data.events import Interaction
 from adrec_stream.model import ModelConfig, build_model, save_checkpoint
 from adrec_stream.serving.recommender import Recommender, ReloadingRecommender
 from adrec_stream.serving.registry import ModelRegistry
 from adrec_stream.state.store import SequenceStore, SourceRecord
-from adrec_stream.data.events import Interaction
 
 OLD_VOCAB = [str(i) for i in range(1, 11)]  # raw "1".."10" -> internal 1..10
 

@@ -14,13 +14,13 @@ import threading
 import time
 
 import pytest
-
-from adrec_stream.state.partitioned import partition_for_key
-from adrec_stream.stream.broker import effective_bootstrap
-from adrec_stream.data.events import Interaction
-from adrec_stream.stream.events import encode_click
 from conftest import consume, last_log_event
 from reliability_helpers import by_event_id, expected_windows, store_contents
+
+from adrec_stream.broker.process import effective_bootstrap
+from adrec_stream.data.events import Interaction
+from adrec_stream.state.partitioned import partition_for_key
+from adrec_stream.stream.events import encode_click
 
 pytestmark = pytest.mark.broker  # ~40 s: in the default suite
 

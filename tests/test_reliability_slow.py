@@ -4,11 +4,11 @@ and of the scoring worker in the middle of 10,000 clicks, against the real broke
 from __future__ import annotations
 
 import pytest
-
-from adrec_stream.stream.broker import effective_bootstrap
-from adrec_stream.data.events import Interaction
 from conftest import consume, last_log_event
 from reliability_helpers import by_event_id, click_records, expected_windows, kill9_after, produce_to, store_contents
+
+from adrec_stream.broker.process import effective_bootstrap
+from adrec_stream.data.events import Interaction
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 

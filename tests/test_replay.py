@@ -8,12 +8,12 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from conftest import REPO_ROOT, consume, write_stream_config
 
 from adrec_stream.data.events import chronological_split, read_interactions
 from adrec_stream.errors import ConfigError
 from adrec_stream.stream import replay
 from adrec_stream.stream.events import decode_click
-from conftest import REPO_ROOT, consume, write_stream_config
 
 ML100K = REPO_ROOT.parent / "shared" / "data" / "events" / "ml-100k" / "u.data"
 needs_ml100k = pytest.mark.skipif(not ML100K.is_file(), reason=f"{ML100K} not present")
@@ -71,7 +71,7 @@ def test_replay_creates_a_missing_clicks_topic_with_the_configured_partitions(st
                                                                                capsys):
     """Without the explicit creation, Tansu auto-creates a topic a producer sends to with 4 partitions
     (whatever the client asks); the ingest workers' keyed state expects the configured count (3 here)."""
-    from adrec_stream.stream.broker import list_topics
+    from adrec_stream.broker.admin import list_topics
 
     fresh = stream_config.topics.clicks.model_copy(update={"name": stream_config.topics.clicks.name + "-new",
                                                           "partitions": 3})

@@ -434,7 +434,7 @@ def test_cli_errors_are_one_line_errors(tmp_path: Path) -> None:
 def test_demo_and_replay_share_the_cache_key(tmp_path: Path) -> None:
     """The demo finds its trained model under the shared helper's key (one cache rule for both commands)."""
     from adrec_stream.data.events import Interaction
-    from adrec_stream.stream.demo import DemoConfig, prepare_model
+    from adrec_stream.demo import DemoConfig, prepare_model
     from adrec_stream.training.cache import cached_checkpoint_path, training_cache_key
     from adrec_stream.training.config import load_experiment
 

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from adrec_stream.data.events import read_interactions
+from adrec_stream.data.events import Interaction, read_interactions
 from adrec_stream.errors import StoreError
 from adrec_stream.state.store import SequenceStore, SequenceUpdate, SourceRecord
-from adrec_stream.data.events import Interaction
 
 ML100K = Path(__file__).resolve().parents[2] / "shared" / "data" / "events" / "ml-100k" / "u.data"
 

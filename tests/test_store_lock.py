@@ -12,9 +12,9 @@ from collections import defaultdict
 
 import pytest
 
+from adrec_stream.data.events import Interaction
 from adrec_stream.errors import StoreLockedError
 from adrec_stream.state.store import SequenceStore, SourceRecord, pid_file_for
-from adrec_stream.data.events import Interaction
 
 N_RECORDS = 20_000
 N_USERS = 37

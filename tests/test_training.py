@@ -15,9 +15,9 @@ from adrec_stream.errors import ConfigError, TrainingDivergedError
 from adrec_stream.evaluation.metrics import hit_ndcg, ranks_of_targets, summarize
 from adrec_stream.evaluation.offline import popularity_scores
 from adrec_stream.model import ModelConfig, build_model
+from adrec_stream.runtime import resolve_device
 from adrec_stream.training import trainer
 from adrec_stream.training.config import ExperimentConfig, TrainConfig
-from adrec_stream.runtime import resolve_device
 from adrec_stream.training.trainer import train_model
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "adrec"

@@ -11,19 +11,10 @@ from __future__ import annotations
 import argparse
 import json
 
+from adrec_stream.argtypes import positive_int
+
 DEFAULT_DATASET = "../shared/data/adrec/baby/dataset.pkl"
 DEFAULT_EVENTS = "../shared/data/events/ml-100k/u.data"
-
-
-def _positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,23 +26,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
     parser.add_argument(
-        "--steps", type=_positive_int, default=None,
+        "--steps", type=positive_int, default=None,
         help="train: batches measured per side (default: the whole fast epoch and 3 reference batches)",
     )
-    parser.add_argument("--users", type=_positive_int, default=2000, help="score: users for the fast path (default 2000)")
+    parser.add_argument("--users", type=positive_int, default=2000, help="score: users for the fast path (default 2000)")
     parser.add_argument(
-        "--reference-users", type=_positive_int, default=30, help="score: users for the per-user reference path (default 30)"
+        "--reference-users", type=positive_int, default=30, help="score: users for the per-user reference path (default 30)"
     )
     parser.add_argument(
-        "--batch-size", type=_positive_int, default=None, help="train: windows per batch (512); score: users per batch (1024)"
+        "--batch-size", type=positive_int, default=None, help="train: windows per batch (512); score: users per batch (1024)"
     )
-    parser.add_argument("--rounds", type=_positive_int, default=5,
+    parser.add_argument("--rounds", type=positive_int, default=5,
                         help="score: interleaved measurement rounds; speedup = median per-round ratio (default 5)")
     parser.add_argument("--checkpoint", default=None,
                         help="score: time a trained checkpoint instead of fresh weights; finetune: the serving model "
                              "(its vocabulary must hold the log's raw item ids, e.g. var/demo-cache/adrec-*/model.pt)")
     parser.add_argument("--data", default=DEFAULT_EVENTS, help=f"finetune: interaction log (default {DEFAULT_EVENTS})")
-    parser.add_argument("--window-events", type=_positive_int, default=10000,
+    parser.add_argument("--window-events", type=positive_int, default=10000,
                         help="finetune: fresh clicks of the round, right after the first 80%% of the log "
                              "(default 10000)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -60,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--denoiser", choices=["att", "mlp"], default="att", help="denoiser of the fresh model (default att)"
     )
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
-    parser.add_argument("--threads", type=_positive_int, default=None,
+    parser.add_argument("--threads", type=positive_int, default=None,
                         help="torch CPU threads (default: torch's choice; finetune: finetune.threads of "
                              "configs/stream.yaml)")
     parser.add_argument("--seed", type=int, default=2025)

@@ -122,10 +122,10 @@ def bench_train(
     for k in range(max(len(fast_idx), ref_count)):
         if k < len(fast_idx):
             h, t = (x.to(dev) for x in fast_batches[fast_idx[k]])
-            fast_times.append(timed(lambda: _fast_step(fast_model, fast_opt, h, t), dev))
+            fast_times.append(timed(lambda h=h, t=t: _fast_step(fast_model, fast_opt, h, t), dev))
         if k < ref_count:
             h, t = (x.to(dev) for x in ref_batches[k])
-            ref_times.append(timed(lambda: _reference_step(ref_model, ref_opt, h, t), dev))
+            ref_times.append(timed(lambda h=h, t=t: _reference_step(ref_model, ref_opt, h, t), dev))
 
     full_epoch = len(fast_idx) == n_fast
     epoch_s = sum(fast_times) * (1.0 if full_epoch else n_fast / len(fast_idx))

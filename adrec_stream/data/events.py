@@ -23,7 +23,7 @@ import io
 import math
 import re
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal, NamedTuple
 
@@ -71,7 +71,7 @@ def parse_timestamp(text: str) -> float:
     except ValueError:
         dt = datetime.fromisoformat(text)  # ValueError propagates
         if dt.tzinfo is None:
-            dt = dt.replace(tzinfo=timezone.utc)
+            dt = dt.replace(tzinfo=UTC)
         ts = dt.timestamp()
     if not math.isfinite(ts):
         raise ValueError(f"{text!r} is not finite")

@@ -17,8 +17,8 @@ arrived counts as a miss (HR = NDCG = 0) and is reported in ``missing``; duplica
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Hashable, Iterable, Mapping, Sequence
 
 import numpy as np
 

@@ -77,7 +77,7 @@ class FinetuneConfig(StrictModel):
     seed: int = 2025
 
     @model_validator(mode="after")
-    def _check(self) -> "FinetuneConfig":
+    def _check(self) -> FinetuneConfig:
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.holdout_min_events > self.holdout_max_events:

@@ -44,9 +44,9 @@ from adrec_stream.incremental.round import GUARD_METRIC, RoundOutcome, build_win
 from adrec_stream.incremental.updates import BadUpdateError, UpdateTracker, parse_update
 from adrec_stream.logging import get_logger
 from adrec_stream.model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from adrec_stream.runtime import resolve_device
 from adrec_stream.serving.registry import ModelRegistry
 from adrec_stream.stream.config import StreamConfig
-from adrec_stream.runtime import resolve_device
 
 #: records asked for per poll
 POLL_MAX_RECORDS = 5000
@@ -272,7 +272,7 @@ class FinetuneWorker:
     def _consumer(self) -> Any:
         from kafka import KafkaConsumer, TopicPartition  # noqa: PLC0415
 
-        from adrec_stream.stream.broker import effective_bootstrap  # noqa: PLC0415
+        from adrec_stream.broker.process import effective_bootstrap  # noqa: PLC0415
 
         consumer = KafkaConsumer(
             bootstrap_servers=effective_bootstrap(self.cfg).split(","), group_id=None, enable_auto_commit=False,
@@ -339,7 +339,8 @@ def run_finetune_worker(cfg: StreamConfig, *, device: str | None = None, hooks: 
     Raises:
         ConfigError: bad device. BrokerError: the cluster is unreachable.
     """
-    from adrec_stream.stream.broker import effective_bootstrap, ensure_topics  # noqa: PLC0415
+    from adrec_stream.broker.admin import ensure_topics  # noqa: PLC0415
+    from adrec_stream.broker.process import effective_bootstrap  # noqa: PLC0415
 
     worker = FinetuneWorker(cfg, device=device, hooks=hooks)  # a bad device fails before the broker is asked
     ensure_topics(effective_bootstrap(cfg), cfg.topics.all())

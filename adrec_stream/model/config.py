@@ -1,7 +1,7 @@
 """Model hyper-parameters (the ``model:`` section of an experiment YAML).
 
-Defaults follow the ADRec paper and its reference configuration (Chen, Xu, Jiang, KDD 2025; see
-/work/shared/docs/adrec-notes.md): d = 128, L = 50, 4 heads, 2 blocks, dropout 0.1 inside
+Defaults follow the ADRec paper and its reference configuration (Chen, Xu, Jiang, KDD 2025, and
+the configuration of its public reference code): d = 128, L = 50, 4 heads, 2 blocks, dropout 0.1 inside
 blocks and 0.3 on the input embeddings, T = 32 diffusion steps with the "trunc_lin" noise schedule,
 λ = 0.001, "att" denoiser and no positional embeddings.
 """

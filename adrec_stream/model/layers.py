@@ -17,7 +17,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
 #: (keys, values) of one block, each (B, H, P, d/H)
 KVCache = tuple[torch.Tensor, torch.Tensor]
 

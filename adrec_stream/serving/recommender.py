@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from adrec_stream.data.batching import left_pad
 from adrec_stream.errors import CheckpointError
 from adrec_stream.logging import get_logger
 from adrec_stream.model.checkpoint import Checkpoint, load_checkpoint
@@ -189,11 +190,7 @@ class Recommender:
         seen: list[list[int]] | None,
         out: list[Recommendation | None],
     ) -> None:
-        width = max(len(mapped[i]) for i in chunk)
-        hist = torch.zeros(len(chunk), width, dtype=torch.long)
-        for row, i in enumerate(chunk):
-            seq = mapped[i]
-            hist[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
+        hist = left_pad([mapped[i] for i in chunk])
         with torch.no_grad():
             scores = self.model.score(hist.to(self.device), deterministic=self.deterministic).float().cpu()
         if scores.shape != (len(chunk), self.n_items + 1):

@@ -39,9 +39,9 @@ from typing import NamedTuple
 import orjson
 from rocksdict import Options, Rdict, WriteBatch, WriteOptions
 
+from adrec_stream.data.events import Interaction
 from adrec_stream.errors import StoreError, StoreLockedError
 from adrec_stream.procs import pid_alive
-from adrec_stream.data.events import Interaction
 
 FORMAT_VERSION = b"1"
 _SEQ = b"s:"

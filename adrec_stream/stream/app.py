@@ -1,7 +1,7 @@
 """Faust apps of the two streaming workers: ingest (clicks -> state + sequence updates) and score.
 
-Ingest worker (consumer group ``groups.ingest``), at-least-once with exact state (shared/docs/broker-notes.md,
-"What held"): records are taken in batches with ``stream.noack_take(n, within)`` (values kept as raw bytes),
+Ingest worker (consumer group ``groups.ingest``), at-least-once with exact state: records are taken in batches with
+``stream.noack_take(n, within)`` (values kept as raw bytes),
 decoded with :func:`~adrec_stream.stream.events.decode_click`; malformed ones are sent to the dead-letter topic
 (reason + source partition/offset); one sequence update per click not yet applied is computed
 (:meth:`SequenceStore.preview`) and published; once all these deliveries are confirmed, the whole batch goes to
@@ -53,11 +53,11 @@ from typing import Any, Literal
 
 import orjson
 
+from adrec_stream.broker.process import effective_bootstrap
 from adrec_stream.logging import get_logger
-from adrec_stream.stream.broker import effective_bootstrap
 from adrec_stream.stream.compat import consumer_timing, install_faust_compat
 from adrec_stream.stream.config import StreamConfig
-from adrec_stream.stream.events import DecodeError, decode_click, dead_letter_record
+from adrec_stream.stream.events import DecodeError, dead_letter_record, decode_click
 
 #: Exit code of a worker whose agent crashed (the supervisor - demo, systemd - restarts it).
 EXIT_AGENT_CRASHED = 3
@@ -182,7 +182,7 @@ def build_app(cfg: StreamConfig, role: Role, *, exclude_history: bool = False,
     """Build the faust app of one worker role.
 
     Args:
-        cfg: stream config; the bootstrap address is :func:`~adrec_stream.stream.broker.effective_bootstrap`.
+        cfg: stream config; the bootstrap address is :func:`~adrec_stream.broker.process.effective_bootstrap`.
         role: "ingest" or "score".
         exclude_history: score worker: leave items already in the user's window out of the top-k.
         crash_after_batches: test hook: raise inside the handler after this many batches (before acking),

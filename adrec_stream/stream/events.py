@@ -28,7 +28,8 @@ Decoding rules (decided and tested here; producers should follow them):
 Every refusal raises :class:`DecodeError` with a short machine-readable ``reason`` code (``tombstone``,
 ``not_bytes``, ``too_large``, ``invalid_json``, ``not_an_object``, ``missing_user_id``, ``bad_user_id``,
 ``empty_key``, ``bad_key``, ``key_mismatch``, ``missing_item_id``, ``bad_item_id``, ``missing_ts``,
-``bad_ts``, ``bad_event_id``; ``undecodable`` only if a library failed unexpectedly) and a human ``detail``; ``str(err)`` is ``"reason: detail"``.
+``bad_ts``, ``bad_event_id``; ``undecodable`` only if a library failed unexpectedly) and a human ``detail``;
+``str(err)`` is ``"reason: detail"``.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from __future__ import annotations
 import base64
 import math
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import orjson
@@ -162,7 +163,7 @@ def _parse_ts(value: Any) -> float:
         except ValueError:
             raise DecodeError("bad_ts", f"{_short(value)} is not ISO-8601 (e.g. 2024-01-02T03:04:05Z)") from None
         if dt.tzinfo is None:
-            dt = dt.replace(tzinfo=timezone.utc)
+            dt = dt.replace(tzinfo=UTC)
         try:
             ts = dt.timestamp()
         except (OverflowError, OSError, ValueError):

@@ -27,7 +27,7 @@ import yaml
 from adrec_stream.config import CONFIG_DIR
 from adrec_stream.errors import AdrecStreamError
 from adrec_stream.logging import get_logger
-from adrec_stream.stream.broker import die_with_parent
+from adrec_stream.procs import die_with_parent
 
 #: the repository root: workers run there (``python -m workers.<role>``)
 REPO_ROOT = CONFIG_DIR.parent
@@ -143,9 +143,9 @@ def bootstrap_state(scfg: Any, train: list, source: str) -> dict[int, int]:
     the producer's default partitioner (:func:`~adrec_stream.state.partitioned.partition_for_key`), i.e.
     where the ingest worker that owns that partition will look for it. Returns clicks per partition.
     """
+    from adrec_stream.data.events import Interaction  # noqa: PLC0415
     from adrec_stream.state.partitioned import partition_for_key, partition_store_path  # noqa: PLC0415
     from adrec_stream.state.store import SequenceStore, SourceRecord  # noqa: PLC0415
-    from adrec_stream.data.events import Interaction  # noqa: PLC0415
 
     n = scfg.topics.clicks.partitions
     by_part: dict[int, list[SourceRecord]] = {}

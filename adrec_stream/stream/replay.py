@@ -17,12 +17,12 @@ import asyncio
 import math
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
-from adrec_stream.errors import ConfigError
 from adrec_stream.data.events import Interaction
+from adrec_stream.errors import ConfigError
 from adrec_stream.stream.events import encode_click
 
 
@@ -136,8 +136,9 @@ def run(args: argparse.Namespace) -> int:
     """CLI entry: read, select and produce; prints a one-line JSON summary."""
     import json  # noqa: PLC0415
 
+    from adrec_stream.broker.admin import ensure_topics  # noqa: PLC0415
+    from adrec_stream.broker.process import effective_bootstrap  # noqa: PLC0415
     from adrec_stream.data.events import read_interactions  # noqa: PLC0415
-    from adrec_stream.stream.broker import effective_bootstrap, ensure_topics  # noqa: PLC0415
     from adrec_stream.stream.worker_cli import load_from_args  # noqa: PLC0415
 
     cfg = load_from_args(args)

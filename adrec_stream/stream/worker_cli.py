@@ -66,7 +66,8 @@ def run_worker(cfg: StreamConfig, role: str, *, log_level: str = "INFO", exclude
         uvloop.install()
     except ImportError:
         pass
-    from adrec_stream.stream.broker import effective_bootstrap, ensure_topics  # noqa: PLC0415
+    from adrec_stream.broker.admin import ensure_topics  # noqa: PLC0415
+    from adrec_stream.broker.process import effective_bootstrap  # noqa: PLC0415
 
     log = get_logger("adrec_stream.worker", role=role)
     # fail fast with a clear message when the cluster is unreachable; create missing topics (faust itself

@@ -37,10 +37,10 @@ from tqdm.auto import tqdm
 
 from adrec_stream.data.batching import training_windows, window_batches
 from adrec_stream.errors import ConfigError, TrainingDivergedError
-from adrec_stream.runtime import resolve_device, seed_everything
 from adrec_stream.evaluation.offline import evaluate_model
 from adrec_stream.logging import get_logger
 from adrec_stream.model import SequenceModel, build_model
+from adrec_stream.runtime import resolve_device, seed_everything
 from adrec_stream.training.config import STAGES, ExperimentConfig
 
 

@@ -250,8 +250,8 @@ def run(args: argparse.Namespace) -> int:
 
     import torch  # noqa: PLC0415
 
-    from adrec_stream.training.config import load_experiment  # noqa: PLC0415
     from adrec_stream.runtime import resolve_device  # noqa: PLC0415
+    from adrec_stream.training.config import load_experiment  # noqa: PLC0415
 
     device = resolve_device(args.device)
     threads_before = torch.get_num_threads()

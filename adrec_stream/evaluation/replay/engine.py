@@ -1,6 +1,6 @@
 """The test-then-train replay loop and its tie-aware rank metrics (in-process mode of ``evaluate-replay``).
 
-Protocol (issue 9; prequential / test-then-train evaluation as in Gama et al., *On evaluating stream learning
+Protocol (prequential / test-then-train evaluation as in Gama et al., *On evaluating stream learning
 algorithms*, Machine Learning 2013, applied to next-item recommendation with full ranking as in the ADRec paper,
 Sec. 4.1):
 

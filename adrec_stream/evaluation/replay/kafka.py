@@ -25,7 +25,8 @@ on exactly the updates the in-process round saw, and a published version serves 
 
 Agreement (:func:`agreement`): on the clicks judged in both modes (a pipeline recommendation exists and its
 list was not cut below 20 items by the exclusion), the relative difference of NDCG@10 and HR@10 between the
-modes, the fraction of clicks with the same HR@10 outcome and the mean absolute per-click NDCG@10 difference. What may differ (docs/replay.md): ADRec's sampling noise
+modes, the fraction of clicks with the same HR@10 outcome and the mean absolute per-click NDCG@10 difference.
+What may differ (docs/replay.md): ADRec's sampling noise
 (the score worker's generator is not seeded), the version that served the first click of a user after a swap
 (the pipeline's list was made at the user's previous click, possibly by the older version; the in-process mode
 judges with the version serving at the click), and the popularity fallback's order among equal counts.
@@ -174,8 +175,8 @@ def run_policy(policy: str, *, warm: list, replay: list, source: str, checkpoint
         AdrecStreamError: a worker exited, the pipeline stalled, or the broker could not start.
         ConfigError: ``run_dir`` holds something this mode did not make.
     """
+    from adrec_stream.broker.process import start_broker, stop_broker  # noqa: PLC0415
     from adrec_stream.serving.registry import ModelRegistry  # noqa: PLC0415
-    from adrec_stream.stream.broker import start_broker, stop_broker  # noqa: PLC0415
     from adrec_stream.stream.local import (  # noqa: PLC0415
         WorkerProcess,
         bootstrap_state,

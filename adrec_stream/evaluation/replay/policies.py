@@ -1,4 +1,4 @@
-"""The policies of ``adrec-stream evaluate-replay`` (issue 9).
+"""The policies of ``adrec-stream evaluate-replay``.
 
 Model policies (ADRec, paper: Chen, Xu, Jiang, KDD 2025, arXiv 2505.19544; SASRec+ as its baseline):
 

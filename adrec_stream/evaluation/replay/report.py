@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -142,7 +142,8 @@ def build_metrics(result: ReplayResult, *, windows: int = 10, bootstrap: int = 1
     Returns:
         {"policies": {name: {"overall": {HR@5..NDCG@20 (click means), total, judged, cold, fallback,
         unknown_target, target_excluded, no_recommendation, mean_expected_rank (ranked targets)}, "windows":
-        [{window, start_pos, end_pos, start_ts, end_ts, counts and metrics}], "wall_s": {...}, facts (training, versions, rounds)}},
+        [{window, start_pos, end_pos, start_ts, end_ts, counts and metrics}], "wall_s": {...},
+        facts (training, versions, rounds)}},
         "gains": {"baseline", "resamples", "seed", "level", "users", "metrics": {metric: {policy: gain}}} or
         None when ``adrec-static`` was not replayed}.
     """
@@ -190,7 +191,7 @@ def _utc(ts: float | None) -> str:
     if ts is None:
         return "-"
     try:
-        return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M")
+        return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%d %H:%M")
     except (OverflowError, OSError, ValueError):
         return f"{ts:.0f}"
 
@@ -379,7 +380,7 @@ def write_plots(out_dir: Path, metrics: dict[str, Any]) -> list[Path]:
     pol = metrics["policies"]
 
     def when(ts: float) -> datetime:
-        return datetime.fromtimestamp(ts, tz=timezone.utc)
+        return datetime.fromtimestamp(ts, tz=UTC)
 
     for metric, fname in (("NDCG@10", PLOTS[0]), ("HR@10", PLOTS[1])):
         fig, ax = plt.subplots(figsize=(9, 4.8))

@@ -18,14 +18,15 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable
 
+from adrec_stream.broker.admin import ensure_topics, port_open
+from adrec_stream.broker.config import BrokerConfig, ClusterSettings, TopicConfig
 from adrec_stream.errors import BrokerError
 from adrec_stream.logging import get_logger
-from adrec_stream.procs import pid_alive
-from adrec_stream.stream.config import BrokerConfig, StreamConfig, TopicConfig
+from adrec_stream.procs import die_with_parent, pid_alive
 
 log = get_logger("adrec_stream.broker")
 
@@ -57,7 +58,7 @@ class BrokerHandle:
         return f"{self.host}:{self.port}"
 
 
-def effective_bootstrap(cfg: StreamConfig) -> str:
+def effective_bootstrap(cfg: ClusterSettings) -> str:
     """Bootstrap servers the clients use.
 
     External cluster (``broker.embedded: false``): ``bootstrap_servers``. Embedded broker: the address recorded
@@ -75,14 +76,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
-
-
-def _port_open(host: str, port: int, timeout: float = 0.2) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def _is_tansu(pid: int) -> bool:
@@ -126,18 +119,6 @@ def running_broker(cfg: BrokerConfig) -> BrokerHandle | None:
     )
 
 
-def die_with_parent() -> None:
-    """``preexec_fn`` for children owned by this process: on Linux the kernel sends them SIGTERM when the
-    parent dies (``prctl(PR_SET_PDEATHSIG)``), so a killed test session or demo leaves no broker/worker behind.
-    No-op elsewhere."""
-    try:
-        import ctypes  # noqa: PLC0415
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
 def start_broker(
     cfg: BrokerConfig,
     *,
@@ -177,7 +158,7 @@ def start_broker(
     port = cfg.port if port is None else port
     if port == 0:
         port = free_port(cfg.host)
-    if _port_open(cfg.host, port):
+    if port_open(cfg.host, port):
         raise BrokerError(f"port {cfg.host}:{port} is already in use; choose another with --port (0 = any free port)")
     for p in (Path(cfg.data_dir), Path(cfg.pid_file).parent, Path(cfg.log_file).parent):
         p.mkdir(parents=True, exist_ok=True)
@@ -205,7 +186,7 @@ def start_broker(
             _remove_files(cfg)
             raise BrokerError(f"tansu exited with code {proc.returncode} at start; log {cfg.log_file}:\n"
                               f"{_log_tail(cfg.log_file)}")
-        if _port_open(cfg.host, port):
+        if port_open(cfg.host, port):
             break
         if time.time() > deadline:
             _terminate(proc.pid, 2.0)
@@ -281,101 +262,3 @@ def stop_broker(cfg: BrokerConfig, timeout_s: float = 3.0) -> str:
     _remove_files(cfg)
     log.info("broker_stopped", pid=pid, how=how)
     return "not running" if how == "gone" else how
-
-
-def list_topics(bootstrap: str, timeout_s: float = 10.0) -> dict[str, int]:
-    """Topic name -> partition count, as reported by the cluster metadata (internal ``__`` topics left out).
-
-    Raises:
-        BrokerError: the broker could not be reached within ``timeout_s``.
-    """
-    from kafka import KafkaAdminClient  # noqa: PLC0415 - keep CLI start fast
-
-    if not any(_port_open(h, int(p), timeout=min(2.0, timeout_s))
-               for h, _, p in (s.strip().rpartition(":") for s in bootstrap.split(","))):
-        raise BrokerError(f"cannot reach a Kafka broker at {bootstrap}: no server accepts connections; is it "
-                          "running (`adrec-stream broker status`)?")
-    try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="adrec-stream-admin",
-                                 request_timeout_ms=int(timeout_s * 1000))
-    except Exception as err:  # noqa: BLE001 - kafka-python raises several unrelated types here
-        raise BrokerError(f"cannot reach a Kafka broker at {bootstrap}: {err}; is it running "
-                          "(`adrec-stream broker status`)?") from None
-    try:
-        meta = admin.describe_topics()
-        names = ((t.get("name") or t.get("topic"), t) for t in meta)
-        return {n: len(t["partitions"]) for n, t in names if n and not n.startswith("__")}
-    finally:
-        admin.close()
-
-
-def ensure_topics(bootstrap: str, topics: Iterable[TopicConfig], timeout_s: float = 10.0) -> list[str]:
-    """Create the topics that do not exist yet and wait until the metadata lists them all.
-
-    Existing topics are left as they are (a partition-count mismatch is logged, not changed).
-
-    Returns:
-        Names of the topics this call created.
-
-    Raises:
-        BrokerError: unreachable broker, creation refused, or topics not visible within ``timeout_s``.
-    """
-    from kafka import KafkaAdminClient  # noqa: PLC0415
-    from kafka.admin import NewTopic  # noqa: PLC0415
-    from kafka.errors import TopicAlreadyExistsError  # noqa: PLC0415
-
-    topics = list(topics)
-    deadline = time.time() + timeout_s
-    existing = list_topics(bootstrap, timeout_s)
-    missing = [t for t in topics if t.name not in existing]
-    for t in topics:
-        if t.name in existing and existing[t.name] != t.partitions:
-            log.warning("topic_partitions_differ", topic=t.name, existing=existing[t.name], configured=t.partitions)
-    if missing:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="adrec-stream-admin",
-                                 request_timeout_ms=int(timeout_s * 1000))
-        try:
-            for t in missing:
-                try:
-                    admin.create_topics([NewTopic(t.name, t.partitions, t.replication_factor)])
-                except TopicAlreadyExistsError:
-                    pass
-                except Exception as err:  # noqa: BLE001
-                    raise BrokerError(f"could not create topic {t.name!r} ({t.partitions} partitions) on "
-                                      f"{bootstrap}: {err}") from None
-        finally:
-            admin.close()
-    while True:
-        now = list_topics(bootstrap, timeout_s)
-        absent = [t.name for t in topics if now.get(t.name, 0) < 1]
-        if not absent:
-            break
-        if time.time() > deadline:
-            raise BrokerError(f"topics {absent} not visible on {bootstrap} after {timeout_s} s")
-        time.sleep(0.1)
-    if missing:
-        log.info("topics_created", topics={t.name: t.partitions for t in missing}, bootstrap=bootstrap)
-    return [t.name for t in missing]
-
-
-def broker_status(cfg: StreamConfig) -> dict:
-    """Status as a JSON-able dict: running/pid/bootstrap/log file, reachability and topics with partitions."""
-    out: dict = {"embedded": cfg.broker.embedded, "tansu_compat": cfg.broker.tansu_compat}
-    if cfg.broker.embedded:
-        h = running_broker(cfg.broker)
-        out.update(running=h is not None, pid_file=cfg.broker.pid_file, log_file=cfg.broker.log_file)
-        if h is None:
-            return out
-        out.update(pid=h.pid, bootstrap=h.bootstrap, uptime_s=round(time.time() - h.started_at, 1))
-        bootstrap = h.bootstrap
-    else:
-        bootstrap = cfg.bootstrap_servers
-        out["bootstrap"] = bootstrap
-    host, _, port = bootstrap.split(",")[0].rpartition(":")
-    out["reachable"] = _port_open(host, int(port), timeout=1.0)
-    if out["reachable"]:
-        try:
-            out["topics"] = list_topics(bootstrap, timeout_s=5.0)
-        except BrokerError as err:
-            out["topics_error"] = str(err)
-    return out

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 
+from adrec_stream.broker.admin import ensure_topics, list_topics, port_open
+from adrec_stream.broker.process import running_broker, start_broker, stop_broker
 from adrec_stream.errors import BrokerError
-from adrec_stream.stream.broker import broker_status, ensure_topics, start_broker, stop_broker
-from adrec_stream.stream.config import DEFAULT_STREAM_CONFIG, load_stream_config
+from adrec_stream.stream.config import DEFAULT_STREAM_CONFIG, StreamConfig, load_stream_config
 
 #: exit code of ``status`` when no broker answers at the configured / recorded address
 EXIT_NOT_REACHABLE = 3
@@ -51,3 +53,26 @@ def run(args: argparse.Namespace) -> int:
     how = stop_broker(cfg.broker)
     print(json.dumps({"stopped": how != "not running", "how": how}))
     return 0
+
+
+def broker_status(cfg: StreamConfig) -> dict:
+    """Status as a JSON-able dict: running/pid/bootstrap/log file, reachability and topics with partitions."""
+    out: dict = {"embedded": cfg.broker.embedded, "tansu_compat": cfg.broker.tansu_compat}
+    if cfg.broker.embedded:
+        h = running_broker(cfg.broker)
+        out.update(running=h is not None, pid_file=cfg.broker.pid_file, log_file=cfg.broker.log_file)
+        if h is None:
+            return out
+        out.update(pid=h.pid, bootstrap=h.bootstrap, uptime_s=round(time.time() - h.started_at, 1))
+        bootstrap = h.bootstrap
+    else:
+        bootstrap = cfg.bootstrap_servers
+        out["bootstrap"] = bootstrap
+    host, _, port = bootstrap.split(",")[0].rpartition(":")
+    out["reachable"] = port_open(host, int(port), timeout=1.0)
+    if out["reachable"]:
+        try:
+            out["topics"] = list_topics(bootstrap, timeout_s=5.0)
+        except BrokerError as err:
+            out["topics_error"] = str(err)
+    return out

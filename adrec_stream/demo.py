@@ -26,7 +26,7 @@ Steps (all settings in ``configs/demo.yaml``; relative paths there are relative 
    object with those figures.
 
 Everything started is stopped on exit, on errors and on Ctrl-C / SIGTERM (workers: SIGTERM then SIGKILL;
-broker: :func:`~adrec_stream.stream.broker.stop_broker`); the fine-tune worker is stopped with the others once the
+broker: :func:`~adrec_stream.broker.process.stop_broker`); the fine-tune worker is stopped with the others once the
 replay drained (a round in progress is abandoned, nothing half-published). A Faust worker that exits with
 :data:`~adrec_stream.stream.app.EXIT_AGENT_CRASHED` is restarted (it resumes from its committed offset); the
 fine-tune worker is restarted after an error exit (1; it rebuilds its state from the topic and the registry).
@@ -48,6 +48,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from adrec_stream.argtypes import non_negative_float, positive_int
 from adrec_stream.config import CONFIG_DIR, StrictModel, load_config
 from adrec_stream.errors import ConfigError, DataFileError
 from adrec_stream.logging import get_logger
@@ -307,7 +308,8 @@ def _finetune_report(ft: dict[str, Any], rounds: list[dict[str, Any]], initial: 
     rej = ", ".join(f"{k}: {n}" for k, n in sorted(ft["rejected_by_reason"].items()))
     skip = ", ".join(f"{k}: {n}" for k, n in sorted(ft["skipped_by_reason"].items()))
     stale = f"{ft['staleness_s']:.1f} s" if ft["staleness_s"] is not None else "n/a (nothing published)"
-    lines = [f"fine-tune: {ft['finetune_rounds']} round{'' if ft['finetune_rounds'] == 1 else 's'} trained ({ft['published']} published, "
+    n = ft["finetune_rounds"]
+    lines = [f"fine-tune: {n} round{'' if n == 1 else 's'} trained ({ft['published']} published, "
              f"{ft['rounds_rejected']} rejected{f' ({rej})' if rej else ''}), {ft['skipped']} skipped"
              f"{f' ({skip})' if skip else ''}; registry v{initial} -> v{max(versions, default=initial)} "
              f"({added} versions published during the run); staleness (oldest trained click's ingest -> publish, "
@@ -327,32 +329,19 @@ def _on_sigterm(signum: int, frame: Any) -> None:  # noqa: ARG001
     raise KeyboardInterrupt
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register ``--data``, ``--config`` and ``--limit``."""
     parser.add_argument("--data", default=None,
                         help="interaction log (default from configs/demo.yaml: ../shared/data/events/ml-100k/u.data)")
     parser.add_argument("--config", default=str(DEFAULT_DEMO_CONFIG), help="demo config YAML")
-    parser.add_argument("--limit", type=_positive_int, default=None, help="replay at most N held-out events (N >= 1)")
-    parser.add_argument("--rate", type=_non_negative_float, default=None,
+    parser.add_argument("--limit", type=positive_int, default=None, help="replay at most N held-out events (N >= 1)")
+    parser.add_argument("--rate", type=non_negative_float, default=None,
                         help="replay rate (events/s; default: config, 0 = max)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo; returns 0 when every valid click got a recommendation, 1 otherwise."""
+    from adrec_stream.broker.process import start_broker, stop_broker  # noqa: PLC0415
     from adrec_stream.data.events import chronological_split, read_interactions  # noqa: PLC0415
     from adrec_stream.evaluation.prequential import (  # noqa: PLC0415
         latency_percentiles,
@@ -361,7 +350,6 @@ def run(args: argparse.Namespace) -> int:
         prequential_metrics,
     )
     from adrec_stream.serving.registry import ModelRegistry  # noqa: PLC0415
-    from adrec_stream.stream.broker import start_broker, stop_broker  # noqa: PLC0415
     from adrec_stream.stream.replay import select_clicks  # noqa: PLC0415
 
     over: dict[str, Any] = {}

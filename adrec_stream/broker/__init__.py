@@ -1,0 +1,1 @@
+"""The Kafka-compatible broker: embedded Tansu process management, topic administration, its CLI."""

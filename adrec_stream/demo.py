@@ -53,6 +53,7 @@ from adrec_stream.config import CONFIG_DIR, StrictModel, load_config
 from adrec_stream.errors import ConfigError, DataFileError
 from adrec_stream.logging import get_logger
 from adrec_stream.stream.local import (
+    READY_MARKERS,
     REPO_ROOT,
     OutputCollector,
     WorkerProcess,
@@ -408,7 +409,7 @@ def run(args: argparse.Namespace) -> int:
             version = registry.publish(ckpt, meta={"source": "demo", **{k: v for k, v in facts.items()}})
             _say(f"broker: embedded Tansu at {handle.bootstrap} (memory storage, tansu_compat on); "
                  f"model registry version {version} at {scfg.registry_dir}")
-            extra = ["--exclude-history"] if dcfg.exclude_history else []
+            extra = ["--set", f"scoring.seen_items={'exclude' if dcfg.exclude_history else 'keep'}"]
             workers = [WorkerProcess("ingest", scfg_path, run_dir / "logs", []),
                        WorkerProcess("score", scfg_path, run_dir / "logs", extra)]
             finetuner: WorkerProcess | None = None
@@ -420,10 +421,7 @@ def run(args: argparse.Namespace) -> int:
             for w in workers:
                 stack.callback(w.stop)
                 w.start()
-            ready_s = wait_ready(workers, {"ingest": ['"partitions_assigned"'],
-                                            "score": ['"partitions_assigned"', '"model_version_loaded"'],
-                                            "finetune": ['"finetune_started"']},
-                                  dcfg.ready_timeout_s)
+            ready_s = wait_ready(workers, READY_MARKERS, dcfg.ready_timeout_s)
             ft_pid = f", fine-tune pid {finetuner.proc.pid}" if finetuner is not None else ""
             _say(f"workers: ingest pid {workers[0].proc.pid}, score pid {workers[1].proc.pid}{ft_pid} ready "
                  f"(consumer groups joined) in {ready_s:.1f} s (logs in {run_dir / 'logs'})")
@@ -433,7 +431,8 @@ def run(args: argparse.Namespace) -> int:
             # the ExitStack stops the workers (the fine-tune worker first, a round in progress is abandoned)
         replay, recs = res["replay"], res["recs"]
         stream = [(c.user_id, c.item_id, c.event_id) for c in clicks]
-        rec_items = {e: r.get("items", []) for e, r in recs.items()}
+        # a superseded record holds the list made after a LATER click of the user: not judged (stream/score.py)
+        rec_items = {e: r.get("items", []) for e, r in recs.items() if not r.get("superseded_by")}
         pq = prequential_metrics(stream, rec_items, k=dcfg.top_k)
         by_version = prequential_by_group(stream, rec_items, {e: r.get("model_version") for e, r in recs.items()},
                                           k=dcfg.top_k)

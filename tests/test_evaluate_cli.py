@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from adrec_stream.cli import build_parser, main
-from adrec_stream.model import load_checkpoint
+from adrec_stream.model import ADRec, ModelConfig, build_model, load_checkpoint, save_checkpoint
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "adrec"
 ML100K = DATA / "ml-100k" / "dataset.pkl"
-KEYS = {"HR@5", "NDCG@5", "HR@10", "NDCG@10", "HR@20", "NDCG@20", "n_users"}
+METRICS = {"HR@5", "NDCG@5", "HR@10", "NDCG@10", "HR@20", "NDCG@20"}
+KEYS = METRICS | {"n_users", "steps", "deterministic", "seed", "threads", "wall_s", "users_per_s"}
 
 TINY = """
 model: {kind: adrec, hidden_size: 16, num_heads: 2, max_len: 10, diffusion_steps: 4}
@@ -61,10 +62,14 @@ def test_evaluate_prints_one_json_object(trained: tuple[Path, Path], capsys: pyt
     _, out = trained
     res = _evaluate(capsys, "--checkpoint", str(out), "--dataset", str(ML100K), "--split", "test")
     assert set(res) == KEYS and res["n_users"] == 938
-    assert all(0.0 <= res[k] <= 1.0 for k in KEYS - {"n_users"})
+    assert all(0.0 <= res[k] <= 1.0 for k in METRICS)
     assert res["HR@5"] <= res["HR@10"] <= res["HR@20"] and res["NDCG@5"] <= res["NDCG@20"] <= res["HR@20"]
+    # the sampling settings actually used (defaults: T = diffusion_steps of the tiny config, with noise)
+    assert res["steps"] == 4 and res["deterministic"] is False and res["seed"] == 0 and res["threads"] >= 1
+    assert res["wall_s"] > 0 and res["users_per_s"] == pytest.approx(938 / res["wall_s"], rel=0.01)
     again = _evaluate(capsys, "--checkpoint", str(out), "--dataset", str(ML100K), "--split", "test")
-    assert again == res  # seeded sampling noise: reproducible
+    timing = {"wall_s", "users_per_s"}
+    assert {k: again[k] for k in KEYS - timing} == {k: res[k] for k in KEYS - timing}  # seeded noise: reproducible
 
 
 def test_val_evaluation_matches_the_selection_metric(trained: tuple[Path, Path],
@@ -112,3 +117,85 @@ def test_train_help_explains_stage_chaining() -> None:
     sub = next(a for a in parser._actions if a.dest == "command").choices["train"]
     text = sub.format_help()
     assert "loads the previous stage's output from DIR" in text and "--no-progress" in text
+
+
+@pytest.fixture(scope="module")
+def t32(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained tiny ADRec with T = 32 diffusion steps over ml-100k's 1008 items (scores only, no training)."""
+    torch.manual_seed(3)
+    model = build_model(1008, ModelConfig(hidden_size=16, num_heads=2, num_blocks=1, max_len=10, diffusion_steps=32))
+    path = tmp_path_factory.mktemp("t32")
+    save_checkpoint(path, model.eval(), vocab=[str(i) for i in range(1, 1009)], config={})
+    return path
+
+
+@pytest.fixture
+def score_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[dict, torch.Tensor]]:
+    """Records (keyword arguments, returned scores) of every ADRec.score call."""
+    calls: list[tuple[dict, torch.Tensor]] = []
+    original = ADRec.score
+
+    def spy(self: ADRec, history: torch.Tensor, **kwargs: object) -> torch.Tensor:
+        out = original(self, history, **kwargs)
+        calls.append((kwargs, out.clone()))
+        return out
+
+    monkeypatch.setattr(ADRec, "score", spy)
+    return calls
+
+
+def _scores_of(calls: list[tuple[dict, torch.Tensor]], capsys: pytest.CaptureFixture[str],
+               *args: str) -> tuple[dict, dict, torch.Tensor]:
+    """Evaluate (ml-100k test, batches of 400 users) and return (JSON result, kwargs of the first score call, all
+    scores concatenated in call order)."""
+    calls.clear()
+    res = _evaluate(capsys, "--dataset", str(ML100K), "--split", "test", "--batch-size", "400", "--threads", "1",
+                    *args)
+    assert len(calls) == 3  # 938 users in batches of 400
+    return res, calls[0][0], torch.cat([c[1] for c in calls])
+
+
+def test_steps_and_deterministic_reach_the_model(t32: Path, score_calls: list,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    ck = ("--checkpoint", str(t32))
+    full, kw, s_full = _scores_of(score_calls, capsys, *ck, "--seed", "7")
+    assert full["steps"] == 32 and full["deterministic"] is False and full["seed"] == 7
+    assert kw["steps"] == 32 and kw["deterministic"] is False and isinstance(kw["generator"], torch.Generator)
+    explicit, _, s_explicit = _scores_of(score_calls, capsys, *ck, "--seed", "7", "--steps", "32",
+                                         "--no-deterministic")
+    assert torch.equal(s_explicit, s_full)  # the default is T = 32 with noise
+
+    one, kw, s_one = _scores_of(score_calls, capsys, *ck, "--seed", "7", "--steps", "1")
+    assert one["steps"] == 1 and kw["steps"] == 1 and kw["deterministic"] is False
+    assert (s_one - s_full)[:, 1:].abs().max() > 1e-6  # a different reverse process, same seed
+
+    det, kw, s_det = _scores_of(score_calls, capsys, *ck, "--seed", "7", "--deterministic")
+    assert det["steps"] == 32 and det["deterministic"] is True and kw["deterministic"] is True
+    assert (s_det - s_full)[:, 1:].abs().max() > 1e-6
+    det_one, _, s_det_one = _scores_of(score_calls, capsys, *ck, "--seed", "7", "--steps", "1", "--deterministic")
+    assert (s_det_one - s_det)[:, 1:].abs().max() > 1e-6 and (s_det_one - s_one)[:, 1:].abs().max() > 1e-6
+
+    # deterministic sampling ignores the seed; stochastic sampling does not
+    _, _, s_det_other_seed = _scores_of(score_calls, capsys, *ck, "--seed", "8", "--deterministic")
+    assert torch.equal(s_det_other_seed, s_det)
+    _, _, s_other_seed = _scores_of(score_calls, capsys, *ck, "--seed", "8")
+    assert not torch.equal(s_other_seed, s_full)
+
+
+def test_steps_outside_one_to_t_are_clear_errors(t32: Path, trained: tuple[Path, Path],
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["evaluate", "--dataset", str(ML100K), "--json", "--threads", "1"]
+    capsys.readouterr()
+    assert main([*base, "--checkpoint", str(t32), "--steps", "33"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "--steps 33 is outside 1..32" in captured.err and "diffusion_steps T = 32" in captured.err
+    with pytest.raises(SystemExit) as exc:
+        main([*base, "--checkpoint", str(t32), "--steps", "0"])
+    assert exc.value.code == 2 and "expected an integer >= 1, got 0" in capsys.readouterr().err
+    # a SASRec checkpoint (the fixture's stage-1 model) has no diffusion: the options are refused, not ignored
+    _, out = trained
+    assert main([*base, "--checkpoint", str(out / "pretrain"), "--steps", "1"]) == 2
+    assert "ADRec checkpoints only" in capsys.readouterr().err
+    res = _evaluate(capsys, "--checkpoint", str(out / "pretrain"), "--dataset", str(ML100K), "--threads", "1")
+    assert res["steps"] is None and res["deterministic"] is None and res["users_per_s"] > 0

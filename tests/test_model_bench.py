@@ -7,11 +7,12 @@ import pickle
 from pathlib import Path
 
 import pytest
+import torch
 
-from adrec_stream.bench.score_bench import bench_score
+from adrec_stream.bench.score_bench import batch_sweep, bench_score
 from adrec_stream.bench.train_bench import bench_train
 from adrec_stream.cli import main
-from adrec_stream.model import ModelConfig
+from adrec_stream.model import ModelConfig, build_model
 
 BABY = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "adrec" / "baby" / "dataset.pkl"
 TINY_CFG = ModelConfig(hidden_size=16, num_heads=2, max_len=10, diffusion_steps=4)
@@ -46,7 +47,7 @@ def test_bench_train_reports_both_paths(tiny_dataset: Path):
 
 
 def test_bench_score_paths_agree(tiny_dataset: Path):
-    res = bench_score(tiny_dataset, users=24, reference_users=3, batch_size=10, cfg=TINY_CFG)
+    res = bench_score(tiny_dataset, users=24, reference_users=3, batch_size=10, cfg=TINY_CFG, sweep=False)
     assert res["users_measured"] == 24 and res["reference_users_measured"] == 3
     assert res["max_abs_score_diff"] < 1e-5
     assert res["per_user_ms"] > 0 and res["sampling_steps"] == 4
@@ -61,11 +62,23 @@ def test_bench_score_paths_agree(tiny_dataset: Path):
 
 def test_bench_cli_prints_one_json_object(tiny_dataset: Path, capsys):
     rc = main(["bench", "score", "--dataset", str(tiny_dataset), "--json", "--users", "6", "--reference-users", "1",
-               "--denoiser", "mlp"])
+               "--denoiser", "mlp", "--no-sweep"])
     assert rc == 0
     res = json.loads(capsys.readouterr().out)
     assert {"per_user_ms", "reference_per_user_ms", "speedup"} <= set(res)
     assert res["model"]["denoiser"] == "mlp" and res["model"]["hidden_size"] == 128
+
+
+def test_batch_sweep_measures_every_model_and_batch_size():
+    torch.manual_seed(0)
+    model = build_model(20, TINY_CFG).eval()
+    hists = [[(u * 3 + i) % 20 + 1 for i in range(1 + u % 9)] for u in range(16)]
+    res = batch_sweep(model, hists, 20, dev=torch.device("cpu"), seed=1, steps=2, rounds=1, batch_sizes=(1, 4),
+                      seconds=0.02, synthetic_items=500)
+    assert res["batch_sizes"] == [1, 4] and res["steps"] == 2 and res["synthetic_items"] == 500
+    for name in ("adrec", "adrec_100k_items", "sasrec"):
+        assert set(res[name]) == {1, 4} and min(res[name].values()) > 0
+    assert res["adrec_over_sasrec"][4] == pytest.approx(res["adrec"][4] / res["sasrec"][4], rel=0.01)
 
 
 def test_bench_cli_missing_dataset_is_one_line_error(tmp_path: Path, capsys):

@@ -34,7 +34,7 @@ def test_clicks_to_recommendations_with_dead_letters(stream_config, tiny_registr
     cfg = stream_config
     bootstrap = effective_bootstrap(cfg)
     ingest = spawn_worker("ingest", cfg)
-    score = spawn_worker("score", cfg, "--exclude-history")
+    score = spawn_worker("score", cfg, "--set", "scoring.seen_items=exclude")
     valid = _clicks(120)
     malformed = [
         (b"u1", b"{not json", "invalid_json"),
@@ -76,7 +76,7 @@ def test_clicks_to_recommendations_with_dead_letters(stream_config, tiny_registr
         assert len(r["items"]) == cfg.top_k == len(r["scores"])
         assert set(r["items"]) <= set(tiny_registry)  # valid raw ids, never padding
         assert "0" not in r["items"]
-        assert not set(r["items"]) & set(upd[c.event_id]["items"])  # --exclude-history
+        assert not set(r["items"]) & set(upd[c.event_id]["items"])  # scoring.seen_items=exclude
         assert r["scores"] == sorted(r["scores"], reverse=True)
         assert r["event_ts"] == c.ts and r["produced_ts"] is not None and r["emitted_ts"] >= r["produced_ts"]
 

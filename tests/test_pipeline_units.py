@@ -1,4 +1,4 @@
-"""Worker building blocks without a broker: update preview == store.apply, history exclusion over the window."""
+"""Worker building blocks without a broker: update preview == store.apply, seen-item exclusion over the window."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from adrec_stream.data.events import Interaction
 from adrec_stream.model import ModelConfig, build_model, save_checkpoint
 from adrec_stream.serving.recommender import Recommender
 from adrec_stream.state.store import SequenceStore, SourceRecord
-from adrec_stream.stream.app import recommend_batch
+from adrec_stream.stream.config import StreamConfig
+from adrec_stream.stream.score import recommend_windows
 
 
 def _rec(p: int, o: int, user: str | None, item: str = "1") -> SourceRecord:
@@ -47,12 +48,26 @@ def _tiny_recommender(tmp_path: Path) -> Recommender:
     return Recommender.from_checkpoint(path, deterministic=True)
 
 
-def test_exclusion_covers_the_whole_window_not_only_the_model_input(tmp_path: Path):
+def _serving(seen: str, last_n: int = 1) -> StreamConfig:
+    return StreamConfig(top_k=5, scoring={"seen_items": seen, "exclude_last_n": last_n})
+
+
+def test_seen_items_settings_over_the_whole_window_not_only_the_model_input(tmp_path: Path):
     rec = _tiny_recommender(tmp_path)
     window = [str(i) for i in range(1, 13)]  # 12 items; the model (max_len 4) sees only the last 4
-    plain = recommend_batch(rec, [window], 5, exclude_history=False)[0]
-    excl = recommend_batch(rec, [window, []], 5, exclude_history=True)
+    plain = recommend_windows(rec, [window], _serving("keep"))[0]
+    excl = recommend_windows(rec, [window, []], _serving("exclude"))
+    last3 = recommend_windows(rec, [window], _serving("exclude_last", 3))[0]
     assert len(plain.items) == 5
     assert len(excl[0].items) == 5 and not set(excl[0].items) & set(window)
     assert excl[0].scores == sorted(excl[0].scores, reverse=True)
     assert excl[1].fallback is True and excl[1].items == ["20", "19", "18", "17", "16"]  # popularity
+    # the last 3 clicked items are never offered; older ones may be; the rest of the ranking is the plain one
+    assert not {"10", "11", "12"} & set(last3.items)
+    keep = [i for i in recommend_windows(rec, [window], StreamConfig(top_k=20, scoring={"seen_items": "keep"}))[0].items
+            if i not in {"10", "11", "12"}]
+    assert last3.items == keep[:5]
+
+
+def test_default_serving_setting_excludes_seen_items():
+    assert StreamConfig().scoring.seen_items == "exclude"

@@ -19,8 +19,10 @@ DEFAULT_EVENTS = "../shared/data/events/ml-100k/u.data"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the ``bench`` options (imports nothing heavy)."""
-    parser.add_argument("bench_kind", choices=["train", "score", "finetune"],
-                        help="what to time (finetune: one fine-tune worker round on logged clicks)")
+    parser.add_argument("bench_kind", choices=["train", "score", "finetune", "ingest", "latency"],
+                        help="what to time (finetune: one fine-tune worker round on logged clicks; ingest: clicks/s "
+                             "through the embedded broker into RocksDB; latency: click -> recommendation at fixed "
+                             "rates)")
     parser.add_argument(
         "--dataset", default=DEFAULT_DATASET, help=f"dataset.pkl or its folder (default {DEFAULT_DATASET})"
     )
@@ -36,17 +38,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--batch-size", type=positive_int, default=None, help="train: windows per batch (512); score: users per batch (1024)"
     )
+    parser.add_argument("--sampling-steps", type=positive_int, default=None,
+                        help="score: reverse steps of the batch-size sweep (default: the model's T)")
+    parser.add_argument("--no-sweep", action="store_true", help="score: skip the batch-size sweep (recs_per_s)")
     parser.add_argument("--rounds", type=positive_int, default=5,
                         help="score: interleaved measurement rounds; speedup = median per-round ratio (default 5)")
     parser.add_argument("--checkpoint", default=None,
                         help="score: time a trained checkpoint instead of fresh weights; finetune: the serving model "
                              "(its vocabulary must hold the log's raw item ids, e.g. var/demo-cache/adrec-*/model.pt)")
-    parser.add_argument("--data", default=DEFAULT_EVENTS, help=f"finetune: interaction log (default {DEFAULT_EVENTS})")
+    parser.add_argument("--data", default=DEFAULT_EVENTS,
+                        help=f"finetune, ingest, latency: interaction log (default {DEFAULT_EVENTS})")
+    parser.add_argument("--events", type=positive_int, default=100_000,
+                        help="ingest: clicks produced before the workers start (default 100000)")
+    parser.add_argument("--ingest-workers", default="1,2", metavar="N,N",
+                        help="ingest: worker process counts to run, one run each (default 1,2)")
+    parser.add_argument("--rates", default="100,500,1000", metavar="R,R",
+                        help="latency: fixed click rates per second (default 100,500,1000)")
+    parser.add_argument("--search-rates", default="1500,2000,3000,4000", metavar="R,R",
+                        help="latency: higher rates tried (30 s each) until p99 > 250 ms (default 1500,2000,3000,4000)")
+    parser.add_argument("--duration-s", type=float, default=60.0, help="latency: seconds per fixed rate (default 60)")
+    parser.add_argument("--run-dir", default="var/bench", help="ingest, latency: work folder (wiped; default var/bench)")
     parser.add_argument("--window-events", type=positive_int, default=10000,
                         help="finetune: fresh clicks of the round, right after the first 80%% of the log "
                              "(default 10000)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="finetune: override a configs/stream.yaml key, e.g. finetune.max_steps=50 (repeatable)")
+                        help="finetune, ingest, latency: override a configs/stream.yaml key, e.g. "
+                             "finetune.max_steps=50 or consumer.fetch_max_wait_s=0.02 (repeatable)")
     parser.add_argument(
         "--denoiser", choices=["att", "mlp"], default="att", help="denoiser of the fresh model (default att)"
     )
@@ -61,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
     """Run the chosen benchmark and print the result."""
     if args.bench_kind == "finetune":
         return _run_finetune(args)
+    if args.bench_kind in ("ingest", "latency"):
+        return _run_stream(args)
     import torch
 
     from adrec_stream.model import ModelConfig
@@ -84,10 +103,14 @@ def run(args: argparse.Namespace) -> int:
 
         res = bench_score(args.dataset, users=args.users, reference_users=args.reference_users,
                           batch_size=args.batch_size or 1024, cfg=cfg, checkpoint=args.checkpoint, seed=args.seed,
-                          device=device, rounds=args.rounds)
+                          device=device, rounds=args.rounds, sweep=not args.no_sweep, steps=args.sampling_steps)
+        sw = res["sweep"]
+        swept = ("; recs/s by batch size " + ", ".join(
+            f"{b}: {sw['adrec'][b]:,.0f} (100k items {sw['adrec_100k_items'][b]:,.0f}, SASRec+ {sw['sasrec'][b]:,.0f})"
+            for b in sw["batch_sizes"]) if sw else "")
         summary = (f"scoring on {res['dataset']}: fast {res['per_user_ms']:.3f} ms/user, reference-equivalent "
                    f"{res['reference_per_user_ms']:.1f} ms/user, speedup {res['speedup']:.0f}x "
-                   f"(max |score diff| fast vs reference, deterministic: {res['max_abs_score_diff']:.2e})")
+                   f"(max |score diff| fast vs reference, deterministic: {res['max_abs_score_diff']:.2e}){swept}")
     print(json.dumps(res) if args.json else summary)
     return 0
 
@@ -113,6 +136,45 @@ def _run_finetune(args: argparse.Namespace) -> int:
           f"{res['status']}, held-out NDCG@10 {old} -> {new}, staleness {stale}, "
           f"torch threads {res['threads'] or '-'} on {res['device']}; goal (round <= {goal['round_s_max']:.0f} s on "
           f">= {goal['window_events_min']:,} events) {'met' if goal['met'] else 'NOT met'}")
+    return 0
+
+
+def _numbers(text: str, what: str) -> tuple[float, ...]:
+    """``"1,2.5"`` -> (1.0, 2.5); raises ConfigError naming ``what`` otherwise."""
+    from adrec_stream.errors import ConfigError
+
+    try:
+        out = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(f"{what}: expected comma-separated numbers, got {text!r}") from None
+    if not out or min(out) <= 0:
+        raise ConfigError(f"{what}: expected positive numbers, got {text!r}")
+    return out
+
+
+def _run_stream(args: argparse.Namespace) -> int:
+    """``bench ingest`` / ``bench latency``: one JSON object (or a summary line)."""
+    from pathlib import Path
+
+    from adrec_stream.bench.stream_bench import bench_ingest, bench_latency
+    from adrec_stream.config import parse_overrides
+
+    over = parse_overrides(args.overrides)
+    if args.bench_kind == "ingest":
+        workers = tuple(int(n) for n in _numbers(args.ingest_workers, "--ingest-workers"))
+        res = bench_ingest(args.data, events=args.events, workers=workers, run_root=Path(args.run_dir), overrides=over)
+        summary = (f"ingest: {res['events_per_s']:,.0f} events/s (best of {len(res['runs'])} runs: "
+                   + ", ".join(f"{r['workers']} worker(s) {r['events_per_s'] or 0:,.0f}/s" for r in res["runs"])
+                   + f"); plain batched consumer {res['raw_consume_events_per_s'] or 0:,.0f}/s; ratio "
+                   f"{res['ratio_to_raw']}")
+    else:
+        res = bench_latency(args.data, rates=_numbers(args.rates, "--rates"), duration_s=args.duration_s,
+                            search_rates=_numbers(args.search_rates, "--search-rates"), run_root=Path(args.run_dir),
+                            overrides=over)
+        summary = "latency: " + "; ".join(f"{r['rate']:g}/s p50 {r['p50_ms']} ms p99 {r['p99_ms']} ms "
+                                          f"({r['answered']}/{r['sent']})" for r in res["rates"]) + \
+            f"; highest rate with p99 <= 250 ms: {res['max_rate_p99_250ms']}"
+    print(json.dumps(res) if args.json else summary)
     return 0
 
 

@@ -12,6 +12,11 @@ that load from other processes hits both alike; this is repeated for ``rounds`` 
 median of the per-round ratios (each ratio compares the two sides under the same load), ``per_user_ms`` and
 ``reference_per_user_ms`` the median round of each side, so one load spike does not decide the figure. The fast path is
 also checked against the reference path in deterministic mode on a few users (``max_abs_score_diff``).
+
+:func:`batch_sweep` gives ``recs_per_s`` (users scored per second, full ranking) per batch size for the same model,
+for a freshly initialised model over a synthetic 100,000-item table, and for a SASRec+ forward of the same size
+(the CAM alone plus the item-table matmul: the practical upper bound of this model family), side by side,
+interleaved per round, median of rounds.
 """
 
 from __future__ import annotations
@@ -29,6 +34,57 @@ from adrec_stream.model import ModelConfig, load_checkpoint
 
 ROUNDS = 5
 CHECK_USERS = 8
+#: batch sizes of :func:`batch_sweep` and the item-table size of its synthetic model
+SWEEP_BATCH_SIZES = (1, 8, 64, 256)
+SYNTHETIC_ITEMS = 100_000
+#: seconds of scoring per batch size and model in each sweep round (at least one batch)
+SWEEP_SECONDS = 1.0
+
+
+def _recs_per_s(model: torch.nn.Module, hists: list[list[int]], batch: int, dev: torch.device, steps: int | None,
+                gen: torch.Generator, seconds: float) -> float:
+    """Users per second of ``model.score`` on consecutive batches of ``batch`` histories for ~``seconds``."""
+    width = model.cfg.max_len
+    n = done = 0
+    total = 0.0
+    with torch.inference_mode():
+        while total < seconds or done == 0:
+            hs = [hists[(n + i) % len(hists)] for i in range(batch)]
+            n += batch
+            total += timed(lambda hs=hs: model.score(left_pad(hs, width).to(dev), steps=steps, generator=gen), dev)
+            done += batch
+    return done / total
+
+
+def batch_sweep(model: torch.nn.Module, hists: list[list[int]], n_items: int, *, dev: torch.device, seed: int,
+                steps: int | None = None, rounds: int = 3, batch_sizes: tuple[int, ...] = SWEEP_BATCH_SIZES,
+                seconds: float = SWEEP_SECONDS, synthetic_items: int = SYNTHETIC_ITEMS) -> dict[str, Any]:
+    """``recs_per_s`` per batch size for ``model``, a fresh ADRec over a synthetic ``SYNTHETIC_ITEMS``-item table and
+    a SASRec+ of the same size as ``model`` (module docstring).
+
+    Args:
+        model: the ADRec model measured (trained or fresh), in eval mode.
+        hists: item-index histories (ids < n_items + 1).
+        steps: reverse steps of the ADRec models (None = their T).
+        seconds: scoring time per (round, batch size, model); synthetic_items: the synthetic table's size.
+
+    Returns:
+        ``{"batch_sizes", "adrec": {B: recs_per_s}, "adrec_100k_items": {...}, "sasrec": {...},
+        "adrec_over_sasrec": {B: ratio}, "steps"}``.
+    """
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    big = fresh_model(synthetic_items, model.cfg, seed, dev).eval()
+    sas = fresh_model(n_items, model.cfg.model_copy(update={"kind": "sasrec"}), seed, dev).eval()
+    models = {"adrec": model, "adrec_100k_items": big, "sasrec": sas}
+    runs: dict[str, dict[int, list[float]]] = {k: {b: [] for b in batch_sizes} for k in models}
+    for _ in range(rounds):
+        for b in batch_sizes:
+            for name, m in models.items():
+                runs[name][b].append(_recs_per_s(m, hists, b, dev, steps if name != "sasrec" else None, gen, seconds))
+    med = {name: {b: sig(statistics.median(v)) for b, v in per.items()} for name, per in runs.items()}
+    return {"batch_sizes": list(batch_sizes), **med, "synthetic_items": synthetic_items,
+            "steps": steps or model.cfg.sampling_steps or model.cfg.diffusion_steps, "rounds": rounds,
+            "adrec_over_sasrec": {b: sig(med["adrec"][b] / med["sasrec"][b], 3) for b in batch_sizes}}
 
 
 def bench_score(
@@ -42,6 +98,8 @@ def bench_score(
     seed: int = 2025,
     device: str | torch.device = "cpu",
     rounds: int = ROUNDS,
+    sweep: bool = True,
+    steps: int | None = None,
 ) -> dict[str, Any]:
     """Measure per-user scoring time on the test histories of ``dataset``.
 
@@ -54,9 +112,11 @@ def bench_score(
         seed: weight-init and sampling-noise seed.
         device: torch device.
         rounds: interleaved measurement rounds (>= 1).
+        sweep: also run :func:`batch_sweep` (``recs_per_s`` per batch size; key ``sweep``).
+        steps: reverse steps of the sweep's ADRec models (None = T); the speedup is always measured at T.
 
     Returns:
-        JSON-ready dict with ``per_user_ms``, ``reference_per_user_ms``, ``speedup`` and details.
+        JSON-ready dict with ``per_user_ms``, ``reference_per_user_ms``, ``speedup``, ``sweep`` and details.
 
     Raises:
         DataFileError / CheckpointError: unreadable inputs. ValueError: users, reference_users or rounds < 1.
@@ -109,7 +169,9 @@ def bench_score(
         [model.score(left_pad([h], width).to(dev), deterministic=True, use_cache=False) for h in check]
     )
     diff = (fast_scores[:, 1:] - ref_scores[:, 1:]).abs().max().item()
+    swept = batch_sweep(model, hists, ds.n_items, dev=dev, seed=seed, steps=steps) if sweep else None
     return {
+        "sweep": swept,
         "benchmark": "score",
         "dataset": ds.name,
         "n_items": ds.n_items,

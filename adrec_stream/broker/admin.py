@@ -155,6 +155,3 @@ def true_end_offsets(bootstrap: str, topic: str, *, compat: bool, timeout_s: flo
         return {tp.partition: v for tp, v in merged.items()}
     finally:
         consumer.close()
-
-
-_INSTALLED = False

@@ -22,6 +22,7 @@ def evaluate_model(
     device: str | torch.device | None = None,
     seed: int = 0,
     steps: int | None = None,
+    deterministic: bool | None = None,
 ) -> dict[str, float]:
     """HR@k and NDCG@k of next-item scores over all items, averaged per user.
 
@@ -39,13 +40,15 @@ def evaluate_model(
         batch_size: users per forward pass.
         device: where to run the model (None = the model's current device).
         seed: seed of the generator used by stochastic (diffusion) sampling, for reproducibility.
-        steps: reverse-diffusion steps (None = the model's default).
+        steps: reverse-diffusion steps (None = the model's default: its config's ``sampling_steps``, else T).
+        deterministic: None = the model's default (its config's ``deterministic_sampling``); True = reverse
+            diffusion from zeros without noise (``seed`` then plays no part); False = stochastic sampling.
 
     Returns:
         {"HR@5": ..., "NDCG@5": ..., ..., "n_users": B} with metric values as fractions in [0, 1].
 
     Raises:
-        ValueError: histories and targets differ in length.
+        ValueError: histories and targets differ in length, or (ADRec) ``steps`` is outside [1, T].
     """
     if len(histories) != len(targets):
         raise ValueError(f"{len(histories)} histories but {len(targets)} targets")
@@ -62,6 +65,8 @@ def evaluate_model(
     kwargs = {"generator": gen}
     if steps is not None:
         kwargs["steps"] = steps
+    if deterministic is not None:
+        kwargs["deterministic"] = deterministic
     with torch.no_grad():
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]

@@ -56,6 +56,8 @@ class Recommender:
         batch_size: users per ``model.score`` call.
         max_len: history length L fed to the model (default ``model.cfg.max_len``; must not exceed it).
         deterministic: passed to ``model.score`` (None = the model config's ``deterministic_sampling``).
+        steps: reverse diffusion steps at inference, passed to ``model.score`` (None = the model config's
+            ``sampling_steps``, i.e. T; fewer steps are faster, see docs/sampling-steps.md). Ignored by SASRec+.
 
     Raises:
         CheckpointError: the vocabulary has duplicate ids, or ``meta["item_counts"]`` is present but not
@@ -70,6 +72,7 @@ class Recommender:
         batch_size: int = 256,
         max_len: int | None = None,
         deterministic: bool | None = None,
+        steps: int | None = None,
     ) -> None:
         self.checkpoint = checkpoint
         self.model = checkpoint.model
@@ -89,6 +92,9 @@ class Recommender:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = batch_size
         self.deterministic = deterministic
+        if steps is not None and not 1 <= steps <= int(getattr(self.model.cfg, "diffusion_steps", steps)):
+            raise ValueError(f"steps must be in [1, T={self.model.cfg.diffusion_steps}], got {steps}")
+        self.steps = steps
         self.device = next(self.model.parameters()).device
         self.popularity = self._popularity(checkpoint)
         # Fallback ranking: most popular first, ties by lower index (stable sort of the negated counts).
@@ -151,7 +157,8 @@ class Recommender:
 
     # ------------------------------------------------------------------ scoring
     def recommend(
-        self, histories: Sequence[Sequence[str]], k: int = 10, *, exclude_history: bool = False
+        self, histories: Sequence[Sequence[str]], k: int = 10, *, exclude_history: bool = False,
+        exclude_last: int = 0,
     ) -> list[Recommendation]:
         """Top-``k`` recommendations for each history.
 
@@ -161,6 +168,8 @@ class Recommender:
             k: list length (clamped to the number of items; with ``exclude_history`` it can be shorter).
             exclude_history: leave out every known item of the history (also those older than the last
                 ``max_len`` that the model sees).
+            exclude_last: without ``exclude_history``: leave out the known items among the last
+                ``exclude_last`` of each history (0 = keep everything).
 
         Returns:
             One :class:`Recommendation` per history, in order. Never contains the padding index, never a
@@ -171,7 +180,12 @@ class Recommender:
         k_eff = min(k, self.n_items)
         full = [self.vocabulary.encode(h) for h in histories]
         mapped = [f[-self.max_len :] for f in full]
-        seen = [sorted(set(f)) for f in full] if exclude_history else None
+        if exclude_history:
+            seen = [sorted(set(f)) for f in full]
+        elif exclude_last > 0:
+            seen = [sorted(set(f[-exclude_last:])) for f in full]
+        else:
+            seen = None
         out: list[Recommendation | None] = [None] * len(mapped)
         rows = [i for i, m in enumerate(mapped) if m]
         for i, m in enumerate(mapped):
@@ -182,6 +196,7 @@ class Recommender:
             self._score_chunk(chunk, mapped, k_eff, seen, out)
         return [r for r in out if r is not None]
 
+    @torch.inference_mode()
     def _score_chunk(
         self,
         chunk: list[int],
@@ -191,8 +206,8 @@ class Recommender:
         out: list[Recommendation | None],
     ) -> None:
         hist = left_pad([mapped[i] for i in chunk])
-        with torch.no_grad():
-            scores = self.model.score(hist.to(self.device), deterministic=self.deterministic).float().cpu()
+        scores = self.model.score(hist.to(self.device), steps=self.steps,
+                                  deterministic=self.deterministic).float().cpu()
         if scores.shape != (len(chunk), self.n_items + 1):
             raise RuntimeError(
                 f"model.score returned shape {tuple(scores.shape)}, expected ({len(chunk)}, {self.n_items + 1})"
@@ -229,7 +244,7 @@ class ReloadingRecommender:
         registry: the registry (or its root folder).
         poll_s: minimum seconds between registry checks (0 = every call).
         device: where to load models.
-        **recommender_kwargs: passed to :class:`Recommender` (batch_size, max_len, deterministic).
+        **recommender_kwargs: passed to :class:`Recommender` (batch_size, max_len, deterministic, steps).
     """
 
     def __init__(
@@ -308,11 +323,12 @@ class ReloadingRecommender:
         return False
 
     def recommend(
-        self, histories: Sequence[Sequence[str]], k: int = 10, *, exclude_history: bool = False
+        self, histories: Sequence[Sequence[str]], k: int = 10, *, exclude_history: bool = False,
+        exclude_last: int = 0,
     ) -> list[Recommendation]:
         """Like :meth:`Recommender.recommend`, with the newest loadable registry version."""
         self.maybe_reload()
         cur = self._current
         if cur is None:
             return [Recommendation([], [], True, None) for _ in histories]
-        return cur.recommend(histories, k, exclude_history=exclude_history)
+        return cur.recommend(histories, k, exclude_history=exclude_history, exclude_last=exclude_last)

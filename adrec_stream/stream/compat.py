@@ -19,7 +19,9 @@ Against Apache Kafka, leave ``tansu_compat`` off: the consumer section's values 
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
+from typing import Any
 
 from adrec_stream.broker.admin import merge_end_offsets
 from adrec_stream.stream.config import StreamConfig
@@ -57,13 +59,25 @@ def consumer_timing(cfg: StreamConfig) -> ConsumerTiming:
     )
 
 
+#: set once :func:`install_faust_compat` patched faust (once per process)
+_INSTALLED = False
+
+#: The timing of each faust app built by this project (apps not registered keep faust's behaviour).
+_TIMINGS: weakref.WeakKeyDictionary[Any, ConsumerTiming] = weakref.WeakKeyDictionary()
+
+
+def register_timing(app: Any, timing: ConsumerTiming) -> None:
+    """Make the patched consumer of ``app`` use ``timing`` (see :func:`install_faust_compat`)."""
+    _TIMINGS[app] = timing
+
+
 def install_faust_compat() -> None:
     """Patch faust's aiokafka consumer thread once per process; the behaviour stays per app.
 
-    Every faust app built by :func:`adrec_stream.stream.app.build_app` carries ``app.adrec_timing``
-    (:class:`ConsumerTiming`). For such an app the worker consumer's fetch max-wait becomes
+    Every faust app built by :func:`adrec_stream.stream.app.build_app` has its :class:`ConsumerTiming`
+    registered with :func:`register_timing`. For such an app the worker consumer's fetch max-wait becomes
     ``fetch_max_wait_s`` (faust hard-codes 1.5 s), and with ``tansu_compat`` ``highwaters()`` returns
-    ``max(end_offsets(), fetch high watermark)``. Apps without the attribute are unaffected.
+    ``max(end_offsets(), fetch high watermark)``. Apps not registered are unaffected.
     """
     global _INSTALLED
     if _INSTALLED:
@@ -76,7 +90,7 @@ def install_faust_compat() -> None:
 
     def _create_worker_consumer(self, transport):  # type: ignore[no-untyped-def]
         consumer = orig_create(self, transport)
-        timing = getattr(self.app, "adrec_timing", None)
+        timing = _TIMINGS.get(self.app)
         if timing is not None:
             consumer._fetch_max_wait_ms = int(timing.fetch_max_wait_s * 1000)
             from adrec_stream.logging import get_logger  # noqa: PLC0415
@@ -89,7 +103,7 @@ def install_faust_compat() -> None:
 
     async def _highwaters(self, partitions):  # type: ignore[no-untyped-def]
         listed = await orig_highwaters(self, partitions)
-        timing = getattr(self.app, "adrec_timing", None)
+        timing = _TIMINGS.get(self.app)
         if timing is None or not timing.tansu_compat:
             return listed
         consumer = self._ensure_consumer()

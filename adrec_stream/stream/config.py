@@ -87,7 +87,12 @@ class ConsumerConfig(StrictModel):
 
 
 class BatchConfig(StrictModel):
-    """Batch sizes: records per ingest WriteBatch, its max wait (s), users per scoring forward pass.
+    """Batch sizes: records per ingest WriteBatch and its max wait (s); sequence updates per scoring batch and
+    its max wait (s).
+
+    A batch is handed over when it is full or when its wait has passed since the previous batch ended, so under
+    load (the handler slower than the arrivals) batches grow towards the maximum with no extra wait, and at a
+    trickle the wait bounds the added latency.
 
     ``store_write_attempts``: tries of one batch's RocksDB write before the ingest agent fails (a failed
     write changes nothing, so retrying is safe); the worker then exits and resumes from its committed offset.
@@ -96,8 +101,29 @@ class BatchConfig(StrictModel):
     ingest_max_records: PosInt = 1000
     ingest_within_s: PosFloat = 0.05
     score_max_users: PosInt = 256
+    score_within_s: PosFloat = 0.005
     produce_linger_s: NonNegFloat = 0.01
+    produce_max_batch_bytes: Annotated[int, Field(ge=16384, le=16 * 1024 * 1024)] = 1_048_576
     store_write_attempts: PosInt = 3
+
+
+class ScoringConfig(StrictModel):
+    """What the score worker serves.
+
+    ``seen_items``: ``exclude`` leaves every item of the user's stored window out of the list (the default: a
+    recommendations topic should not offer what the user just clicked), ``exclude_last`` only the last
+    ``exclude_last_n`` clicked items, ``keep`` nothing (repeat-consumption catalogues: music, groceries). The
+    offline protocol of the paper (``adrec-stream evaluate``) does not exclude.
+    ``sampling_steps``: reverse diffusion steps (null = the model's T; see docs/sampling-steps.md),
+    ``deterministic``: start the reverse process from zeros without noise (null = the model config's choice).
+    ``threads``: torch CPU threads of the score worker.
+    """
+
+    seen_items: Literal["exclude", "exclude_last", "keep"] = "exclude"
+    exclude_last_n: PosInt = 1
+    sampling_steps: PosInt | None = None
+    deterministic: bool | None = None
+    threads: PosInt = 1
 
 
 class ReplayConfig(StrictModel):
@@ -138,6 +164,7 @@ class StreamConfig(StrictModel):
     max_event_bytes: Annotated[int, Field(ge=64, le=16 * 1024 * 1024)] = 65536
     top_k: Annotated[int, Field(ge=1, le=1000)] = 10
     device: str = "cpu"
+    scoring: ScoringConfig = ScoringConfig()
     finetune: FinetuneConfig = FinetuneConfig()
 
     @model_validator(mode="before")

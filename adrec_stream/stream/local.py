@@ -33,6 +33,10 @@ from adrec_stream.procs import die_with_parent
 REPO_ROOT = CONFIG_DIR.parent
 log = get_logger("adrec_stream.local")
 
+#: log lines that show a worker of each role is ready (consumer group joined; model loaded)
+READY_MARKERS = {"ingest": ['"partitions_assigned"'], "score": ['"partitions_assigned"', '"model_version_loaded"'],
+                 "finetune": ['"finetune_started"']}
+
 
 class WorkerProcess:
     """One worker subprocess (``python -m workers.<role>``) with its log file and restart count.

@@ -15,6 +15,7 @@ import argparse
 from adrec_stream.config import parse_overrides
 from adrec_stream.errors import ConfigError, StoreLockedError
 from adrec_stream.stream.config import DEFAULT_STREAM_CONFIG, StreamConfig, load_stream_config
+from adrec_stream.stream.handler_support import WorkerHooks
 
 
 def add_common_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,21 +35,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("role", choices=["ingest", "score", "finetune"],
                         help="ingest: clicks -> state; score: -> recommendations; finetune: keeps the model fresh")
     add_common_config_arguments(parser)
-    parser.add_argument("--exclude-history", action="store_true",
-                        help="score: never recommend items already in the user's window")
     parser.add_argument("--device", default=None,
                         help="finetune only: auto (CUDA if present, else CPU), cpu, cuda[:N] (default: finetune.device)")
-    parser.epilog = ("The fine-tune worker's schedule, window, guards and device are the finetune: keys of the stream "
-                     "config (configs/stream.yaml; e.g. --set finetune.interval_s=60); see docs/incremental.md. "
+    parser.epilog = ("What the score worker serves (seen items, sampling steps, threads) is the scoring: section of "
+                     "the stream config (e.g. --set scoring.seen_items=keep). The fine-tune worker's schedule, window, "
+                     "guards and device are the finetune: keys of the stream config (configs/stream.yaml; e.g. "
+                     "--set finetune.interval_s=60); see docs/incremental.md. "
                      "Score and fine-tune workers need a model in the registry first: adrec-stream model publish.")
     parser.add_argument("--test-hold-publish-s", type=float, default=0.0, help=argparse.SUPPRESS)
     parser.add_argument("--crash-after-batches", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--inject-write-failure", default=None, metavar="OFFSET:TIMES", help=argparse.SUPPRESS)
 
 
-def run_worker(cfg: StreamConfig, role: str, *, log_level: str = "INFO", exclude_history: bool = False,
-               crash_after_batches: int | None = None, inject_write_failure: str | None = None) -> int:
+def run_worker(cfg: StreamConfig, role: str, *, log_level: str = "INFO", hooks: WorkerHooks | None = None) -> int:
     """Run the worker of ``role`` until stopped; returns the process exit code (see module docstring).
+
+    ``hooks``: test-only fault injection (the reliability tests set it through hidden options).
 
     Raises:
         StoreLockedError: ingest, a partition's sequence store stayed held by another process for
@@ -73,9 +75,8 @@ def run_worker(cfg: StreamConfig, role: str, *, log_level: str = "INFO", exclude
     # fail fast with a clear message when the cluster is unreachable; create missing topics (faust itself
     # is told not to declare topics, so partitions always come from the config)
     ensure_topics(effective_bootstrap(cfg), cfg.topics.all())
-    app = build_app(cfg, role, exclude_history=exclude_history,  # type: ignore[arg-type]
-                    crash_after_batches=crash_after_batches, inject_write_failure=inject_write_failure)
-    worker = faust.Worker(app, loglevel=log_level if log_level != "INFO" else "WARNING", quiet=True,
+    built = build_app(cfg, role, hooks=hooks)  # type: ignore[arg-type]
+    worker = faust.Worker(built.app, loglevel=log_level if log_level != "INFO" else "WARNING", quiet=True,
                           override_logging=False, redirect_stdouts=False)
     worker.spinner = None  # no terminal escape codes in the JSON log stream
     code: int = 0
@@ -84,10 +85,9 @@ def run_worker(cfg: StreamConfig, role: str, *, log_level: str = "INFO", exclude
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     finally:
-        stores = getattr(app, "adrec_stores", None)
-        if stores is not None:
-            stores.close_all()  # no-op when the agent closed them
-    stats = app.adrec_stats
+        if built.stores is not None:
+            built.stores.close_all()  # no-op when the agent closed them
+    stats = built.stats
     log.info("worker_stopped", **stats.as_dict(), failed=repr(stats.failed) if stats.failed else None)
     if isinstance(stats.failed, StoreLockedError):
         raise stats.failed  # a partition's store stayed locked: one clear line, exit 2
@@ -112,6 +112,5 @@ def run(args: argparse.Namespace) -> int:
 
         return run_finetune_worker(cfg, device=args.device,
                                    hooks=FinetuneHooks(hold_publish_s=args.test_hold_publish_s))
-    return run_worker(cfg, args.role, log_level=args.log_level, exclude_history=args.exclude_history,
-                      crash_after_batches=args.crash_after_batches,
-                      inject_write_failure=args.inject_write_failure)
+    return run_worker(cfg, args.role, log_level=args.log_level,
+                      hooks=WorkerHooks.from_options(args.crash_after_batches, args.inject_write_failure))

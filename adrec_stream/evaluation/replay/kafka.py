@@ -58,9 +58,6 @@ DEFAULT_MIN_SAME_HIT = 0.97
 SLACK_CLICKS = 3
 #: marker file of a work folder made by this mode (only such folders are wiped)
 MARKER = ".adrec-replay-kafka"
-#: worker log lines that mean "ready" (consumer groups joined, model loaded, fine-tune loop started)
-READY_MARKERS = {"ingest": ['"partitions_assigned"'], "score": ['"partitions_assigned"', '"model_version_loaded"'],
-                 "finetune": ['"finetune_started"']}
 
 log = get_logger("adrec_stream.replay.kafka")
 
@@ -178,6 +175,7 @@ def run_policy(policy: str, *, warm: list, replay: list, source: str, checkpoint
     from adrec_stream.broker.process import start_broker, stop_broker  # noqa: PLC0415
     from adrec_stream.serving.registry import ModelRegistry  # noqa: PLC0415
     from adrec_stream.stream.local import (  # noqa: PLC0415
+        READY_MARKERS,
         WorkerProcess,
         bootstrap_state,
         finetune_rounds,
@@ -200,7 +198,8 @@ def run_policy(policy: str, *, warm: list, replay: list, source: str, checkpoint
         ModelRegistry(scfg.registry_dir).publish(checkpoint, meta={"source": "evaluate-replay --through-kafka",
                                                                    "policy": policy})
         workers = [WorkerProcess("ingest", cfg_path, run_dir / "logs", []),
-                   WorkerProcess("score", cfg_path, run_dir / "logs", ["--exclude-history"] if exclude_seen else [])]
+                   WorkerProcess("score", cfg_path, run_dir / "logs",
+                                 ["--set", f"scoring.seen_items={'exclude' if exclude_seen else 'keep'}"])]
         finetuner = None
         if incremental:
             finetuner = WorkerProcess("finetune", cfg_path, run_dir / "logs", ["--device", scfg.finetune.device])
@@ -313,6 +312,8 @@ def judge(replay: list, clicks: list, recs: dict[str, dict[str, Any]], warm: lis
     previous: dict[str, str] = {}
     for pos, (x, c) in enumerate(zip(replay, clicks)):
         rec = recs.get(previous.get(x.user_id, ""))
+        if rec is not None and rec.get("superseded_by"):
+            rec = None  # made after a later click of this user (scored together): not the list after the previous
         if rec is not None:
             has_rec[pos] = True
             fallback[pos] = bool(rec.get("fallback"))

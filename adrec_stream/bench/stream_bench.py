@@ -1,0 +1,264 @@
+"""Streaming benchmarks through the real embedded broker: ingest throughput and click -> recommendation latency.
+
+- :func:`bench_ingest`: N clicks of a real log are produced to the clicks topic first; then, side by side in one
+  run, a plain batched consumer reads them (``raw_consume_events_per_s``: aiokafka ``getmany`` + the click
+  decoder, the ceiling) and the ingest worker processes apply them to RocksDB (``events_per_s``, for 1 and 2
+  workers on one host). A worker's rate is measured on the sequence updates it published: updates / (last
+  ``ingest_ts`` - first ``ingest_ts``), i.e. steady state after the group join.
+- :func:`bench_latency`: ingest and score workers with the demo's ADRec model (MovieLens 100K, trained or taken
+  from the demo cache), users bootstrapped with their history; clicks of the held-out part are produced at fixed
+  rates for ``duration_s`` each; latency = arrival of the recommendation at a consumer - the click record's Kafka
+  timestamp (the producer's clock, same host).
+
+Both print one JSON object; figures are noisy on a shared machine, so the load average is recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from adrec_stream.bench.common import machine_info, sig
+from adrec_stream.logging import get_logger
+
+log = get_logger("adrec_stream.bench.stream")
+
+
+def _load() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
+class _Pipeline(contextlib.ExitStack):
+    """An embedded broker (own port) and worker processes under ``run_dir``; everything stops on exit."""
+
+    def __init__(self, run_dir: Path, overrides: dict[str, Any]) -> None:
+        super().__init__()
+        from adrec_stream.stream.config import load_stream_config  # noqa: PLC0415
+        from adrec_stream.stream.local import run_dir_overrides  # noqa: PLC0415
+
+        shutil.rmtree(run_dir, ignore_errors=True)
+        run_dir.mkdir(parents=True)
+        self.run_dir = run_dir
+        self.scfg = load_stream_config(None, {**run_dir_overrides(run_dir), **overrides})
+        self.workers: list = []
+
+    def start_broker(self) -> str:
+        from adrec_stream.broker.process import start_broker, stop_broker  # noqa: PLC0415
+
+        handle = start_broker(self.scfg.broker, port=0, topics=self.scfg.topics.all(), owned=True)
+        self.callback(stop_broker, self.scfg.broker)
+        self.scfg = self.scfg.model_copy(update={"broker": self.scfg.broker.model_copy(update={"port": handle.port})})
+        return handle.bootstrap
+
+    def start_workers(self, roles: list[str], timeout_s: float = 120.0) -> float:
+        """Start one worker process per entry of ``roles``; returns seconds until all joined their groups."""
+        from adrec_stream.stream.local import READY_MARKERS, WorkerProcess, wait_ready, write_stream_config  # noqa: PLC0415
+
+        cfg_path = self.run_dir / "stream.yaml"
+        write_stream_config(self.scfg, cfg_path)
+        (self.run_dir / "logs").mkdir(exist_ok=True)
+        new = []
+        for i, role in enumerate(roles):
+            w = WorkerProcess(role, cfg_path, self.run_dir / "logs", [])
+            w.log_path = self.run_dir / "logs" / f"{role}-{len(self.workers) + i}.log"
+            self.callback(w.stop)
+            w.start()
+            new.append(w)
+        self.workers += new
+        return wait_ready(new, READY_MARKERS, timeout_s)
+
+
+def _clicks_from(data: str, n: int) -> list:
+    """``n`` clicks from the log at ``data`` (cycled with fresh event ids when the log is shorter)."""
+    from adrec_stream.data.events import read_interactions  # noqa: PLC0415
+    from adrec_stream.stream.replay import select_clicks  # noqa: PLC0415
+
+    base = select_clicks(read_interactions(data), Path(data).name)
+    return [c._replace(event_id=f"{c.event_id}#{i // len(base)}") for i, c in
+            ((i, base[i % len(base)]) for i in range(n))]
+
+
+async def _raw_consume(bootstrap: str, topic: str, partitions: int, n: int) -> float:
+    """Seconds a plain batched consumer takes to fetch and decode ``n`` records of ``topic`` from the start."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: PLC0415
+
+    from adrec_stream.stream.events import DecodeError, decode_click  # noqa: PLC0415
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                                fetch_max_wait_ms=100, max_partition_fetch_bytes=4 * 1024 * 1024)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        got, t0 = 0, time.perf_counter()
+        while got < n:
+            batch = await consumer.getmany(timeout_ms=1000, max_records=10_000)
+            for msgs in batch.values():
+                for m in msgs:
+                    with contextlib.suppress(DecodeError):
+                        decode_click(m.value, m.key)
+                got += sum(len(msgs) for msgs in batch.values())
+        return time.perf_counter() - t0
+    finally:
+        await consumer.stop()
+
+
+async def _updates_span(bootstrap: str, topic: str, partitions: int, n: int, timeout_s: float) -> tuple[int, float]:
+    """Read the sequence updates until ``n`` distinct event ids arrived (or ``timeout_s`` without progress);
+    returns (distinct updates, last - first ``ingest_ts`` in seconds)."""
+    import orjson  # noqa: PLC0415
+    from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: PLC0415
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                                fetch_max_wait_ms=100)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        seen: dict[str, float] = {}
+        last_progress = time.time()
+        while len(seen) < n and time.time() - last_progress < timeout_s:
+            batch = await consumer.getmany(timeout_ms=500, max_records=20_000)
+            for msgs in batch.values():
+                for m in msgs:
+                    u = orjson.loads(m.value)
+                    seen.setdefault(u["event_id"], u["ingest_ts"])
+                last_progress = time.time() if msgs else last_progress
+        ts = list(seen.values())
+        return len(seen), (max(ts) - min(ts)) if ts else 0.0
+    finally:
+        await consumer.stop()
+
+
+def bench_ingest(data: str, *, events: int, workers: tuple[int, ...] = (1, 2), run_root: Path,
+                 overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Ingest throughput through the real broker into RocksDB against a plain batched consumer (module docstring).
+
+    Returns:
+        JSON-able dict: ``events``, ``raw_consume_events_per_s``, ``runs`` [{workers, events_per_s, applied,
+        wall_s}], ``events_per_s`` (best run), ``ratio_to_raw`` and the machine.
+    """
+    from adrec_stream.stream.replay import produce_clicks  # noqa: PLC0415
+
+    info = {"machine": machine_info(), "load_avg_start": _load(), "data": data, "events": events}
+    clicks = _clicks_from(data, events)
+    runs = []
+    raw_s = None
+    for n_workers in workers:
+        with _Pipeline(run_root / f"ingest-{n_workers}", overrides or {}) as pipe:
+            bootstrap = pipe.start_broker()
+            t = pipe.scfg.topics
+            asyncio.run(produce_clicks(bootstrap, t.clicks.name, clicks, progress=False))
+            if raw_s is None:
+                raw_s = asyncio.run(_raw_consume(bootstrap, t.clicks.name, t.clicks.partitions, events))
+            t0 = time.perf_counter()
+            pipe.start_workers(["ingest"] * n_workers)
+            n, span = asyncio.run(_updates_span(bootstrap, t.sequence_updates.name, t.sequence_updates.partitions,
+                                                events, timeout_s=30.0))
+            runs.append({"workers": n_workers, "applied": n, "events_per_s": sig(n / span) if span > 0 else None,
+                         "wall_s": sig(time.perf_counter() - t0), "load_avg": _load()})
+            log.info("bench_ingest_run", **runs[-1])
+    best = max((r["events_per_s"] or 0.0) for r in runs)
+    raw = events / raw_s if raw_s else None
+    return {**info, "raw_consume_events_per_s": sig(raw) if raw else None, "runs": runs, "events_per_s": best,
+            "ratio_to_raw": sig(best / raw) if raw else None, "goal_events_per_s": 20_000,
+            "goal_met": best >= 20_000, "load_avg_end": _load()}
+
+
+def _percentile(xs: list[float], q: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))]
+
+
+async def _rate_phase(bootstrap: str, scfg: Any, clicks: list, rate: float, drain_s: float) -> dict[str, Any]:
+    """Produce ``clicks`` at ``rate``/s and collect their recommendations; latency figures in ms."""
+    from adrec_stream.stream.local import OutputCollector  # noqa: PLC0415
+    from adrec_stream.stream.replay import produce_clicks  # noqa: PLC0415
+
+    wanted = {c.event_id for c in clicks}
+    async with OutputCollector(bootstrap, scfg, client_id="adrec-bench-latency", fetch_max_wait_ms=5) as out:
+        await out.poll(timeout_ms=50)
+        stop = asyncio.Event()
+
+        async def collect() -> None:
+            while not stop.is_set():
+                await out.poll(timeout_ms=20)
+
+        task = asyncio.create_task(collect())
+        t0 = time.time()
+        res = await produce_clicks(bootstrap, scfg.topics.clicks.name, clicks, rate_per_s=rate, progress=False)
+        deadline = time.time() + drain_s
+        while time.time() < deadline and len(wanted & out.recs.keys()) < len(wanted):
+            await asyncio.sleep(0.05)
+        stop.set()
+        await task
+    got = [out.recs[e] for e in wanted if e in out.recs]
+    lat = [1000 * (r["received_ts"] - r["produced_ts"]) for r in got if r.get("produced_ts")]
+    end = max((r["received_ts"] for r in got), default=t0)
+    return {"rate": rate, "sent": res.sent, "achieved_rate": sig(res.rate_per_s), "answered": len(got),
+            "p50_ms": sig(_percentile(lat, 50)) if lat else None, "p95_ms": sig(_percentile(lat, 95)) if lat else None,
+            "p99_ms": sig(_percentile(lat, 99)) if lat else None,
+            "recs_per_s": sig(len(got) / max(end - t0, 1e-9)), "load_avg": _load()}
+
+
+def bench_latency(data: str, *, rates: tuple[float, ...] = (100, 500, 1000), duration_s: float = 60.0,
+                  search_rates: tuple[float, ...] = (1500, 2000, 3000, 4000), search_duration_s: float = 30.0,
+                  run_root: Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Click -> recommendation latency at fixed rates, and the highest rate sustained with p99 <= 250 ms.
+
+    Returns:
+        JSON-able dict: ``rates`` [{rate, p50_ms, p95_ms, p99_ms, recs_per_s, answered, sent, ...}],
+        ``max_rate_p99_250ms`` (the highest tried rate with every click answered and p99 <= 250 ms), the goal
+        check (p99 <= 100 ms at 500 clicks/s) and the machine.
+    """
+    from adrec_stream.config import load_config  # noqa: PLC0415
+    from adrec_stream.data.events import chronological_split, read_interactions  # noqa: PLC0415
+    from adrec_stream.demo import DEFAULT_DEMO_CONFIG, DemoConfig, prepare_model  # noqa: PLC0415
+    from adrec_stream.serving.registry import ModelRegistry  # noqa: PLC0415
+    from adrec_stream.stream.local import bootstrap_state  # noqa: PLC0415
+    from adrec_stream.stream.replay import select_clicks  # noqa: PLC0415
+
+    info = {"machine": machine_info(), "load_avg_start": _load(), "data": data}
+    dcfg = load_config(DEFAULT_DEMO_CONFIG, DemoConfig)
+    inter = read_interactions(data)
+    train, rest = chronological_split(inter, dcfg.train_fraction)
+    ckpt, facts = prepare_model(dcfg, train, Path(data))
+    held = select_clicks(rest, Path(data).name)
+    phases, out = list(rates) + list(search_rates), []
+    with _Pipeline(run_root / "latency", {"registry_poll_s": 1.0, **(overrides or {})}) as pipe:
+        bootstrap = pipe.start_broker()
+        bootstrap_state(pipe.scfg, train, Path(data).name)
+        ModelRegistry(pipe.scfg.registry_dir).publish(ckpt, meta={"source": "bench latency"})
+        info["ready_s"] = sig(pipe.start_workers(["ingest", "score"]))
+        cursor = 0
+        for i, rate in enumerate(phases):
+            search = i >= len(rates)
+            n = int(rate * (search_duration_s if search else duration_s))
+            clicks = [held[(cursor + j) % len(held)]._replace(event_id=f"r{i}:{j}") for j in range(n)]
+            cursor += n
+            res = asyncio.run(_rate_phase(bootstrap, pipe.scfg, clicks, rate, drain_s=30.0))
+            res["phase"] = "search" if search else "fixed"
+            out.append(res)
+            log.info("bench_latency_phase", **res)
+            ok = res["answered"] == res["sent"] and res["p99_ms"] is not None and res["p99_ms"] <= 250
+            if search and not ok:
+                break
+    fixed = [r for r in out if r["phase"] == "fixed"]
+    passing = [r["rate"] for r in out if r["answered"] == r["sent"] and (r["p99_ms"] or 1e9) <= 250]
+    at500 = next((r for r in fixed if r["rate"] == 500), None)
+    return {**info, "model": {k: facts.get(k) for k in ("train_events", "items", "cached")},
+            "rates": fixed, "search": [r for r in out if r["phase"] == "search"],
+            "max_rate_p99_250ms": max(passing, default=None),
+            "goal": {"rate": 500, "p99_ms_max": 100, "met": bool(at500 and at500["answered"] == at500["sent"]
+                                                                  and (at500["p99_ms"] or 1e9) <= 100)},
+            "load_avg_end": _load()}

@@ -1,0 +1,232 @@
+"""The ingest handler: a batch of click records -> dead letters, sequence updates and one store write per partition.
+
+At-least-once with exact state. For each batch taken from the clicks topic:
+
+1. Records of partitions not owned any more (revoked while buffered) are left alone: not applied, not
+   acknowledged (the new owner gets them).
+2. Each record is decoded with :func:`~adrec_stream.stream.events.decode_click`; malformed ones are sent to the
+   dead-letter topic with the reason and their source partition/offset; tombstones and records with an empty key
+   and no ``user_id`` are skipped (counted; their offsets commit).
+3. Per partition, the partition's :class:`~adrec_stream.state.store.SequenceStore` previews the update of every
+   click not yet applied (records at or below the stored applied offset are re-deliveries and are skipped), and
+   those sequence updates are published.
+4. Once every delivery (dead letters and updates) is acknowledged, each partition's records go to
+   :meth:`SequenceStore.apply`: one RocksDB WriteBatch holding the appends and the partition's last applied offset.
+   A failed write (nothing applied) is retried ``batch.store_write_attempts`` times, then the batch fails.
+5. :meth:`IngestHandler.handle` returns the partitions whose effects are stored; only their records may be
+   acknowledged, so the committed offset never passes a click whose effect is not stored.
+
+Publishing before storing makes the sequence updates at-least-once (a crash between the delivery and the write
+re-publishes them with the same ``event_id``) instead of losing them.
+
+Broker reset: when a partition delivers records at or below the stored applied offset although the partition's
+log end (the fetch high watermark) is not above that offset, the broker lost its log (embedded memory broker
+restarted empty, or the topic was recreated); the handler logs ``broker_reset_detected`` with the numbers, forgets
+the stored offset of that partition and applies the new log's records instead of skipping them as duplicates.
+See docs/reliability.md.
+
+Sequence update value (JSON): ``user_id``, ``items`` (raw ids, oldest first, <= window), ``event_id``,
+``event_ts`` (click time, s), ``produced_ts`` (Kafka timestamp of the click record, s), ``ingest_ts`` (s),
+``source`` {partition, offset}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import orjson
+
+from adrec_stream.errors import StoreError
+from adrec_stream.logging import get_logger
+from adrec_stream.state.partitioned import PartitionStores
+from adrec_stream.state.store import SequenceStore, SequenceUpdate, SourceRecord
+from adrec_stream.stream.config import StreamConfig
+from adrec_stream.stream.events import DecodeError, dead_letter_record, decode_click
+from adrec_stream.stream.handler_support import ConsumedRecord, Publisher, WorkerHooks, WorkerStats, delivered
+
+#: Seconds to wait before retry n of a failed sequence-store write (times n).
+STORE_RETRY_BACKOFF_S = 0.2
+
+#: Decode reasons that are skipped (counted, offset committed) rather than dead-lettered.
+SKIP_REASONS = frozenset({"tombstone", "empty_key"})
+
+
+def update_value(u: SequenceUpdate, produced_ts: float | None, ingest_ts: float) -> bytes:
+    """The JSON value of one sequence update (fields in the module docstring)."""
+    return orjson.dumps({
+        "user_id": u.user_id, "items": u.items, "event_id": u.event.event_id, "event_ts": u.event.ts,
+        "produced_ts": produced_ts, "ingest_ts": ingest_ts, "source": {"partition": u.partition, "offset": u.offset},
+    })
+
+
+class IngestHandler:
+    """Applies batches of click records to the per-partition sequence stores (protocol in the module docstring).
+
+    Args:
+        cfg: stream config (topic names, window, decode rules, write attempts).
+        stores: the per-partition stores (opened on a partition's first record, closed on revocation).
+        publisher: where dead letters and sequence updates go.
+        stats: counters to update.
+        highwater: ``(topic, partition) -> log end offset`` from the consumer's fetch responses (None if unknown);
+            used only for broker-reset detection.
+        hooks: test-only fault injection (off by default).
+
+    Call :meth:`assign` / :meth:`revoke` from the consumer's rebalance callbacks, :meth:`handle` per batch.
+    """
+
+    def __init__(self, cfg: StreamConfig, stores: PartitionStores, publisher: Publisher, stats: WorkerStats, *,
+                 highwater: Callable[[str, int], int | None] = lambda topic, partition: None,
+                 hooks: WorkerHooks | None = None) -> None:
+        self.cfg, self.stores, self.publisher, self.stats = cfg, stores, publisher, stats
+        self.highwater = highwater
+        self.hooks = hooks or WorkerHooks()
+        self.owned: set[int] = set()
+        self.clicks_topic = cfg.topics.clicks.name
+        self.log = get_logger("adrec_stream.worker.ingest", group=cfg.groups.ingest)
+
+    # --------------------------------------------------------------------------------- partition ownership
+    def assign(self, partitions: Iterable[int]) -> None:
+        """The clicks partitions assigned to this worker now (replaces the previous set)."""
+        self.owned = set(partitions)
+
+    def revoke(self, partitions: Iterable[int]) -> list[tuple[str, int]]:
+        """Forget ``partitions`` and close their stores (call after the batch in flight finished).
+
+        Returns:
+            The (topic, partition) pairs whose stores were closed.
+        """
+        parts = set(partitions)
+        self.owned.difference_update(parts)
+        return self.stores.close((self.clicks_topic, p) for p in parts)
+
+    # -------------------------------------------------------------------------------------------- batches
+    async def handle(self, records: Sequence[ConsumedRecord]) -> set[int]:
+        """Process one batch (records of any partitions, offset order within each partition).
+
+        Returns:
+            The partitions whose records may be acknowledged (their effects are stored).
+
+        Raises:
+            StoreLockedError: a partition's store stayed locked by another process (``store_lock_wait_s``).
+            StoreError: a store write kept failing for ``batch.store_write_attempts`` attempts.
+            Exception: a failed delivery to the broker (nothing of the batch is stored or acknowledged).
+        """
+        t0 = time.perf_counter()
+        stats, cfg = self.stats, self.cfg
+        stats.received += len(records)
+        groups: dict[int, list[SourceRecord]] = {}
+        produced: dict[tuple[int, int], float | None] = {}
+        dl_futures: list = []
+        dropped = 0
+        owned = self.owned
+        for msg in records:
+            part = msg.partition
+            if part not in owned:
+                dropped += 1
+                continue
+            try:
+                click = decode_click(msg.value, msg.key, item_id_type=cfg.item_id_type, max_bytes=cfg.max_event_bytes,
+                                     default_event_id=f"{msg.topic}:{part}:{msg.offset}")
+            except DecodeError as err:
+                click = None
+                if err.reason in SKIP_REASONS:
+                    stats.skipped += 1
+                else:
+                    stats.dead_lettered += 1
+                    dl_futures.append(await self.publisher.send(
+                        cfg.topics.dead_letter.name, msg.key,
+                        dead_letter_record(err, msg.topic, part, msg.offset, msg.key, msg.value)))
+            groups.setdefault(part, []).append(SourceRecord(msg.topic, part, msg.offset, click))
+            if click is not None:
+                produced[(part, msg.offset)] = float(msg.timestamp) if msg.timestamp else None
+        if dropped:
+            self.log.warning("records_of_revoked_partition_dropped", count=dropped)
+        work = []
+        for part, recs in groups.items():
+            store = await self.stores.open_async(recs[0].topic, part)
+            self._reconcile_broker_reset(store, recs[0].topic, part, recs)
+            work.append((part, store, recs, store.preview(recs)))
+        now = time.time()
+        futures = []
+        topic = cfg.topics.sequence_updates.name
+        send = self.publisher.send
+        for _, _, _, preview in work:
+            for u in preview:
+                futures.append(await send(topic, u.user_id.encode(),
+                                          update_value(u, produced.get((u.partition, u.offset)), now)))
+        await delivered(dl_futures)  # dead letters are out before their offsets count as applied
+        await delivered(futures)
+        stats.published += len(futures)
+        done: set[int] = set()
+        for part, store, recs, preview in work:
+            applied = await self._apply_with_retry(store, recs)
+            if applied is None:
+                self.log.warning("partition_revoked_before_write", partition=part, records=len(recs))
+                continue  # not acked: the new owner applies (and re-publishes, same event_id) these
+            if [(u.partition, u.offset, u.items) for u in applied] != \
+                    [(u.partition, u.offset, u.items) for u in preview]:
+                raise RuntimeError(f"sequence store of partition {part} changed between preview and apply "
+                                   "(a second writer?)")
+            done.add(part)
+            stats.applied += len(applied)
+            stats.duplicates_skipped += sum(r.event is not None for r in recs) - len(applied)
+        stats.batches += 1
+        stats.batch_s_total += time.perf_counter() - t0
+        self.hooks.after_batch(stats)
+        return done
+
+    def _reconcile_broker_reset(self, store: SequenceStore, topic: str, part: int, records: list) -> None:
+        """Forget the stored offset of a partition whose log restarted below it (see the module docstring)."""
+        lowest = records[0].offset
+        stored = store.applied_offset(topic, part)
+        if stored is None or lowest > stored:
+            return  # the usual case: nothing at or below the stored offset
+        hw = self.highwater(topic, part)
+        if hw is None or hw > stored:
+            return  # an ordinary re-delivery: the log still holds the stored offset
+        self.stats.broker_resets += 1
+        self.log.error("broker_reset_detected", topic=topic, partition=part, stored_applied_offset=stored,
+                       log_end_offset=hw, first_offset_received=lowest,
+                       action="forgot the stored offset of this partition; records of the new log are applied",
+                       hint="the broker lost its log (embedded memory broker restarted empty, or the topic was "
+                            "recreated); records produced while it was down or lost with it are not recovered")
+        store.forget_offsets(topic, [part])
+
+    async def _apply_with_retry(self, store: SequenceStore, records: list) -> list | None:
+        """``store.apply(records)`` with in-place retries; None if the store was closed by a revocation."""
+        attempts = self.cfg.batch.store_write_attempts
+        for attempt in range(1, attempts + 1):
+            self.hooks.before_write(records)
+            if store.closed:
+                return None
+            try:
+                return store.apply(records)
+            except StoreError as err:
+                if store.closed:
+                    return None
+                if attempt >= attempts:
+                    raise
+                self.stats.write_retries += 1
+                self.log.warning("store_write_retry", attempt=attempt, attempts=attempts,
+                                 partition=records[0].partition, error=str(err)[:300])
+                await asyncio.sleep(STORE_RETRY_BACKOFF_S * attempt)
+        raise AssertionError("unreachable")
+
+
+def make_stores(cfg: StreamConfig, hooks: WorkerHooks | None = None) -> PartitionStores:
+    """The per-partition sequence stores of an ingest worker (``state_dir/sequences/<topic>-<partition>``).
+
+    Raises:
+        StoreError: ``state_dir/sequences`` holds the single-store layout of an earlier build.
+    """
+    return PartitionStores(cfg.state_dir, window=cfg.window, lock_wait_s=cfg.store_lock_wait_s,
+                           on_open=hooks.on_store_open if hooks is not None else None)
+
+
+def consumed(message: Any) -> ConsumedRecord:
+    """A :class:`ConsumedRecord` copy of anything with the same attributes (tests, tools)."""
+    return ConsumedRecord(message.topic, message.partition, message.offset, message.key, message.value,
+                          getattr(message, "timestamp", None))

@@ -1,0 +1,126 @@
+"""The score handler: a batch of sequence updates -> one recommendation record per update.
+
+Per batch (taken by the score agent: up to ``batch.score_max_users`` updates, waiting at most
+``batch.score_within_s`` for more):
+
+1. Each update is parsed (orjson); one that is not a sequence-update object is skipped and logged.
+2. Users are de-duplicated: only the newest window of each user in the batch is scored (a user's updates share
+   a partition, so the last one in the batch is the newest). The older updates of that user still get their own
+   record (their own ``event_id``) holding the shared result, with ``superseded_by`` set to the event id whose
+   window was scored: that list was computed after a later click of the same user, so evaluators must not judge
+   the earlier click's next item against it (``adrec-stream demo`` and ``evaluate-replay --through-kafka`` skip
+   such records).
+3. The distinct windows go to the recommender in a worker thread (so heartbeats continue): one CAM pass per
+   length group with the denoiser's history prefix cached, only the last token denoised for
+   ``scoring.sampling_steps`` steps, one matmul and top-k over the item table
+   (:meth:`~adrec_stream.serving.recommender.Recommender.recommend`); seen items per ``scoring.seen_items``.
+4. One record per update is published; the batch is acknowledged once all are delivered (a re-delivered update
+   yields a duplicate recommendation with the same ``event_id``).
+
+Recommendation value (JSON): ``user_id``, ``items``, ``scores``, ``model_version``, ``event_id``, ``event_ts``,
+``produced_ts``, ``emitted_ts``, ``fallback``, ``superseded_by`` (null unless step 2 applied).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from adrec_stream.logging import get_logger
+from adrec_stream.stream.config import StreamConfig
+from adrec_stream.stream.handler_support import ConsumedRecord, Publisher, WorkerHooks, WorkerStats, delivered
+
+
+def parse_update(value: bytes | None) -> dict[str, Any]:
+    """Decode one sequence update (fields in :mod:`adrec_stream.stream.ingest`).
+
+    Raises:
+        ValueError: not a JSON object with an ``items`` list.
+    """
+    upd = orjson.loads(value) if value is not None else None
+    if not isinstance(upd, dict) or not isinstance(upd.get("items"), list):
+        raise ValueError("not a sequence update object")
+    return upd
+
+
+def recommend_windows(recommender: Any, windows: list[list[str]], cfg: StreamConfig) -> list:
+    """Top-``cfg.top_k`` lists for ``windows`` with the serving settings of ``cfg.scoring`` (seen items).
+
+    Returns:
+        One :class:`~adrec_stream.serving.recommender.Recommendation` per window.
+    """
+    s = cfg.scoring
+    return recommender.recommend(windows, cfg.top_k, exclude_history=s.seen_items == "exclude",
+                                 exclude_last=s.exclude_last_n if s.seen_items == "exclude_last" else 0)
+
+
+class ScoreHandler:
+    """Scores batches of sequence updates and publishes recommendations (protocol in the module docstring).
+
+    Args:
+        cfg: stream config (top_k, scoring settings, topic names).
+        recommender: a :class:`~adrec_stream.serving.recommender.ReloadingRecommender` (or anything with its
+            ``recommend(histories, k, exclude_history=, exclude_last=)``).
+        publisher: where recommendations go.
+        stats: counters to update.
+        hooks: test-only fault injection (off by default).
+        executor: the ``concurrent.futures`` executor the model runs in (None = the loop's default).
+    """
+
+    def __init__(self, cfg: StreamConfig, recommender: Any, publisher: Publisher, stats: WorkerStats, *,
+                 hooks: WorkerHooks | None = None, executor: Any = None) -> None:
+        self.cfg, self.recommender, self.publisher, self.stats = cfg, recommender, publisher, stats
+        self.hooks = hooks or WorkerHooks()
+        self.executor = executor
+        self.log = get_logger("adrec_stream.worker.score", group=cfg.groups.scoring)
+
+    async def handle(self, records: Sequence[ConsumedRecord]) -> None:
+        """Process one batch; returns once every recommendation is delivered (then acknowledge the batch).
+
+        Raises:
+            Exception: a failed delivery (the batch must not be acknowledged) or a test hook's failure.
+        """
+        t0 = time.perf_counter()
+        stats = self.stats
+        stats.received += len(records)
+        parsed: list[dict[str, Any]] = []
+        for msg in records:
+            try:
+                parsed.append(parse_update(msg.value))
+            except (ValueError, TypeError) as err:
+                stats.skipped += 1
+                self.log.warning("bad_sequence_update", error=str(err)[:120], partition=msg.partition,
+                                 offset=msg.offset)
+        if parsed:
+            newest: dict[Any, int] = {}
+            for i, upd in enumerate(parsed):
+                newest[upd.get("user_id")] = i
+            order = sorted(newest.values())
+            windows = [[str(x) for x in parsed[i]["items"]] for i in order]
+            loop = asyncio.get_running_loop()
+            results = await loop.run_in_executor(self.executor, recommend_windows, self.recommender, windows, self.cfg)
+            result_of = dict(zip(order, results))
+            stats.scored += len(order)
+            now = time.time()
+            topic = self.cfg.topics.recommendations.name
+            futures = []
+            for i, upd in enumerate(parsed):
+                j = newest[upd.get("user_id")]
+                rec = result_of[j]
+                stats.fallback += bool(rec.fallback)
+                value = orjson.dumps({
+                    "user_id": upd.get("user_id"), "items": rec.items, "scores": rec.scores,
+                    "model_version": rec.model_version, "event_id": upd.get("event_id"),
+                    "event_ts": upd.get("event_ts"), "produced_ts": upd.get("produced_ts"), "emitted_ts": now,
+                    "fallback": bool(rec.fallback), "superseded_by": None if j == i else parsed[j].get("event_id"),
+                })
+                futures.append(await self.publisher.send(topic, str(upd.get("user_id")).encode(), value))
+            await delivered(futures)
+            stats.published += len(futures)
+        stats.batches += 1
+        stats.batch_s_total += time.perf_counter() - t0
+        self.hooks.after_batch(stats)

@@ -1,0 +1,130 @@
+"""The ingest and score handlers without a broker: real RocksDB stores, a real (tiny) model, a memory publisher."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import orjson
+import pytest
+import torch
+
+from adrec_stream.data.events import Interaction
+from adrec_stream.errors import StoreError
+from adrec_stream.model import ModelConfig, build_model, save_checkpoint
+from adrec_stream.serving.recommender import Recommender
+from adrec_stream.stream.config import StreamConfig
+from adrec_stream.stream.events import encode_click
+from adrec_stream.stream.handler_support import ConsumedRecord, MemoryPublisher, WorkerHooks, WorkerStats
+from adrec_stream.stream.ingest import IngestHandler, make_stores
+from adrec_stream.stream.score import ScoreHandler
+
+
+def _cfg(tmp_path: Path, **over) -> StreamConfig:
+    return StreamConfig(state_dir=str(tmp_path / "state"), window=3, **over)
+
+
+def _click(part: int, off: int, user: str, item: str, ts: float = 100.0) -> ConsumedRecord:
+    value = encode_click(Interaction(user, item, ts, f"e{part}-{off}"))
+    return ConsumedRecord("clicks", part, off, user.encode(), value, 1_700_000_000.5)
+
+
+def _ingest(tmp_path: Path, hooks: WorkerHooks | None = None, **over):
+    cfg = _cfg(tmp_path, **over)
+    pub, stats = MemoryPublisher(), WorkerStats()
+    handler = IngestHandler(cfg, make_stores(cfg, hooks), pub, stats, hooks=hooks)
+    handler.assign([0, 1])
+    return handler, pub, stats
+
+
+def test_ingest_publishes_updates_dead_letters_and_stores_once(tmp_path: Path):
+    handler, pub, stats = _ingest(tmp_path)
+    batch = [_click(0, 0, "a", "1"), _click(1, 0, "b", "7"), _click(0, 1, "a", "2"),
+             ConsumedRecord("clicks", 0, 2, b"a", b"{not json", None),
+             ConsumedRecord("clicks", 1, 1, b"b", None, None),  # tombstone: skipped
+             _click(0, 3, "a", "3"), _click(0, 4, "a", "4"),
+             _click(2, 0, "c", "5")]  # partition 2 is not owned: left alone (not acknowledged)
+    done = asyncio.run(handler.handle(batch))
+    assert done == {0, 1}
+    updates = [orjson.loads(v) for v in pub.values("sequence-updates")]
+    assert [(u["user_id"], u["items"], u["source"]) for u in updates] == [
+        ("a", ["1"], {"partition": 0, "offset": 0}), ("a", ["1", "2"], {"partition": 0, "offset": 1}),
+        ("a", ["1", "2", "3"], {"partition": 0, "offset": 3}), ("a", ["2", "3", "4"], {"partition": 0, "offset": 4}),
+        ("b", ["7"], {"partition": 1, "offset": 0})]
+    assert updates[0]["produced_ts"] == 1_700_000_000.5 and updates[0]["event_id"] == "e0-0"
+    dead = [orjson.loads(v) for v in pub.values("clicks-dead-letter")]
+    assert [(d["reason"], d["source"]["offset"]) for d in dead] == [("invalid_json", 2)]
+    assert (stats.received, stats.applied, stats.dead_lettered, stats.skipped, stats.published) == (8, 5, 1, 1, 5)
+    # the same batch again (a re-delivery): nothing applied twice, nothing re-published
+    assert asyncio.run(handler.handle(batch[:7])) == {0, 1}
+    assert stats.applied == 5 and stats.duplicates_skipped == 5 and len(pub.values("sequence-updates")) == 5
+    assert handler.stores.get("clicks", 0).sequence("a") == ["2", "3", "4"]
+    assert handler.revoke([0, 1]) == [("clicks", 0), ("clicks", 1)]
+
+
+def test_ingest_failed_delivery_stores_nothing(tmp_path: Path):
+    handler, pub, stats = _ingest(tmp_path)
+    pub.fail_with = OSError("broker unreachable")
+    with pytest.raises(OSError, match="broker unreachable"):
+        asyncio.run(handler.handle([_click(0, 0, "a", "1")]))
+    assert stats.applied == 0 and handler.stores.get("clicks", 0).sequence("a") == []
+
+
+def test_ingest_write_failure_hook_retries_then_fails(tmp_path: Path):
+    hooks = WorkerHooks.from_options(inject_write_failure="1:5")
+    handler, _, stats = _ingest(tmp_path, hooks, batch={"store_write_attempts": 2})
+    with pytest.raises(StoreError):
+        asyncio.run(handler.handle([_click(0, 0, "a", "1"), _click(0, 1, "a", "2")]))
+    assert stats.write_retries == 1 and stats.applied == 0
+
+
+def test_crash_hook_fails_after_n_batches(tmp_path: Path):
+    handler, _, stats = _ingest(tmp_path, WorkerHooks(crash_after_batches=2))
+    asyncio.run(handler.handle([_click(0, 0, "a", "1")]))
+    with pytest.raises(RuntimeError, match="injected failure after 2 batches"):
+        asyncio.run(handler.handle([_click(0, 1, "a", "2")]))
+    assert stats.applied == 2  # stored, but the batch is never acknowledged
+
+
+class _CountingRecommender:
+    """Wraps a real Recommender and records the windows it was asked to score."""
+
+    def __init__(self, rec: Recommender) -> None:
+        self.rec, self.calls = rec, []
+
+    def recommend(self, windows, k, **kw):
+        self.calls.append([list(w) for w in windows])
+        return self.rec.recommend(windows, k, **kw)
+
+
+@pytest.fixture()
+def tiny(tmp_path: Path) -> Recommender:
+    torch.manual_seed(0)
+    cfg = ModelConfig(hidden_size=16, max_len=4, num_heads=2, num_blocks=1, diffusion_steps=4)
+    path = save_checkpoint(tmp_path / "m.pt", build_model(20, cfg).eval(), vocab=[str(i) for i in range(1, 21)],
+                           config=cfg.model_dump(mode="json"), meta={"item_counts": list(range(21))})
+    return Recommender.from_checkpoint(path, deterministic=True, version=3)
+
+
+def _update(off: int, user: str, items: list[str], eid: str) -> ConsumedRecord:
+    value = orjson.dumps({"user_id": user, "items": items, "event_id": eid, "event_ts": 1.0, "produced_ts": 2.0,
+                          "ingest_ts": 3.0, "source": {"partition": 0, "offset": off}})
+    return ConsumedRecord("sequence-updates", 0, off, user.encode(), value, None)
+
+
+def test_score_deduplicates_users_and_answers_every_update(tmp_path: Path, tiny: Recommender):
+    cfg = StreamConfig(top_k=4)
+    counting, pub, stats = _CountingRecommender(tiny), MemoryPublisher(), WorkerStats()
+    handler = ScoreHandler(cfg, counting, pub, stats)
+    batch = [_update(0, "a", ["1"], "a1"), _update(1, "b", ["5", "6"], "b1"), _update(2, "a", ["1", "2"], "a2"),
+             ConsumedRecord("sequence-updates", 0, 3, b"x", b"[1, 2]", None),  # not an update: skipped
+             _update(4, "a", ["1", "2", "3"], "a3")]
+    asyncio.run(handler.handle(batch))
+    assert counting.calls == [[["5", "6"], ["1", "2", "3"]]]  # one model call, newest window per user
+    recs = [orjson.loads(v) for v in pub.values("recommendations")]
+    assert [(r["event_id"], r["superseded_by"]) for r in recs] == [("a1", "a3"), ("b1", None), ("a2", "a3"),
+                                                                    ("a3", None)]
+    assert recs[0]["items"] == recs[2]["items"] == recs[3]["items"]  # the shared result
+    assert not {"1", "2", "3"} & set(recs[3]["items"])  # default: seen items excluded
+    assert recs[3]["model_version"] == 3 and recs[3]["produced_ts"] == 2.0 and len(recs[3]["items"]) == 4
+    assert (stats.received, stats.scored, stats.published, stats.skipped) == (5, 2, 4, 1)

@@ -35,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
 
 import orjson
 
@@ -225,8 +224,3 @@ def make_stores(cfg: StreamConfig, hooks: WorkerHooks | None = None) -> Partitio
     return PartitionStores(cfg.state_dir, window=cfg.window, lock_wait_s=cfg.store_lock_wait_s,
                            on_open=hooks.on_store_open if hooks is not None else None)
 
-
-def consumed(message: Any) -> ConsumedRecord:
-    """A :class:`ConsumedRecord` copy of anything with the same attributes (tests, tools)."""
-    return ConsumedRecord(message.topic, message.partition, message.offset, message.key, message.value,
-                          getattr(message, "timestamp", None))

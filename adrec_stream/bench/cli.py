@@ -19,10 +19,10 @@ DEFAULT_EVENTS = "../shared/data/events/ml-100k/u.data"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the ``bench`` options (imports nothing heavy)."""
-    parser.add_argument("bench_kind", choices=["train", "score", "finetune", "ingest", "latency"],
+    parser.add_argument("bench_kind", choices=["train", "score", "finetune", "ingest", "latency", "memory"],
                         help="what to time (finetune: one fine-tune worker round on logged clicks; ingest: clicks/s "
                              "through the embedded broker into RocksDB; latency: click -> recommendation at fixed "
-                             "rates)")
+                             "rates; memory: peak RSS of the workers with 100,000 users and a 100,000-item model)")
     parser.add_argument(
         "--dataset", default=DEFAULT_DATASET, help=f"dataset.pkl or its folder (default {DEFAULT_DATASET})"
     )
@@ -57,7 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--search-rates", default="1500,2000,3000,4000", metavar="R,R",
                         help="latency: higher rates tried (30 s each) until p99 > 250 ms (default 1500,2000,3000,4000)")
     parser.add_argument("--duration-s", type=float, default=60.0, help="latency: seconds per fixed rate (default 60)")
-    parser.add_argument("--run-dir", default="var/bench", help="ingest, latency: work folder (wiped; default var/bench)")
+    parser.add_argument("--run-dir", default="var/bench",
+                        help="ingest, latency, memory: work folder (wiped; default var/bench)")
     parser.add_argument("--window-events", type=positive_int, default=10000,
                         help="finetune: fresh clicks of the round, right after the first 80%% of the log "
                              "(default 10000)")
@@ -78,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the chosen benchmark and print the result."""
     if args.bench_kind == "finetune":
         return _run_finetune(args)
-    if args.bench_kind in ("ingest", "latency"):
+    if args.bench_kind in ("ingest", "latency", "memory"):
         return _run_stream(args)
     import torch
 
@@ -156,7 +157,7 @@ def _run_stream(args: argparse.Namespace) -> int:
     """``bench ingest`` / ``bench latency``: one JSON object (or a summary line)."""
     from pathlib import Path
 
-    from adrec_stream.bench.stream_bench import bench_ingest, bench_latency
+    from adrec_stream.bench.stream_bench import bench_ingest, bench_latency, bench_memory
     from adrec_stream.config import parse_overrides
 
     over = parse_overrides(args.overrides)
@@ -167,6 +168,11 @@ def _run_stream(args: argparse.Namespace) -> int:
                    + ", ".join(f"{r['workers']} worker(s) {r['events_per_s'] or 0:,.0f}/s" for r in res["runs"])
                    + f"); plain batched consumer {res['raw_consume_events_per_s'] or 0:,.0f}/s; ratio "
                    f"{res['ratio_to_raw']}")
+    elif args.bench_kind == "memory":
+        res = bench_memory(run_root=Path(args.run_dir), overrides=over)
+        summary = (f"memory: ingest worker peak RSS {res['ingest_peak_rss_mb']} MiB with {res['users']:,} users "
+                   f"({res['ingest_applied']:,} clicks applied); score worker {res['score_peak_rss_mb']} MiB with a "
+                   f"{res['items']:,}-item model ({res['recommendations']:,} recommendations)")
     else:
         res = bench_latency(args.data, rates=_numbers(args.rates, "--rates"), duration_s=args.duration_s,
                             search_rates=_numbers(args.search_rates, "--search-rates"), run_root=Path(args.run_dir),

@@ -262,3 +262,71 @@ def bench_latency(data: str, *, rates: tuple[float, ...] = (100, 500, 1000), dur
             "goal": {"rate": 500, "p99_ms_max": 100, "met": bool(at500 and at500["answered"] == at500["sent"]
                                                                   and (at500["p99_ms"] or 1e9) <= 100)},
             "load_avg_end": _load()}
+
+
+def _peak_rss_mb(pid: int) -> float | None:
+    """Peak resident set size (VmHWM) of a running process in MiB, from ``/proc/<pid>/status`` (None if unknown)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def bench_memory(*, users: int = 100_000, items: int = 100_000, clicks_per_user: int = 2, score_updates: int = 5_000,
+                 run_root: Path, seed: int = 2025, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Peak RSS of an ingest worker holding ``users`` users and of a score worker serving an ``items``-item model.
+
+    Synthetic clicks (user ``u<k>``, items drawn uniformly from 1..``items``) are produced first; one ingest worker
+    applies them all, and a score worker with a freshly initialised ADRec over ``items`` items (default config)
+    scores the resulting sequence updates until ``score_updates`` recommendations arrived. Peak RSS is each
+    process's ``VmHWM`` just before it is stopped.
+
+    Returns:
+        JSON-able dict: ``ingest_peak_rss_mb``, ``score_peak_rss_mb``, ``users``, ``items``, ``clicks`` and the machine.
+    """
+    import random  # noqa: PLC0415
+
+    import torch  # noqa: PLC0415
+
+    from adrec_stream.bench.common import fresh_model  # noqa: PLC0415
+    from adrec_stream.data.events import Interaction  # noqa: PLC0415
+    from adrec_stream.model import ModelConfig, save_checkpoint  # noqa: PLC0415
+    from adrec_stream.serving.registry import ModelRegistry  # noqa: PLC0415
+    from adrec_stream.stream.local import OutputCollector  # noqa: PLC0415
+    from adrec_stream.stream.replay import produce_clicks  # noqa: PLC0415
+
+    rng = random.Random(seed)
+    n = users * clicks_per_user
+    clicks = [Interaction(f"u{i % users}", str(rng.randint(1, items)), 1_700_000_000.0 + i, f"m{i}") for i in range(n)]
+    info = {"machine": machine_info(), "load_avg_start": _load(), "users": users, "items": items, "clicks": n}
+    with _Pipeline(run_root / "memory", {"registry_poll_s": 1.0, **(overrides or {})}) as pipe:
+        bootstrap = pipe.start_broker()
+        cfg = ModelConfig()
+        model = fresh_model(items, cfg, seed, torch.device("cpu")).eval()
+        ckpt = save_checkpoint(pipe.run_dir / "synthetic" / "model.pt", model, vocab=[str(i) for i in range(1, items + 1)],
+                               config={"model": cfg.model_dump(mode="json")}, meta={"source": "bench memory"})
+        ModelRegistry(pipe.scfg.registry_dir).publish(ckpt, meta={"source": "bench memory"})
+        del model
+        asyncio.run(produce_clicks(bootstrap, pipe.scfg.topics.clicks.name, clicks, progress=False))
+        t = pipe.scfg.topics
+        pipe.start_workers(["ingest", "score"], timeout_s=300.0)
+
+        async def wait_scored() -> int:
+            async with OutputCollector(bootstrap, pipe.scfg, client_id="adrec-bench-memory") as out:
+                last = time.time()
+                while len(out.recs) < score_updates and time.time() - last < 60:
+                    if await out.poll():
+                        last = time.time()
+                return len(out.recs)
+
+        scored = asyncio.run(wait_scored())
+        applied, _ = asyncio.run(_updates_span(bootstrap, t.sequence_updates.name, t.sequence_updates.partitions, n,
+                                               timeout_s=60.0))
+        ingest, score = pipe.workers
+        info.update(ingest_applied=applied, recommendations=scored,
+                    ingest_peak_rss_mb=_peak_rss_mb(ingest.proc.pid), score_peak_rss_mb=_peak_rss_mb(score.proc.pid),
+                    load_avg_end=_load())
+    return info

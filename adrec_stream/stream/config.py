@@ -6,8 +6,10 @@ unknown keys and ill-typed values raise :class:`~adrec_stream.errors.ConfigError
 
 Timeout defaults were measured on the embedded Tansu 0.6.0 broker: a 6 s session timeout, 1.5 s heartbeat and 6 s
 rebalance timeout make a new consumer-group member receive partitions in ~3-7 s on the embedded Tansu
-broker (instead of ~half of a 45-60 s session timeout), and a 100 ms fetch max-wait keeps click ->
-recommendation latency near 50 ms because Tansu holds every fetch for the full max-wait.
+broker (instead of ~half of a 45-60 s session timeout). Tansu holds every fetch for the full max-wait even when
+data arrives, so each consumer hop adds up to ``consumer.fetch_max_wait_s`` of latency: the default 20 ms keeps
+click -> recommendation latency low at about 5 % of a core per idle consumer and as much on the broker (100 ms:
+about 2 %); docs/benchmarks.md has the measurements. Against Apache Kafka a fetch returns as soon as data arrives.
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ class ConsumerConfig(StrictModel):
     session_timeout_s: PosFloat = 6.0
     heartbeat_interval_s: PosFloat = 1.5
     rebalance_timeout_s: PosFloat = 6.0
-    fetch_max_wait_s: PosFloat = 0.1
+    fetch_max_wait_s: PosFloat = 0.02
     request_timeout_s: PosFloat = 30.0
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
 
@@ -99,7 +101,7 @@ class BatchConfig(StrictModel):
     """
 
     ingest_max_records: PosInt = 1000
-    ingest_within_s: PosFloat = 0.05
+    ingest_within_s: PosFloat = 0.005
     score_max_users: PosInt = 256
     score_within_s: PosFloat = 0.005
     produce_linger_s: NonNegFloat = 0.01

@@ -141,8 +141,8 @@ def test_worker_on_locked_store_fails_with_one_clear_line(stream_config, tmp_pat
     try:
         assert holder.stdout.readline().strip() == "open"
         t0 = time.monotonic()
-        res = subprocess.run([str(REPO_ROOT / ".venv" / "bin" / "adrec-stream"), "worker", "ingest", "--config",
-                              str(cfg_path)], capture_output=True, text=True, timeout=90, cwd=REPO_ROOT)
+        res = subprocess.run([sys.executable, "-m", "adrec_stream.cli", "worker", "ingest", "--config", str(cfg_path)],
+                             capture_output=True, text=True, timeout=90, cwd=REPO_ROOT)
         took = time.monotonic() - t0
     finally:
         holder.kill()

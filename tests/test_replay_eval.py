@@ -17,16 +17,9 @@ import pytest
 
 from adrec_stream.data.events import read_delimited, read_interactions
 from adrec_stream.errors import AdrecStreamError, ConfigError, DataFileError
+from adrec_stream.evaluation.metrics import expected_rank, rank_counts, tie_metrics
 from adrec_stream.evaluation.replay import cli as replay_cli
-from adrec_stream.evaluation.replay.engine import (
-    EXCLUDED,
-    UNKNOWN,
-    Click,
-    expected_rank,
-    rank_counts,
-    run_replay,
-    tie_metrics,
-)
+from adrec_stream.evaluation.replay.engine import EXCLUDED, UNKNOWN, Click, run_replay
 from adrec_stream.evaluation.replay.policies import (
     ALL_POLICIES,
     IncrementalModelPolicy,

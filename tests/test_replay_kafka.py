@@ -15,8 +15,8 @@ import pytest
 from test_replay_eval import TINY_FLAGS, run_cli, write_successor
 
 from adrec_stream.data.events import Interaction
+from adrec_stream.evaluation.metrics import tie_metrics
 from adrec_stream.evaluation.replay import kafka as K
-from adrec_stream.evaluation.replay.engine import tie_metrics
 
 
 def _log(rows: list[tuple[str, str]]) -> tuple[list[Interaction], list[Interaction]]:

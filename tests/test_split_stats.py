@@ -10,7 +10,7 @@ import pytest
 
 from adrec_stream.cli import main
 from adrec_stream.data.adrec_pkl import AdrecDataset, load_adrec_dataset
-from adrec_stream.evaluation.split_stats import popularity_ranks, split_statistics
+from adrec_stream.evaluation.split_stats import popularity_rank_counts, split_statistics
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "adrec"
 
@@ -23,9 +23,13 @@ def _toy() -> AdrecDataset:
     return AdrecDataset(train=train, val=val, test=test, n_items=5, n_users=3, n_interactions=13, name="toy")
 
 
-def test_popularity_ranks_break_ties_by_id_and_never_rank_padding() -> None:
-    counts = [99, 3, 2, 2, 0, 5]  # padding count is ignored; order 5, 1, 2, 3, 4
-    assert popularity_ranks(counts, [5, 1, 2, 3, 4]).tolist() == [1, 2, 3, 4, 5]
+def test_popularity_ties_count_by_the_random_tie_break_rule_and_padding_is_never_ranked() -> None:
+    counts = [99, 3, 2, 2, 0, 5]  # padding count is ignored; order 5, 1, {2, 3} tied, 4
+    higher, ties = popularity_rank_counts(counts, [5, 1, 2, 3, 4])
+    assert higher.tolist() == [0, 1, 2, 2, 4]
+    assert ties.tolist() == [0, 0, 1, 1, 0]  # items 2 and 3 share rank 3 or 4, half a chance each
+    flat = popularity_rank_counts([0] + [7] * 100, [1, 50, 100])  # every item equally popular
+    assert flat[0].tolist() == [0, 0, 0] and flat[1].tolist() == [99, 99, 99]
 
 
 def test_split_statistics_hand_computed() -> None:

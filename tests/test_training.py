@@ -12,7 +12,7 @@ import torch
 from adrec_stream.data.adrec_pkl import load_adrec_dataset
 from adrec_stream.data.batching import loo_histories
 from adrec_stream.errors import ConfigError, TrainingDivergedError
-from adrec_stream.evaluation.metrics import hit_ndcg, ranks_of_targets, summarize
+from adrec_stream.evaluation.metrics import summarize, target_rank_counts, tie_metrics
 from adrec_stream.evaluation.offline import popularity_scores
 from adrec_stream.model import ModelConfig, build_model
 from adrec_stream.runtime import resolve_device
@@ -251,8 +251,8 @@ def test_short_ml100k_run_beats_popularity() -> None:
     torch.set_num_threads(2)
     ds = load_adrec_dataset(DATA / "ml-100k" / "dataset.pkl")
     val = loo_histories(ds.train, ds.val, ds.test, "val", 20)
-    pop = summarize(hit_ndcg(ranks_of_targets(popularity_scores(ds.item_counts(), ds.n_users),
-                                              torch.tensor(val[1]))))
+    pop = summarize(tie_metrics(*target_rank_counts(popularity_scores(ds.item_counts(), ds.n_users),
+                                                    torch.tensor(val[1]))))
     exp = ExperimentConfig(
         model=ModelConfig(hidden_size=64, num_heads=2, max_len=20, diffusion_steps=8),
         train=TrainConfig(batch_size=128, lr=2e-3, pretrain_epochs=10, align_epochs=1, finetune_epochs=6,

@@ -20,7 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Evaluate a checkpoint with full ranking over all items, leave-one-out: val = target val[u] after "
         "train[u]; test = target test[u] after train[u]+val[u] (last max_len items). Metrics are "
-        "averaged per user; rank = 1 + number of items scored strictly higher than the target."
+        "averaged per user; items scored equal to the target count as a uniformly random tie-break would place "
+        "them (the expected metric: a constant-score model gets HR@k = k/N)."
     )
     parser.add_argument("--checkpoint", required=True, help="checkpoint directory (or file) written by `train`")
     parser.add_argument("--dataset", required=True, help="dataset.pkl (or its folder)")

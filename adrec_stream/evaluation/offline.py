@@ -1,4 +1,5 @@
-"""Offline leave-one-out evaluation with full ranking (paper Sec. 4.1 protocol)."""
+"""Offline leave-one-out evaluation with full ranking (paper Sec. 4.1 protocol; ties by the rule of
+:mod:`adrec_stream.evaluation.metrics`: expected metrics under a uniformly random tie-break)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 import torch
 
 from adrec_stream.data.batching import left_pad
-from adrec_stream.evaluation.metrics import DEFAULT_KS, hit_ndcg, ranks_of_targets, summarize
+from adrec_stream.evaluation.metrics import DEFAULT_KS, summarize, target_rank_counts, tie_metrics
 
 
 def evaluate_model(
@@ -28,7 +29,9 @@ def evaluate_model(
 
     Users are processed in length-sorted batches (each trimmed to its longest history, which is
     exact with a key-padding-masked model); ranks are mapped back to users before averaging, so
-    every user weighs the same whatever the batch sizes.
+    every user weighs the same whatever the batch sizes. Items scored equal to the target count as a uniformly
+    random tie-break would place them (:func:`~adrec_stream.evaluation.metrics.tie_metrics`): a model that scores
+    every item the same gets HR@k = k/N.
 
     Args:
         model: an ADRec/SASRec (:class:`~adrec_stream.model.base.SequenceModel`: ``score(history (B, L)) -> (B, N+1)``).
@@ -59,7 +62,8 @@ def evaluate_model(
     max_len = model.max_len
     hists = [list(h)[-max_len:] for h in histories]
     order = np.argsort([len(h) for h in hists], kind="stable")
-    ranks = np.zeros(len(hists), dtype=np.int64)
+    higher = np.zeros(len(hists), dtype=np.int64)
+    ties = np.zeros(len(hists), dtype=np.int64)
     gen = torch.Generator(device=dev)
     gen.manual_seed(seed)
     kwargs = {"generator": gen}
@@ -73,10 +77,11 @@ def evaluate_model(
             hist = left_pad([hists[i] for i in idx]).to(dev)
             tgt = torch.tensor([targets[i] for i in idx], dtype=torch.long, device=dev)
             scores = model.score(hist, **kwargs)
-            ranks[idx] = ranks_of_targets(scores, tgt, hist if exclude_history else None).cpu().numpy()
+            h, e = target_rank_counts(scores, tgt, hist if exclude_history else None)
+            higher[idx], ties[idx] = h.cpu().numpy(), e.cpu().numpy()
     if was_training:
         model.train()
-    out: dict[str, float] = summarize(hit_ndcg(ranks, ks))
+    out: dict[str, float] = summarize(tie_metrics(higher, ties, ks))
     out["n_users"] = len(hists)
     return out
 

@@ -12,6 +12,12 @@ and the reported values are means over all judged clicks (each event weighs the 
 weigh more than in leave-one-out, which averages per user). A judged click whose recommendation never
 arrived counts as a miss (HR = NDCG = 0) and is reported in ``missing``; duplicates of a recommendation
 (at-least-once re-delivery, same ``event_id``) are counted once (the first one received).
+
+Ties: none to resolve here. The judged object is the list the score worker actually served, whose order is
+definite (the serving top-k already broke any tie among scores, and that order is what the user saw), so r is
+the target's position in it. Rankings computed from scores (offline evaluation, validation during training, the
+in-process replay) count tied items by the rule of :mod:`adrec_stream.evaluation.metrics` (the expected metric
+under a uniformly random tie-break); a constant-score model is no better there than a random order.
 """
 
 from __future__ import annotations

@@ -3,8 +3,10 @@
 They answer "is the test step harder than the validation step on this split?" without any trained
 model, for every model trained on ``train[u]`` only (the paper's protocol, Sec. 5.1):
 
-- ``pop_HR@k`` / ``pop_NDCG@k``: a popularity ranking (item counts in the training sequences, ties by
-  id, padding never ranked) evaluated on the step's targets, full ranking, averaged per user;
+- ``pop_HR@k`` / ``pop_NDCG@k``: a popularity ranking (item counts in the training sequences, padding never
+  ranked) evaluated on the step's targets, full ranking, averaged per user; items with the target's count are
+  tied with it and count by the project's tie rule (:mod:`adrec_stream.evaluation.metrics`: the expected
+  metric under a uniformly random tie-break);
 - ``cold_target``: share of targets that never occur in the training sequences (their embeddings get
   no training signal as targets);
 - ``seen_transition``: share of users whose (last history item → target) pair occurs as consecutive
@@ -25,25 +27,27 @@ import numpy as np
 
 from adrec_stream.data.adrec_pkl import AdrecDataset, load_adrec_dataset
 from adrec_stream.data.batching import loo_histories
-from adrec_stream.evaluation.metrics import DEFAULT_KS, hit_ndcg, summarize
+from adrec_stream.evaluation.metrics import DEFAULT_KS, summarize, tie_metrics
 
 
-def popularity_ranks(counts: Sequence[int], targets: Sequence[int]) -> np.ndarray:
-    """1-based rank of each target under a popularity ranking of items 1..N.
+def popularity_rank_counts(counts: Sequence[int], targets: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """``(higher, ties)`` of each target under a popularity ranking of items 1..N (inputs of
+    :func:`~adrec_stream.evaluation.metrics.tie_metrics`).
 
     Args:
         counts: interaction count per item id, length N+1 (index 0 = padding, never ranked).
         targets: target item ids (1..N).
 
     Returns:
-        int64 array (len(targets),): rank = 1 + number of items with a strictly higher count, or the
-        same count and a smaller id (a deterministic tie order).
+        Two int64 arrays (len(targets),): the number of items with a strictly higher count, and the number of
+        OTHER items with the same count as the target.
     """
     c = np.asarray(counts, dtype=np.int64)
-    order = np.lexsort((np.arange(1, len(c)), -c[1:])) + 1  # most popular first, ties by id
-    rank_of = np.empty(len(c), dtype=np.int64)
-    rank_of[order] = np.arange(1, len(order) + 1)
-    return rank_of[np.asarray(targets, dtype=np.int64)]
+    ranked = np.sort(c[1:])
+    t = c[np.asarray(targets, dtype=np.int64)]
+    below_or_equal = np.searchsorted(ranked, t, side="right")
+    below = np.searchsorted(ranked, t, side="left")
+    return (len(ranked) - below_or_equal).astype(np.int64), (below_or_equal - below - 1).astype(np.int64)
 
 
 def split_statistics(ds: AdrecDataset, ks: Sequence[int] = DEFAULT_KS) -> dict[str, dict[str, float]]:
@@ -64,8 +68,8 @@ def split_statistics(ds: AdrecDataset, ks: Sequence[int] = DEFAULT_KS) -> dict[s
     out: dict[str, dict[str, float]] = {}
     for name in ("val", "test"):
         hists, targets = loo_histories(ds.train, ds.val, ds.test, name, whole)
-        ranks = popularity_ranks(counts, targets)
-        stats = {f"pop_{k}": float(v) for k, v in summarize(hit_ndcg(ranks, ks)).items()}
+        higher, ties = popularity_rank_counts(counts, targets)
+        stats = {f"pop_{k}": float(v) for k, v in summarize(tie_metrics(higher, ties, ks)).items()}
         stats["cold_target"] = float(np.mean([counts[t] == 0 for t in targets]))
         stats["seen_transition"] = float(np.mean([bool(h) and pairs[(h[-1], t)] > 0 for h, t in zip(hists, targets)]))
         stats["mean_history"] = float(np.mean([len(h) for h in hists]))

@@ -32,7 +32,9 @@ Sec. 4.1):
    the other clicks; ``--through-kafka``, which judges the pipeline's real lists, showed it. On such logs,
    replay with the exclusion off.
 
-Ranks and ties (:func:`rank_counts`, :func:`expected_rank`, :func:`tie_metrics`): with ``h`` candidate items
+Ranks and ties follow the project's one tie rule, defined in :mod:`adrec_stream.evaluation.metrics`
+(``rank_counts``, ``expected_rank``, ``tie_metrics``; the offline evaluation and the validation during training
+use the same rule): with ``h`` candidate items
 scored strictly higher than the target and ``e`` OTHER candidates scored equal to it, a uniformly random
 tie-break puts the target at each rank ``h+1 .. h+e+1`` with probability ``1/(e+1)``. The expected rank is
 ``1 + h + e/2``. HR@k and NDCG@k are the exact expectations of the metric under that random tie-break,
@@ -55,10 +57,11 @@ import numpy as np
 
 from adrec_stream.data.events import Interaction, chronological_split
 from adrec_stream.errors import ConfigError
+from adrec_stream.evaluation.metrics import DEFAULT_KS
 from adrec_stream.incremental.updates import SequenceUpdateRecord, updates_from_clicks
 
 #: cut-offs of HR@k / NDCG@k
-KS: tuple[int, ...] = (5, 10, 20)
+KS: tuple[int, ...] = DEFAULT_KS
 #: metric names in report order
 METRICS: tuple[str, ...] = tuple(f"{m}@{k}" for k in KS for m in ("HR", "NDCG"))
 #: ``higher`` value of a click whose target the policy does not know (a miss, rank = infinity)
@@ -67,83 +70,6 @@ UNKNOWN = -1
 NOT_JUDGED = -2
 #: ``higher`` value of a click whose target the user clicked before, with ``exclude_seen`` on (a miss)
 EXCLUDED = -3
-
-
-def expected_rank(higher: np.ndarray | int, ties: np.ndarray | int) -> np.ndarray | float:
-    """Expected 1-based rank of the target under a uniformly random tie-break.
-
-    ``rank = 1 + higher + ties / 2`` with ``higher`` = candidate items scored strictly higher than the target
-    and ``ties`` = OTHER candidate items scored exactly equal to it (the target itself not counted). All N
-    candidates scored equal: ``higher = 0``, ``ties = N - 1``, rank = (N + 1) / 2. A ``higher`` of
-    :data:`UNKNOWN` (target not known to the policy) or :data:`EXCLUDED` gives ``inf``.
-
-    Args:
-        higher, ties: ints or int arrays of the same shape (see :func:`rank_counts`).
-
-    Returns:
-        float (or float64 array): the expected rank, ``inf`` where ``higher`` is negative (a miss).
-    """
-    h = np.asarray(higher, dtype=np.float64)
-    r = 1.0 + h + np.asarray(ties, dtype=np.float64) / 2.0
-    r = np.where(h < 0, np.inf, r)
-    return float(r) if r.ndim == 0 else r
-
-
-def rank_counts(scores: np.ndarray, target: int, candidates: np.ndarray | None = None) -> tuple[int, int]:
-    """``(higher, ties)`` of the target in one score row (inputs to :func:`expected_rank` / :func:`tie_metrics`).
-
-    Args:
-        scores: (C,) scores of the candidate columns (any real dtype; NaN ranks below every number, a NaN
-            target below everything: ``higher`` = candidates - 1, ``ties`` = 0).
-        target: column of the clicked item in ``scores``.
-        candidates: optional (C,) bool mask of the columns that are ranked (the target is always ranked);
-            None = all columns.
-
-    Returns:
-        (number of candidates scored strictly higher than the target, number of OTHER candidates scored equal).
-    """
-    s = np.asarray(scores)
-    mask = np.ones(s.shape[0], dtype=bool) if candidates is None else np.asarray(candidates, dtype=bool).copy()
-    mask[target] = True
-    t = s[target]
-    if isinstance(t, float | np.floating) and np.isnan(t):
-        return int(mask.sum()) - 1, 0
-    return int(np.count_nonzero((s > t) & mask)), int(np.count_nonzero((s == t) & mask)) - 1
-
-
-def _discount_cumsum(kmax: int) -> np.ndarray:
-    """``D[r] = sum_{j=1..r} 1/log2(j+1)`` for r = 0..kmax (D[0] = 0)."""
-    return np.concatenate([[0.0], np.cumsum(1.0 / np.log2(np.arange(2, kmax + 2, dtype=np.float64)))])
-
-
-def tie_metrics(higher: np.ndarray, ties: np.ndarray, ks: Sequence[int] = KS) -> dict[str, np.ndarray]:
-    """Per-click HR@k and NDCG@k, exact expectations under a uniformly random tie-break (module docstring).
-
-    The target's rank is uniform on ``higher+1 .. higher+ties+1``, so
-    ``HR@k = clip(k - higher, 0, ties + 1) / (ties + 1)`` and
-    ``NDCG@k = (D[min(higher+ties+1, k)] - D[min(higher, k)]) / (ties + 1)`` with ``D[r] = sum_{j<=r} 1/log2(j+1)``.
-    A click with a negative ``higher`` (:data:`UNKNOWN`, :data:`EXCLUDED`) is a miss (0).
-
-    Args:
-        higher, ties: (n,) int arrays from :func:`rank_counts`.
-        ks: cut-offs.
-
-    Returns:
-        ``{"HR@k": (n,) float64, "NDCG@k": (n,) float64}`` for each k, values in [0, 1].
-    """
-    h = np.asarray(higher, dtype=np.int64)
-    e = np.asarray(ties, dtype=np.int64)
-    known = h >= 0
-    hh, ee = np.where(known, h, 0), np.where(known, e, 0)
-    d = _discount_cumsum(max(ks))
-    out: dict[str, np.ndarray] = {}
-    for k in ks:
-        n = ee + 1.0
-        hr = np.clip(k - hh, 0, ee + 1) / n
-        ndcg = (d[np.minimum(hh + ee + 1, k)] - d[np.minimum(hh, k)]) / n
-        out[f"HR@{k}"] = np.where(known, hr, 0.0)
-        out[f"NDCG@{k}"] = np.where(known, ndcg, 0.0)
-    return out
 
 
 @dataclass(frozen=True)
@@ -175,7 +101,7 @@ class Click:
 
 
 class PolicyResult:
-    """Per-click outcome of one policy: ``higher`` / ``ties`` (see :func:`rank_counts`; ``higher`` =
+    """Per-click outcome of one policy: ``higher`` / ``ties`` (see ``metrics.rank_counts``; ``higher`` =
     :data:`UNKNOWN` for an unknown target) and ``fallback`` (the click was ranked by the policy's fallback:
     popularity for model policies without a usable history, the popularity back-off for ``markov`` without a
     transition from the user's last item)."""

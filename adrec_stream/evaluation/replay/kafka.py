@@ -45,7 +45,8 @@ from typing import Any
 import numpy as np
 
 from adrec_stream.errors import AdrecStreamError, ConfigError
-from adrec_stream.evaluation.replay.engine import KS, METRICS, tie_metrics
+from adrec_stream.evaluation.metrics import tie_metrics
+from adrec_stream.evaluation.replay.engine import KS, METRICS
 from adrec_stream.logging import get_logger
 
 #: the longest cut-off (length of the judged list)

@@ -441,6 +441,7 @@ class StaticModelPolicy(Policy):
         import torch  # noqa: PLC0415
 
         from adrec_stream.data.batching import left_pad  # noqa: PLC0415
+        from adrec_stream.evaluation.metrics import target_rank_counts  # noqa: PLC0415
 
         if not self.buffer:
             return
@@ -458,18 +459,11 @@ class StaticModelPolicy(Policy):
             b = len(group)
             tgt = torch.tensor([p.target for p in group], dtype=torch.long, device=scores.device)
             mask = torch.ones_like(scores, dtype=torch.bool)
-            mask[:, 0] = False
             for row, p in enumerate(group):
                 if p.excl:
                     mask[row, torch.tensor(p.excl, dtype=torch.long, device=scores.device)] = False
-            rows = torch.arange(b, device=scores.device)
-            mask[rows, tgt] = True
-            st = scores[rows, tgt].unsqueeze(1)
-            higher = ((scores > st) & mask).sum(dim=1)
-            ties = ((scores == st) & mask).sum(dim=1) - 1
-            nan_t = torch.isnan(st.squeeze(1))
-            higher = torch.where(nan_t, mask.sum(dim=1) - 1, higher).cpu().numpy()
-            ties = torch.where(nan_t, torch.zeros_like(ties), ties).cpu().numpy()
+            higher_t, ties_t = target_rank_counts(scores, tgt, candidates=mask)
+            higher, ties = higher_t.cpu().numpy(), ties_t.cpu().numpy()
             for row, p in enumerate(group):
                 self.result.record(p.pos, int(higher[row]), int(ties[row]))
             self.scored_clicks += b

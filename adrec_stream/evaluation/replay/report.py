@@ -2,7 +2,7 @@
 
 - Overall and per-window metrics are means over CLICKS (every judged click weighs the same, as in the
   prequential evaluation of the demo); per-click values come from
-  :func:`~adrec_stream.evaluation.replay.engine.tie_metrics`.
+  :func:`~adrec_stream.evaluation.metrics.tie_metrics`.
 - Relative gains over ``adrec-static`` (:func:`paired_bootstrap`): users are the resampling unit (a user's
   clicks are not independent). Each user's metric is the mean over their replayed clicks; the gain of policy
   p is ``(mean_p - mean_static) / mean_static`` over users (user-averaged, so it can differ from the ratio of
@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 
 from adrec_stream.errors import AdrecStreamError
-from adrec_stream.evaluation.replay.engine import EXCLUDED, METRICS, UNKNOWN, ReplayResult, expected_rank, tie_metrics
+from adrec_stream.evaluation.metrics import expected_rank, tie_metrics
+from adrec_stream.evaluation.replay.engine import EXCLUDED, METRICS, UNKNOWN, ReplayResult
 
 #: the reference policy of the gains
 BASELINE = "adrec-static"

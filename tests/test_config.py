@@ -66,3 +66,65 @@ def test_section_level_check_errors_name_the_section_without_dumping_it(tmp_path
         key = bad.split("=")[0]
         with pytest.raises(ConfigError, match=rf"e\.yaml \(value from --set\): {key.replace('.', '[.]')}: "):
             load_experiment(cfg_path, parse_overrides([bad]))
+
+
+def test_a_section_written_twice_is_refused_with_file_line_and_key(tmp_path: Path) -> None:
+    """YAML keeps the last of two equal keys without a word: a config with `train:` written twice silently lost
+    the first section (here its lr); a key written twice kept the last value."""
+    from adrec_stream.training.config import load_experiment
+
+    cfg_path = tmp_path / "e.yaml"
+    cfg_path.write_text("train:\n  lr: 0.01\nmodel:\n  hidden_size: 64\ntrain:\n  batch_size: 32\n")
+    with pytest.raises(ConfigError) as info:
+        load_experiment(cfg_path)
+    assert str(info.value) == (f"{cfg_path}:5: train: duplicate key (first written on line 1); YAML would keep only "
+                               "the last one: merge the two into one")
+    cfg_path.write_text("model:\n  hidden_size: 64\n  dropout: 0.1\n  hidden_size: 128\n")
+    with pytest.raises(ConfigError, match=rf"^{cfg_path}:4: model\.hidden_size: duplicate key \(first written on line 2\)"):
+        load_experiment(cfg_path)
+    cfg_path.write_text("model: {hidden_size: 64, hidden_size: 32}\n")  # flow style too
+    with pytest.raises(ConfigError, match=rf"^{cfg_path}:1: model\.hidden_size: duplicate key"):
+        load_experiment(cfg_path)
+
+
+@pytest.mark.parametrize(("text", "line", "key", "what"), [
+    ("window: 10\nbroker:\n  name: no\n", 3, "broker.name", "'no' would be read as the boolean False"),
+    ("broker:\n  name: ON\n", 2, "broker.name", "'ON' would be read as the boolean True"),
+    ("window: 1:30\n", 1, "window", "'1:30' would be read as the base-60 number 90"),
+    ("window: 010\n", 1, "window", "'010' would be read as the octal number 8"),
+    ("window: 10\nbroker:\n  port:\n", 3, "broker.port", "no value (YAML reads it as null)"),
+    ("broker:\n  yes: 1\n", 2, "broker.yes", "the key: 'yes' would be read as the boolean True"),
+])
+def test_yaml_11_surprises_are_refused_with_file_line_and_key(tmp_path: Path, text: str, line: int, key: str,
+                                                              what: str) -> None:
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(cfg_path, _Root)
+    assert str(info.value).startswith(f"{cfg_path}:{line}: {key}: {what}")
+
+
+def test_what_a_person_means_is_kept(tmp_path: Path) -> None:
+    """Quoted words are text, true/false are booleans, 1e-3 is a float (a string in YAML 1.1), 0 is zero, a
+    leading byte-order mark is ignored, and null written out is null."""
+    from adrec_stream.config import load_yaml
+
+    assert load_yaml("a: 'no'\nb: \"on\"\nc: true\nd: False\ne: 1e-3\nf: -5E+4\ng: 0\nh: null\ni: ~\nj: 0.5\n") == {
+        "a": "no", "b": "on", "c": True, "d": False, "e": 0.001, "f": -50000.0, "g": 0, "h": None, "i": None,
+        "j": 0.5}
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_bytes(b"\xef\xbb\xbfwindow: 12\nbroker:\n  name: 'off'\n")
+    cfg = load_config(cfg_path, _Root)
+    assert (cfg.window, cfg.broker.name) == (12, "off")
+    assert parse_overrides(["train.lr=1e-3"]) == {"train.lr": 0.001}
+
+
+def test_set_values_get_the_same_checks_and_a_non_utf8_config_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_overrides(["broker.name=off"])
+    assert str(info.value) == ("--set 'broker.name=off': broker.name: 'off' would be read as the boolean False: write "
+                               "true or false for a switch, or quote it ('off') for text")
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_bytes(b"window: 10\nbroker:\n  name: caf\xe9\n")
+    with pytest.raises(ConfigError, match=rf"^{cfg_path}: not UTF-8 text at byte 30; save the config as UTF-8$"):
+        load_config(cfg_path, _Root)

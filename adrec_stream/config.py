@@ -19,7 +19,8 @@ read these as something else):
 
 Quoted scalars are always text. One YAML 1.1 gap is closed the other way: ``1e-3`` / ``5E4`` (an exponent
 without a dot, a string in YAML 1.1) are read as floats, as YAML 1.2 and every person writing them mean. A UTF-8
-byte-order mark at the start of a file is ignored. Dates (``2024-01-02``), hex (``0x1F``) and ``1_000`` keep
+byte-order mark at the start of a file is ignored (UTF-16/32 files with a mark are read too:
+:mod:`adrec_stream.textio`). Dates (``2024-01-02``), hex (``0x1F``) and ``1_000`` keep
 their YAML meaning (a date, 31, 1000): no config key expects text of that shape.
 """
 
@@ -34,6 +35,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from adrec_stream.errors import ConfigError
+from adrec_stream.textio import read_text
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -219,9 +221,10 @@ def load_config(path: str | Path, model: type[M], overrides: dict[str, Any] | No
         else:
             raise ConfigError(f"config file not found: {p} (the shipped configs are in {CONFIG_DIR})")
     try:
-        text = p.read_text(encoding="utf-8")
+        text = read_text(p)
     except UnicodeDecodeError as err:
-        raise ConfigError(f"{p}: not UTF-8 text at byte {err.start}; save the config as UTF-8") from None
+        raise ConfigError(f"{p}: not {err.encoding.upper().removesuffix('-SIG')} text at byte {err.start}; save the "
+                          "config as UTF-8") from None
     except OSError as err:
         raise ConfigError(f"cannot read the config {p}: {err.strerror}") from None
     data = load_yaml(text, str(p))

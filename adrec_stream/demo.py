@@ -374,15 +374,16 @@ def run(args: argparse.Namespace) -> int:
     t_start = time.time()
     old_term = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        interactions = read_interactions(data_path, fmt=dcfg.data_format)
+        # validated before training: a bad finetune.settings key stops the job at once; its item_id_type is the
+        # id rule the log is read with (the one the ingest workers apply to the replayed clicks)
+        scfg, scfg_path = _derived_stream_config(dcfg, run_dir, source=str(args.config))
+        interactions = read_interactions(data_path, fmt=dcfg.data_format, item_id_type=scfg.item_id_type)
         train, rest = chronological_split(interactions, dcfg.train_fraction)
         n_users = len({x.user_id for x in interactions})
         n_items = len({x.item_id for x in interactions})
         _say(f"adrec-stream demo: {data_path.name} ({len(interactions):,} events, {n_users:,} users, {n_items:,} items); "
              f"train = first {dcfg.train_fraction:.0%} by time ({len(train):,} events), "
              f"replay = the remaining {len(rest):,} as clicks")
-        # validated before training: a bad finetune.settings key stops the job at once
-        scfg, scfg_path = _derived_stream_config(dcfg, run_dir, source=str(args.config))
         ckpt, facts = prepare_model(dcfg, train, data_path)
         ep = facts["epochs"]
         budget = f"pretrain {ep['pretrain']} / align {ep['align']} / finetune {ep['finetune']} epochs"
@@ -393,7 +394,8 @@ def run(args: argparse.Namespace) -> int:
             shutil.rmtree(run_dir)  # the broker's memory storage starts empty: old stored offsets would skip all
         (run_dir / "logs").mkdir(parents=True)
         (run_dir / MARKER).write_text("made by adrec-stream demo; wiped at each start\n")
-        clicks = select_clicks(interactions, data_path.name, skip_fraction=0.0, limit=None)[len(train):]
+        clicks = select_clicks(interactions, data_path.name, skip_fraction=0.0, limit=None,
+                               item_id_type=scfg.item_id_type)[len(train):]
         if dcfg.replay_limit is not None:
             clicks = clicks[: dcfg.replay_limit]
         if dcfg.bootstrap_state:

@@ -116,6 +116,8 @@ def test_what_a_person_means_is_kept(tmp_path: Path) -> None:
     cfg_path.write_bytes(b"\xef\xbb\xbfwindow: 12\nbroker:\n  name: 'off'\n")
     cfg = load_config(cfg_path, _Root)
     assert (cfg.window, cfg.broker.name) == (12, "off")
+    cfg_path.write_bytes("window: 13\n".encode("utf-16"))  # UTF-16 with its byte-order mark
+    assert load_config(cfg_path, _Root).window == 13
     assert parse_overrides(["train.lr=1e-3"]) == {"train.lr": 0.001}
 
 

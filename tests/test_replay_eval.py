@@ -391,7 +391,7 @@ def test_delimited_reader_errors(tmp_path: Path) -> None:
     f.write_text("sid\titem\twhen\n1\ta\t2020-01-01T00:00:00\n1\tb\tnot-a-date\n")
     with pytest.raises(DataFileError, match=r"header has no column 'session'.*'sid', 'item', 'when'.*user=session"):
         read_delimited(f, user="session", item="item", ts="when", sep="\t", ts_unit="iso")
-    with pytest.raises(DataFileError, match=r"log.tsv:3: bad timestamp 'not-a-date'"):
+    with pytest.raises(DataFileError, match=r"log.tsv:3: bad_ts: 'not-a-date' is neither epoch seconds nor ISO-8601"):
         read_delimited(f, user="sid", item="item", ts="when", sep="\t", ts_unit="iso")
     with pytest.raises(DataFileError, match="no header line"):
         read_delimited(f, user="sid", item=1, ts=2, sep="\t", header=False)

@@ -1,4 +1,4 @@
-"""Timestamped interaction logs in their original formats, for replay as click streams.
+"""Timestamped interaction logs in their original formats, and the one rule for ids and timestamps.
 
 Supported formats (``fmt``):
 
@@ -7,13 +7,37 @@ Supported formats (``fmt``):
 - ``"ml1m"``: MovieLens 1M/10M ``ratings.dat``: ``user::item::rating::unix_ts``, no header.
 - ``"gowalla"``: SNAP Gowalla check-ins: ``user \t ISO-8601 time \t lat \t lon \t location_id``; the
   location is the item, there is no rating.
-- ``"csv"``: generic ``user,item,ts`` with an optional header line (``ts``: epoch seconds or ISO-8601,
-  naive = UTC); an optional 4th column is read as the rating.
+- ``"csv"``: generic ``user,item,ts`` with an optional 4th column read as the rating, without a header; or with a
+  header line whose names say which column is which, in any order (:data:`COLUMN_NAMES`, case, ``_``, ``-`` and
+  spaces ignored: ``UserID,MovieID,Rating,Timestamp`` works; other named columns are ignored).
 - ``"auto"``: by content of the first line (``::`` -> ml1m, five tab-separated fields -> gowalla, other tabs ->
   ml100k, the ml header -> mlcsv, else csv).
 
-Result order is deterministic: stably sorted by timestamp, ties kept in file order. Raw ids are kept as
-the file's text (``"196"``), i.e. the same canonical string ids the stream uses.
+Files are UTF-8; a byte-order mark is ignored (UTF-16/32 with a mark are read too: :mod:`adrec_stream.textio`).
+A header line that the format does not know (or a header in a format that has none) is an error naming the
+header seen and the ones expected, never read as an interaction.
+
+Ids and timestamps (one rule for every loader here, the replay producer and the click decoder
+:func:`adrec_stream.stream.events.decode_click`, so that a row is either accepted everywhere with the same
+``(user, item, ts)`` or refused everywhere with the same reason; :class:`FieldError` carries the reason code):
+
+- user id (:func:`canonical_user_id`): non-empty text of at most 256 characters without control characters,
+  kept as written (a file's field is stripped of surrounding spaces first); an integer is its decimal string.
+  Refused: ``bad_user_id``.
+- item id (:func:`canonical_item_id`): with ``item_id_type="str"`` the user-id rule; with ``"int"`` (the stream's
+  default) a non-negative integer of at most 19 digits, canonicalised to its decimal string (``"0012"`` ->
+  ``"12"``; ``"0"`` is an ordinary item). The canonical string is the vocabulary key
+  (:func:`build_vocabulary`, :class:`adrec_stream.state.vocab.Vocabulary`). Refused: ``bad_item_id``.
+- timestamp (:func:`parse_timestamp`, the project's one ISO-8601 parser): epoch SECONDS as a decimal number, or
+  an ISO-8601 date/time (no timezone = UTC), giving a float in [0, 1e11). Larger numbers are refused, not
+  guessed: 1e11 s is the year 5138, such values are milliseconds (``1260759144000``); convert the column to
+  seconds, or read the file with :func:`read_delimited` ``ts_unit="ms"`` (``evaluate-replay --columns ...
+  --ts-unit ms``), which divides by 1000 before the rule applies. Refused: ``bad_ts``.
+
+The loaders default to ``item_id_type="str"`` (ids as the file writes them); pass the stream config's
+``item_id_type`` when the rows go to the stream (``adrec-stream replay`` and the demo do).
+
+Result order is deterministic: stably sorted by timestamp, ties kept in file order.
 """
 
 from __future__ import annotations
@@ -25,31 +49,53 @@ import re
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from adrec_stream.errors import DataFileError
+from adrec_stream.textio import read_text
 
 Format = Literal["auto", "ml100k", "mlcsv", "ml1m", "gowalla", "csv"]
+ItemIdType = Literal["int", "str"]
 
 FORMAT_DESCRIPTIONS: dict[str, str] = {
     "ml100k": "MovieLens 100K u.data: user<TAB>item<TAB>rating<TAB>unix_ts per line, no header",
     "mlcsv": "MovieLens ratings.csv: header userId,movieId,rating,timestamp then one rating per line",
     "ml1m": "MovieLens 1M ratings.dat: user::item::rating::unix_ts per line, no header",
     "gowalla": "Gowalla check-ins: user<TAB>ISO-8601 time<TAB>lat<TAB>lon<TAB>location_id per line, no header",
-    "csv": "CSV user,item,ts[,rating] (ts = epoch seconds or ISO-8601), optional header line",
+    "csv": "CSV user,item,ts[,rating] (ts = epoch seconds or ISO-8601), or a header line naming those columns",
     "auto": "one of: MovieLens u.data (tab), ratings.csv (header), ratings.dat (::), or CSV user,item,ts",
 }
 _ML_CSV_HEADER = ["userId", "movieId", "rating", "timestamp"]
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_ ]*")
+
+#: header names of a generic CSV's columns (compared without case, ``_``, ``-``, ``.`` and spaces)
+COLUMN_NAMES: dict[str, tuple[str, ...]] = {
+    "user": ("user", "userid", "uid", "customerid", "visitorid", "session", "sessionid"),
+    "item": ("item", "itemid", "movieid", "productid", "locationid", "venueid", "trackid", "songid", "poiid"),
+    "ts": ("ts", "timestamp", "time", "datetime", "date", "eventtime", "eventdate", "unixtime", "checkintime"),
+    "rating": ("rating", "score", "stars"),
+}
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_ .-]*")
+
+#: longest user / item id (characters)
+MAX_ID_CHARS = 256
+#: Epoch seconds at or above this are refused (year ~5138; values this large are usually milliseconds).
+MAX_TS = 1e11
+#: longest ISO-8601 text read
+MAX_TS_CHARS = 64
+
+_INT_ID = re.compile(r"[0-9]{1,19}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_DECIMAL = re.compile(r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
 
 
 class Interaction(NamedTuple):
     """One interaction (a click): the record shared by the file loaders, the wire format and the stores.
 
-    Fields: ``user_id`` and ``item_id`` are canonical raw ids (strings, as in the file or the click's JSON),
-    ``ts`` epoch seconds, ``event_id`` a unique id ("" when the source has none: the file loaders leave it
-    empty, the replay producer sets ``"<source>:<row>"``, the click decoder ``"topic:partition:offset"`` when
-    the record carries none), ``rating`` the explicit rating when the file has one (never on the wire).
+    Fields: ``user_id`` and ``item_id`` are canonical raw ids (strings by :func:`canonical_user_id` /
+    :func:`canonical_item_id`), ``ts`` epoch seconds (:func:`parse_timestamp`), ``event_id`` a unique id ("" when
+    the source has none: the file loaders leave it empty, the replay producer sets ``"<source>:<row>"``, the click
+    decoder ``"topic:partition:offset"`` when the record carries none), ``rating`` the explicit rating when the
+    file has one (never on the wire).
     """
 
     user_id: str
@@ -59,23 +105,164 @@ class Interaction(NamedTuple):
     rating: float | None = None
 
 
-def parse_timestamp(text: str) -> float:
-    """Epoch seconds from a decimal number or an ISO-8601 string (timezone-naive = UTC).
+class FieldError(ValueError):
+    """A user id, item id or timestamp refused by the shared rules (module docstring).
+
+    Attributes:
+        reason: ``bad_user_id``, ``bad_item_id`` or ``bad_ts`` (the click decoder's dead-letter reasons).
+        detail: what is wrong with the value (quoting a prefix of it).
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _plain_id(value: Any, reason: str) -> str:
+    if isinstance(value, bool):
+        raise FieldError(reason, f"{value!r} is a boolean, expected a string or integer")
+    if isinstance(value, int):
+        return str(value)
+    if not isinstance(value, str):
+        raise FieldError(reason, f"{_short(value)} is a {type(value).__name__}, expected a string or integer")
+    if not value:
+        raise FieldError(reason, "empty string")
+    if len(value) > MAX_ID_CHARS:
+        raise FieldError(reason, f"{len(value)} characters, at most {MAX_ID_CHARS} allowed")
+    if _CONTROL.search(value):
+        raise FieldError(reason, f"{_short(value)} contains control characters")
+    return value
+
+
+def canonical_user_id(value: Any) -> str:
+    """The canonical user id of a value (module docstring): a non-empty string of at most 256 characters without
+    control characters, as is; an integer as its decimal string.
 
     Raises:
-        ValueError: not a finite number nor an ISO-8601 date/time.
+        FieldError: reason ``bad_user_id`` (a boolean, float, list, empty or too long string, control characters).
     """
-    text = text.strip()
-    try:
-        ts = float(text)
-    except ValueError:
-        dt = datetime.fromisoformat(text)  # ValueError propagates
-        if dt.tzinfo is None:
-            dt = dt.replace(tzinfo=UTC)
-        ts = dt.timestamp()
-    if not math.isfinite(ts):
-        raise ValueError(f"{text!r} is not finite")
+    return _plain_id(value, "bad_user_id")
+
+
+def canonical_item_id(value: Any, item_id_type: str = "int") -> str:
+    """The canonical raw item id (the vocabulary key) of a value (module docstring).
+
+    Args:
+        value: a JSON value or a file's (stripped) field text.
+        item_id_type: "int" (a non-negative integer or a string of at most 19 ASCII digits, returned as its
+            decimal string: ``"0012"`` -> ``"12"``) or "str" (the user-id rule).
+
+    Raises:
+        FieldError: reason ``bad_item_id`` with the problem (None, a boolean, a float, ``"12a"``, ``-3``, ...).
+        ValueError: (not a FieldError) ``item_id_type`` is not "int" or "str" (a caller bug).
+    """
+    if item_id_type not in ("int", "str"):
+        raise ValueError(f"item_id_type must be 'int' or 'str', got {item_id_type!r}")
+    if value is None:
+        raise FieldError("bad_item_id", "null, expected an item id")
+    if item_id_type == "str":
+        return _plain_id(value, "bad_item_id")
+    if isinstance(value, bool):
+        raise FieldError("bad_item_id", f"{value!r} is a boolean, expected an integer")
+    if isinstance(value, int):
+        if value < 0:
+            raise FieldError("bad_item_id", f"{value} is negative")
+        if value >= 10**19:
+            raise FieldError("bad_item_id", f"{_short(value)} has more than 19 digits")
+        return str(value)
+    if isinstance(value, float):
+        raise FieldError("bad_item_id", f"{_short(value)} is a float; send an integer or a string of digits")
+    if not isinstance(value, str):
+        raise FieldError("bad_item_id", f"{_short(value)} is a {type(value).__name__}, expected an integer")
+    if not _INT_ID.fullmatch(value):
+        raise FieldError("bad_item_id", f"{_short(value)} is not an integer")
+    return str(int(value))
+
+
+def parse_timestamp(value: Any, unit: Literal["auto", "s", "ms"] = "auto") -> float:
+    """Epoch seconds of a timestamp by the shared rule (module docstring); the project's one ISO-8601 parser.
+
+    Args:
+        value: a JSON number, or text (a file's field, a JSON string): a decimal number (``"964982703"``,
+            ``"1.5e9"``) or, with ``unit="auto"``, an ISO-8601 date/time (``2024-01-02T03:04:05Z``; no timezone =
+            UTC).
+        unit: ``"auto"`` (numbers are epoch seconds; text may also be ISO-8601), ``"s"`` (numbers only, epoch
+            seconds) or ``"ms"`` (numbers only, epoch milliseconds: divided by 1000, then the seconds rule).
+
+    Returns:
+        Epoch seconds, a float in [0, 1e11).
+
+    Raises:
+        FieldError: reason ``bad_ts``: a boolean or other type, text that is neither a number nor (``auto``)
+            ISO-8601, NaN/infinity, before 1970, or >= 1e11 seconds (milliseconds given as seconds).
+    """
+    if isinstance(value, bool):
+        raise FieldError("bad_ts", f"{value!r} is a boolean, expected epoch seconds or ISO-8601")
+    if isinstance(value, str):
+        text = value.strip()
+        if _DECIMAL.fullmatch(text):
+            number: float = float(text)
+        elif unit != "auto":
+            raise FieldError("bad_ts", f"{_short(value)} is not a decimal number (epoch "
+                                       f"{'milliseconds' if unit == 'ms' else 'seconds'})")
+        elif len(text) > MAX_TS_CHARS:
+            raise FieldError("bad_ts", f"{_short(value)} is too long for a timestamp")
+        else:
+            return _iso_seconds(value, text)
+    elif isinstance(value, int):
+        if not -(10**300) < value < 10**300:  # beyond any float: refused by the range check below all the same
+            return _seconds_in_range(-1.0 if value < 0 else math.inf, value)
+        number = float(value)
+    elif isinstance(value, float):
+        number = value
+    else:
+        raise FieldError("bad_ts", f"{_short(value)} is a {type(value).__name__}, expected a number or string")
+    if not math.isfinite(number):
+        raise FieldError("bad_ts", f"{_short(value)} is not finite")
+    if unit == "ms":
+        number /= 1000.0
+    return _seconds_in_range(number, value)
+
+
+def _seconds_in_range(ts: float, shown: Any) -> float:
+    if ts < 0:
+        raise FieldError("bad_ts", f"{_short(shown)} is before 1970-01-01")
+    if ts >= MAX_TS:
+        raise FieldError("bad_ts", f"{_short(shown)} is too large for epoch seconds (>= 1e11, the year 5138): "
+                                   "milliseconds? send or convert to seconds")
     return ts
+
+
+def _iso_seconds(value: str, text: str) -> float:
+    try:
+        dt = datetime.fromisoformat(text)
+    except ValueError:
+        raise FieldError("bad_ts", f"{_short(value)} is neither epoch seconds nor ISO-8601 "
+                                   "(e.g. 2024-01-02T03:04:05Z)") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    try:
+        ts = dt.timestamp()
+    except (OverflowError, OSError, ValueError):
+        raise FieldError("bad_ts", f"{_short(value)} is out of range") from None
+    return _seconds_in_range(ts, value)
+
+
+def canonical_interaction(x: Interaction, item_id_type: str = "str") -> Interaction:
+    """``x`` with its user id, item id and timestamp by the shared rules (module docstring); event id and rating
+    kept. An interaction read by a loader with the same ``item_id_type`` comes back equal.
+
+    Raises:
+        FieldError: an id or the timestamp refused (reason ``bad_user_id`` / ``bad_item_id`` / ``bad_ts``).
+    """
+    return x._replace(user_id=canonical_user_id(x.user_id), item_id=canonical_item_id(x.item_id, item_id_type),
+                      ts=parse_timestamp(x.ts))
 
 
 def _detect(first_line: str) -> str:
@@ -88,47 +275,119 @@ def _detect(first_line: str) -> str:
     return "csv"
 
 
-def _row(path: Path, lineno: int, fields: list[str], fmt: str, has_rating: bool) -> Interaction:
-    if fmt == "gowalla":
-        if len(fields) != 5:
-            raise DataFileError(
-                f"{path}:{lineno}: expected 5 fields, got {len(fields)} ({fields[:6]!r}); "
-                f"format 'gowalla' is {FORMAT_DESCRIPTIONS['gowalla']}"
-            )
-        fields = [fields[0], fields[4], fields[1]]
-        fmt = "csv"
-    want = 4 if has_rating else 3
-    if len(fields) != want and not (fmt == "csv" and len(fields) in (3, 4)):
-        raise DataFileError(
-            f"{path}:{lineno}: expected {want} fields, got {len(fields)} ({fields[:6]!r}); "
-            f"format {fmt!r} is {FORMAT_DESCRIPTIONS[fmt]}"
-        )
-    user, item = fields[0].strip(), fields[1].strip()
-    if not user or not item:
-        raise DataFileError(f"{path}:{lineno}: empty user or item id in {fields!r}")
-    ts_text = fields[3] if fmt in ("ml100k", "mlcsv", "ml1m") else fields[2]
-    rating_text = fields[2] if fmt in ("ml100k", "mlcsv", "ml1m") else (fields[3] if len(fields) == 4 else None)
+def _interaction(user: str, item: str, ts: str, rating: str | None, item_id_type: str) -> Interaction:
+    """One row by the shared rules (fields stripped first).
+
+    Raises:
+        FieldError: an id or the timestamp refused. ValueError: a rating that is not a finite number.
+    """
+    uid = canonical_user_id(user.strip())
+    iid = canonical_item_id(item.strip(), item_id_type)
+    t = parse_timestamp(ts)
+    value: float | None = None
+    if rating is not None and rating.strip():
+        value = float(rating)
+        if not math.isfinite(value):
+            raise ValueError(f"rating {rating!r} is not finite")
+    return Interaction(uid, iid, t, rating=value)
+
+
+def _row(path: Path, lineno: int, fields: list[str], fmt: str, item_id_type: str,
+         cols: dict[str, int] | None = None) -> Interaction:
+    """One row of a ``read_interactions`` format (``cols``: a generic CSV's columns named by its header).
+
+    Raises:
+        DataFileError: wrong field count, or a refused field (naming the line and the reason).
+    """
+    what = f"format {fmt!r} is {FORMAT_DESCRIPTIONS[fmt]}"
+    if cols is not None:
+        need = max(cols.values()) + 1
+        if len(fields) < need:
+            raise DataFileError(f"{path}:{lineno}: expected at least {need} fields (the header's columns "
+                                f"{', '.join(f'{k}={v + 1}' for k, v in cols.items())}), got {len(fields)} "
+                                f"({fields[:6]!r})")
+        rating_col = cols.get("rating")
+        if rating_col is None and cols == {"user": 0, "item": 1, "ts": 2} and len(fields) == 4:
+            rating_col = 3  # the generic layout's optional 4th column, under a header naming the first three
+        parts = (fields[cols["user"]], fields[cols["item"]], fields[cols["ts"]],
+                 fields[rating_col] if rating_col is not None else None)
+    else:
+        want = {"gowalla": (5,), "csv": (3, 4)}.get(fmt, (4,))
+        if len(fields) not in want:
+            raise DataFileError(f"{path}:{lineno}: expected {' or '.join(map(str, want))} fields, got {len(fields)} "
+                                f"({fields[:6]!r}); {what}")
+        if fmt == "gowalla":
+            parts = (fields[0], fields[4], fields[1], None)
+        elif fmt == "csv":
+            parts = (fields[0], fields[1], fields[2], fields[3] if len(fields) == 4 else None)
+        else:
+            parts = (fields[0], fields[1], fields[3], fields[2])
     try:
-        ts = parse_timestamp(ts_text)
-    except (ValueError, OverflowError, OSError) as err:
-        raise DataFileError(
-            f"{path}:{lineno}: bad timestamp {ts_text!r} ({err}); expected epoch seconds or ISO-8601"
-        ) from None
-    rating: float | None = None
-    if rating_text is not None and rating_text.strip():
-        try:
-            rating = float(rating_text)
-        except ValueError:
-            raise DataFileError(f"{path}:{lineno}: bad rating {rating_text!r} (a number)") from None
-        if not math.isfinite(rating):
-            raise DataFileError(f"{path}:{lineno}: rating {rating_text!r} is not finite")
-    return Interaction(user, item, ts, rating=rating)
+        return _interaction(*parts, item_id_type)
+    except FieldError as err:
+        raise DataFileError(f"{path}:{lineno}: {err}{_hint(err, item_id_type)}; {what}") from None
+    except ValueError as err:
+        raise DataFileError(f"{path}:{lineno}: bad rating {parts[3]!r} ({err}); a finite number") from None
 
 
-def _generic_header(fields: list[str]) -> bool:
-    """A generic CSV's first row is a header if all its fields are names (letters, digits, ``_``, spaces,
-    starting with a letter or ``_``), e.g. ``user,item,ts`` or ``userId,itemId,timestamp``."""
-    return len(fields) >= 3 and all(_NAME.fullmatch(f.strip()) for f in fields)
+def _hint(err: FieldError, item_id_type: str) -> str:
+    """What a loader adds to a refusal of the shared rules: how to read such a file."""
+    if err.reason == "bad_item_id" and item_id_type == "int":
+        return " (item_id_type int reads decimal ids only, as the stream's default; ids with other characters need " \
+               "item_id_type str, in the stream config: item_id_type: str)"
+    if err.reason == "bad_ts" and "milliseconds?" in err.detail:
+        return " (a millisecond column: convert it to seconds, or read the file through a column mapping with the " \
+               "unit given: evaluate-replay --columns user=..,item=..,ts=.. --ts-unit ms)"
+    return ""
+
+
+def _name_key(name: str) -> str:
+    return re.sub(r"[\s_.-]", "", name).lower()
+
+
+def _expected_columns() -> str:
+    return "; ".join(f"{role}: {', '.join(names)}" for role, names in COLUMN_NAMES.items())
+
+
+def _header_columns(path: Path, lineno: int, fields: list[str]) -> dict[str, int] | None:
+    """The columns a generic CSV's first row names, or None when the row is not made of names (then it is data).
+
+    Raises:
+        DataFileError: a row of names that does not name a user, an item and a timestamp column (or names one
+            twice): the header seen and the names expected.
+    """
+    seen = [f.strip() for f in fields]
+    if not seen or not all(_NAME.fullmatch(f) for f in seen):
+        return None
+    cols: dict[str, int] = {}
+    for i, name in enumerate(seen):
+        for role, names in COLUMN_NAMES.items():
+            if _name_key(name) in names:
+                if role in cols:
+                    raise DataFileError(f"{path}:{lineno}: the header {seen!r} names the {role} column twice "
+                                        f"({seen[cols[role]]!r} and {name!r}); keep one")
+                cols[role] = i
+    missing = [r for r in ("user", "item", "ts") if r not in cols]
+    if missing:
+        raise DataFileError(f"{path}:{lineno}: header {seen!r} not recognised: no {' / '.join(missing)} column. "
+                            f"Expected a header naming the columns ({_expected_columns()}; case, _ and spaces "
+                            "ignored), or no header and the columns user,item,ts[,rating]")
+    return cols
+
+
+def _not_an_interaction(path: Path, lineno: int, fields: list[str], kind: str, err: DataFileError) -> DataFileError:
+    """The error of a first line that is neither an interaction nor a header the format knows."""
+    seen = [f.strip() for f in fields]
+    cause = str(err).removeprefix(f"{path}:{lineno}: ").split("; format ")[0]
+    if kind == "csv":
+        expected = (f"a header naming the columns ({_expected_columns()}; case, _ and spaces ignored), or no "
+                    "header and the columns user,item,ts[,rating]")
+    elif kind == "mlcsv":
+        expected = f"the header {','.join(_ML_CSV_HEADER)}"
+    else:
+        expected = f"no header line ({FORMAT_DESCRIPTIONS[kind]}); for a file with a header use format 'csv'"
+    return DataFileError(f"{path}:{lineno}: the first line {seen!r} is neither an interaction ({cause}) nor a "
+                         f"header format {kind!r} knows: expected {expected}")
 
 
 #: file-name patterns looked for when a folder is given to :func:`read_interactions`
@@ -151,8 +410,8 @@ def _file_in_folder(folder: Path) -> Path:
 
 
 def _read_text(p: Path, expected: str) -> str:
-    """The text of an interaction file (UTF-8; a leading byte-order mark, as spreadsheet exports write it, is
-    dropped).
+    """The text of an interaction file (UTF-8; a byte-order mark, as spreadsheet exports write it, is dropped, and
+    UTF-16/32 with a mark are decoded: :func:`adrec_stream.textio.read_text`).
 
     Raises:
         DataFileError: missing, unreadable or not UTF-8; the message names the path and ``expected`` (the format).
@@ -160,27 +419,32 @@ def _read_text(p: Path, expected: str) -> str:
     if not p.is_file():
         raise DataFileError(f"interaction file not found: {p} (expected {expected})")
     try:
-        return p.read_text(encoding="utf-8-sig")
+        return read_text(p)
     except UnicodeDecodeError as err:
-        raise DataFileError(f"{p}: not UTF-8 text at byte {err.start} (expected {expected})") from None
+        enc = err.encoding.upper().removesuffix("-SIG")
+        raise DataFileError(f"{p}: not {enc} text at byte {err.start} (expected {expected}); save it as UTF-8") from None
     except OSError as err:
         raise DataFileError(f"cannot read {p}: {err.strerror}") from None
 
 
-def read_interactions(path: str | Path, fmt: Format = "auto") -> list[Interaction]:
+def read_interactions(path: str | Path, fmt: Format = "auto", *, item_id_type: ItemIdType = "str") -> list[Interaction]:
     """Read an interaction log, sorted stably by (timestamp, file order).
 
     Args:
         path: the file (e.g. ``../shared/data/events/ml-100k/u.data``), or a folder holding exactly one of the
             known file names (:data:`KNOWN_FILE_NAMES`), which is then read.
         fmt: ``"auto"``, ``"ml100k"``, ``"mlcsv"``, ``"ml1m"``, ``"gowalla"`` or ``"csv"`` (module docstring).
+        item_id_type: the item-id rule (module docstring): "str" keeps the file's ids, "int" canonicalises
+            decimal ids as the stream's default does; pass the stream config's value for rows bound to the stream.
 
     Returns:
-        All rows as :class:`Interaction`, oldest first.
+        All rows as :class:`Interaction` (ids and ts by the shared rules), oldest first.
 
     Raises:
-        DataFileError: the file is missing/unreadable/not UTF-8 (naming the path and expected format), a
-            row is malformed (naming the line number), or the file holds no rows.
+        DataFileError: the file is missing/unreadable/not UTF-8 (naming the path and expected format), a row is
+            malformed or has a refused id or timestamp (naming the line number and the reason code: ``bad_user_id``,
+            ``bad_item_id``, ``bad_ts``), a header line the format does not know (naming the header seen and
+            the ones expected), or the file holds no rows.
     """
     p = Path(path)
     if fmt not in FORMAT_DESCRIPTIONS:
@@ -193,25 +457,42 @@ def read_interactions(path: str | Path, fmt: Format = "auto") -> list[Interactio
     if not first:
         raise DataFileError(f"{p}: no interactions (empty file; expected {FORMAT_DESCRIPTIONS[fmt]})")
     kind = _detect(first) if fmt == "auto" else fmt
+
+    def numbered_fields() -> Iterable[tuple[int, list[str]]]:
+        if kind in ("ml100k", "ml1m", "gowalla"):
+            sep = "::" if kind == "ml1m" else "\t"
+            for lineno, line in enumerate(lines, 1):
+                if line.strip():
+                    yield lineno, line.split(sep)
+        else:
+            reader = csv.reader(io.StringIO(text))
+            try:
+                for fields in reader:
+                    if fields and any(f.strip() for f in fields):
+                        yield reader.line_num, fields
+            except csv.Error as err:
+                raise DataFileError(f"{p}:{reader.line_num}: not readable as CSV ({err})") from None
+
     rows: list[Interaction] = []
-    if kind in ("ml100k", "ml1m", "gowalla"):
-        sep = "::" if kind == "ml1m" else "\t"
-        for lineno, line in enumerate(lines, 1):
-            if line.strip():
-                rows.append(_row(p, lineno, line.split(sep), kind, kind != "gowalla"))
-    else:
-        reader = csv.reader(io.StringIO(text))
-        first_row = True
-        for fields in reader:
-            lineno = reader.line_num
-            if not fields or not any(f.strip() for f in fields):
+    cols: dict[str, int] | None = None
+    first_row = True
+    for lineno, fields in numbered_fields():
+        is_first, first_row = first_row, False
+        if is_first and kind == "mlcsv":
+            if [f.strip() for f in fields] != _ML_CSV_HEADER:
+                raise DataFileError(f"{p}:{lineno}: expected the header {','.join(_ML_CSV_HEADER)}, got "
+                                    f"{[f.strip() for f in fields]!r}")
+            continue
+        if is_first and kind == "csv":
+            cols = _header_columns(p, lineno, fields)
+            if cols is not None:
                 continue
-            is_first, first_row = first_row, False
-            if is_first and (kind == "mlcsv" or _generic_header(fields)):
-                if kind == "mlcsv" and [f.strip() for f in fields] != _ML_CSV_HEADER:
-                    raise DataFileError(f"{p}:{lineno}: expected the header {','.join(_ML_CSV_HEADER)}, got {fields!r}")
-                continue
-            rows.append(_row(p, lineno, fields, kind, kind == "mlcsv"))
+        try:
+            rows.append(_row(p, lineno, fields, kind, item_id_type, cols))
+        except DataFileError as err:
+            if is_first and not any(_DECIMAL.fullmatch(f.strip()) for f in fields):  # no number: a header?
+                raise _not_an_interaction(p, lineno, fields, kind, err) from None
+            raise
     if not rows:
         raise DataFileError(f"{p}: no interactions (only a header?); expected {FORMAT_DESCRIPTIONS[kind]}")
     rows.sort(key=lambda r: r.ts)  # stable: ties keep file order
@@ -282,7 +563,7 @@ def item_counts(interactions: Iterable[Interaction], vocab: Sequence[str]) -> li
 
 def read_delimited(path: str | Path, *, user: str | int, item: str | int, ts: str | int, sep: str = ",",
                    header: bool = True, ts_unit: Literal["s", "ms", "iso"] = "s",
-                   order: str | int | None = None) -> list[Interaction]:
+                   order: str | int | None = None, item_id_type: ItemIdType = "str") -> list[Interaction]:
     """Read any delimited interaction log through a column mapping (``adrec-stream evaluate-replay --columns``).
 
     A user's own log needs a mapping, not code: e.g. DIGINETICA's ``train-item-views.csv``
@@ -292,15 +573,16 @@ def read_delimited(path: str | Path, *, user: str | int, item: str | int, ts: st
     sep="\\t", header=False, ts_unit="iso"``.
 
     Args:
-        path: the file (UTF-8; a leading byte-order mark is ignored).
+        path: the file (UTF-8; a leading byte-order mark is ignored, UTF-16/32 with a mark are read).
         user, item, ts: the columns: a header name (str, needs ``header=True``) or a 0-based index (int).
         sep: the field separator; one character is read with :mod:`csv` (quoted fields allowed), a longer one
             (e.g. ``"::"``) splits each line on it.
         header: the first non-empty line names the columns (it is not an interaction).
-        ts_unit: ``"s"`` epoch seconds, ``"ms"`` epoch milliseconds, ``"iso"`` ISO-8601 through
-            :func:`parse_timestamp` (which also takes epoch seconds). Result times are epoch seconds.
+        ts_unit: ``"s"`` epoch seconds, ``"ms"`` epoch milliseconds (divided by 1000), ``"iso"`` ISO-8601 or
+            epoch seconds; all through :func:`parse_timestamp` (the shared rule: result in [0, 1e11) seconds).
         order: optional numeric column that orders events with equal ``ts`` (e.g. DIGINETICA's ``timeframe``,
             milliseconds since the session started, under a day-resolution ``eventdate``); None = file order.
+        item_id_type: the item-id rule (module docstring; "str" keeps the file's ids).
 
     Returns:
         :class:`Interaction` rows (rating None), sorted stably by (ts, ``order``, file order), like
@@ -309,11 +591,13 @@ def read_delimited(path: str | Path, *, user: str | int, item: str | int, ts: st
     Raises:
         DataFileError: the file is missing (naming the path and the expected layout), unreadable or not UTF-8;
             a header that lacks a named column (naming the header seen and the columns asked for); a name given
-            without a header; a row with too few fields, an empty user/item id, or a bad timestamp / order value
-            (naming the file, line and value); no rows.
+            without a header; a row with too few fields, an id or timestamp the shared rules refuse (naming the
+            file, line, value and reason code) or a bad order value; a first line that looks like a header with
+            ``header=False``; no rows.
     """
     units = {"s": "epoch seconds (a decimal number)", "ms": "epoch milliseconds (a decimal number)",
              "iso": "ISO-8601 date or date-time (no timezone = UTC), or epoch seconds"}
+    unit_rule: dict[str, Literal["auto", "s", "ms"]] = {"s": "s", "ms": "ms", "iso": "auto"}
     p = Path(path)
     wanted: dict[str, str | int] = {"user": user, "item": item, "ts": ts}
     if order is not None:
@@ -357,6 +641,7 @@ def read_delimited(path: str | Path, *, user: str | int, item: str | int, ts: st
         return x
 
     out: list[tuple[float, float, Interaction]] = []
+    first_data = True
     for lineno, fields in rows_of():
         if not fields or not any(f.strip() for f in fields):
             continue
@@ -377,22 +662,21 @@ def read_delimited(path: str | Path, *, user: str | int, item: str | int, ts: st
                         f"columns asked for: {spec})")
                 cols[key] = folded[0]
             continue
+        is_first, first_data = first_data, False
         need = max(cols.values()) + 1
         if len(fields) < need:
             raise DataFileError(f"{p}:{lineno}: expected at least {need} fields split on {sep!r} for columns "
                                 f"{spec}, got {len(fields)} ({fields[:8]!r})")
-        u, i = fields[cols["user"]].strip(), fields[cols["item"]].strip()
-        if not u or not i:
-            raise DataFileError(f"{p}:{lineno}: empty user or item id (columns {spec}) in {fields[:8]!r}")
-        ts_text = fields[cols["ts"]].strip()
         try:
-            if ts_unit == "iso":
-                t = parse_timestamp(ts_text)
-            else:
-                t = number(ts_text) / (1000.0 if ts_unit == "ms" else 1.0)
-        except (ValueError, OverflowError, OSError) as err:
-            raise DataFileError(f"{p}:{lineno}: bad timestamp {ts_text!r} in column ts={ts} ({err}); "
-                                f"--ts-unit {ts_unit} expects {units[ts_unit]}") from None
+            u = canonical_user_id(fields[cols["user"]].strip())
+            i = canonical_item_id(fields[cols["item"]].strip(), item_id_type)
+            t = parse_timestamp(fields[cols["ts"]], unit_rule[ts_unit])
+        except FieldError as err:
+            hint = ""
+            if is_first and not header and all(_NAME.fullmatch(f.strip()) for f in fields if f.strip()):
+                hint = f"; line {lineno} {[f.strip() for f in fields]!r} looks like a header: pass --header"
+            raise DataFileError(f"{p}:{lineno}: {err}{_hint(err, item_id_type)} (columns {spec}; --ts-unit "
+                                f"{ts_unit} expects {units[ts_unit]}){hint}") from None
         rank = 0.0
         if order is not None:
             o_text = fields[cols["order"]].strip()

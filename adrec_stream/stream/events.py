@@ -7,6 +7,10 @@ a JSON object::
 
 Decoding rules (decided and tested here; producers should follow them):
 
+The user id, item id and timestamp follow the shared rules of :mod:`adrec_stream.data.events` (the same
+functions the file loaders and the replay producer use, so a logged row is either accepted by both with the same
+values or refused by both with the same reason):
+
 - ``user_id``: non-empty string (<= 256 characters, no control characters) or integer; integers are
   canonicalised to their decimal string (``42`` -> ``"42"``). Booleans and floats are refused (integers
   beyond 64 bits arrive from the JSON parser as floats and are refused too: send such ids as strings).
@@ -15,8 +19,9 @@ Decoding rules (decided and tested here; producers should follow them):
   ``" 12"``, ``-1``, booleans and floats (even ``12.0``: JSON floats lose precision for large ids and
   ``12.5`` has no meaning) are refused. With ``item_id_type="str"`` any string accepted for ``user_id``
   is accepted as is, integers are canonicalised.
-- ``ts``: epoch seconds as a finite JSON number in [0, 1e11) (larger values look like milliseconds and are
-  refused), or an ISO-8601 string (``2024-01-02T03:04:05Z``; no timezone = UTC). Booleans, NaN/inf refused.
+- ``ts``: epoch seconds as a finite JSON number or a decimal string in [0, 1e11) (larger values are
+  milliseconds and are refused: send seconds), or an ISO-8601 string (``2024-01-02T03:04:05Z``; no timezone =
+  UTC). Booleans, NaN/inf refused.
 - ``event_id``: optional non-empty string (<= 256 chars); when absent ``default_event_id`` is used (the
   caller passes ``"topic:partition:offset"``, which is unique per record).
 - The Kafka key is advisory: the value's ``user_id`` wins; the key is used only when the value has no
@@ -35,14 +40,22 @@ Every refusal raises :class:`DecodeError` with a short machine-readable ``reason
 from __future__ import annotations
 
 import base64
-import math
-import re
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 import orjson
 
-from adrec_stream.data.events import Interaction
+from adrec_stream.data.events import (
+    MAX_ID_CHARS,
+    MAX_TS,
+    FieldError,
+    Interaction,
+    canonical_user_id,
+    parse_timestamp,
+)
+from adrec_stream.data.events import canonical_item_id as _canonical_item_id
+
+__all__ = ["MAX_ID_CHARS", "MAX_TS", "REASONS", "DecodeError", "canonical_item_id", "click_key", "dead_letter_record",
+           "decode_click", "encode_click"]
 
 #: Reason codes that :func:`decode_click` can produce.
 REASONS = (
@@ -64,15 +77,8 @@ REASONS = (
     "undecodable",
 )
 
-MAX_ID_CHARS = 256
-#: Epoch seconds at or above this are refused (year ~5138; values this large are usually milliseconds).
-MAX_TS = 1e11
 
-_INT_ID = re.compile(r"[0-9]{1,19}")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-class DecodeError(ValueError):
+class DecodeError(FieldError):
     """A Kafka record is not a valid click.
 
     Attributes:
@@ -80,57 +86,16 @@ class DecodeError(ValueError):
         detail: human-readable explanation (may quote a prefix of the offending value).
     """
 
-    def __init__(self, reason: str, detail: str = "") -> None:
-        self.reason = reason
-        self.detail = detail
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-
 
 def _short(value: Any, limit: int = 40) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _plain_id(value: Any, field: str) -> str:
-    """Validate a user id / str-typed item id; return its canonical string."""
-    reason = f"bad_{field}"
-    if isinstance(value, bool):
-        raise DecodeError(reason, f"{value!r} is a boolean, expected a string or integer")
-    if isinstance(value, int):
-        return str(value)
-    if not isinstance(value, str):
-        raise DecodeError(reason, f"{_short(value)} is a {type(value).__name__}, expected a string or integer")
-    if not value:
-        raise DecodeError(reason, "empty string")
-    if len(value) > MAX_ID_CHARS:
-        raise DecodeError(reason, f"{len(value)} characters, at most {MAX_ID_CHARS} allowed")
-    if _CONTROL.search(value):
-        raise DecodeError(reason, f"{_short(value)} contains control characters")
-    return value
-
-
-def _int_id(value: Any) -> str:
-    """Validate an int-typed item id; return its canonical decimal string."""
-    if isinstance(value, bool):
-        raise DecodeError("bad_item_id", f"{value!r} is a boolean, expected an integer")
-    if isinstance(value, int):
-        if value < 0:
-            raise DecodeError("bad_item_id", f"{value} is negative")
-        if value >= 10**19:
-            raise DecodeError("bad_item_id", f"{_short(value)} has more than 19 digits")
-        return str(value)
-    if isinstance(value, float):
-        raise DecodeError("bad_item_id", f"{_short(value)} is a float; send an integer or a string of digits")
-    if not isinstance(value, str):
-        raise DecodeError("bad_item_id", f"{_short(value)} is a {type(value).__name__}, expected an integer")
-    if not _INT_ID.fullmatch(value):
-        raise DecodeError("bad_item_id", f"{_short(value)} is not an integer")
-    return str(int(value))
-
-
 def canonical_item_id(value: Any, item_id_type: str = "int") -> str:
     """The canonical raw item id of a JSON value, by the click rules (module docstring): every reader of item ids
-    from the wire (the click decoder, the fine-tune worker's sequence updates) goes through this.
+    from the wire (the click decoder, the fine-tune worker's sequence updates) goes through this; it is
+    :func:`adrec_stream.data.events.canonical_item_id` with its refusals as :class:`DecodeError`.
 
     Args:
         value: the decoded JSON value.
@@ -140,43 +105,12 @@ def canonical_item_id(value: Any, item_id_type: str = "int") -> str:
     Raises:
         DecodeError: reason ``bad_item_id`` with the problem (None, a boolean, a float, a list, ...).
     """
-    if value is None:
-        raise DecodeError("bad_item_id", "null, expected an item id")
-    return _int_id(value) if item_id_type == "int" else _plain_id(value, "item_id")
-
-
-def _parse_ts(value: Any) -> float:
-    """Epoch seconds from a JSON number or an ISO-8601 string (naive = UTC)."""
-    if isinstance(value, bool):
-        raise DecodeError("bad_ts", f"{value!r} is a boolean, expected epoch seconds or ISO-8601")
-    if isinstance(value, int):
-        if not 0 <= value < MAX_TS:
-            raise DecodeError("bad_ts", f"{_short(value)} is outside [0, 1e11) epoch seconds (milliseconds?)")
-        ts = float(value)
-    elif isinstance(value, float):
-        ts = value
-    elif isinstance(value, str):
-        if len(value) > 64:
-            raise DecodeError("bad_ts", f"{_short(value)} is too long for a timestamp")
-        try:
-            dt = datetime.fromisoformat(value)
-        except ValueError:
-            raise DecodeError("bad_ts", f"{_short(value)} is not ISO-8601 (e.g. 2024-01-02T03:04:05Z)") from None
-        if dt.tzinfo is None:
-            dt = dt.replace(tzinfo=UTC)
-        try:
-            ts = dt.timestamp()
-        except (OverflowError, OSError, ValueError):
-            raise DecodeError("bad_ts", f"{_short(value)} is out of range") from None
-    else:
-        raise DecodeError("bad_ts", f"{_short(value)} is a {type(value).__name__}, expected a number or string")
-    if not math.isfinite(ts):
-        raise DecodeError("bad_ts", f"{_short(value)} is not finite")
-    if ts < 0:
-        raise DecodeError("bad_ts", f"{_short(value)} is before 1970-01-01")
-    if ts >= MAX_TS:
-        raise DecodeError("bad_ts", f"{_short(value)} is too large; send epoch seconds, not milliseconds")
-    return ts
+    try:
+        return _canonical_item_id(value, item_id_type)
+    except DecodeError:
+        raise
+    except FieldError as err:
+        raise DecodeError(err.reason, err.detail) from None
 
 
 def _decode_key(key: Any) -> str | None:
@@ -192,8 +126,8 @@ def _decode_key(key: Any) -> str | None:
     except UnicodeDecodeError:
         raise DecodeError("bad_key", f"key {_short(raw)} is not UTF-8") from None
     try:
-        return _plain_id(text, "user_id")
-    except DecodeError as err:
+        return canonical_user_id(text)
+    except FieldError as err:
         raise DecodeError("bad_key", err.detail) from None
 
 
@@ -219,7 +153,7 @@ def _decode(
         raise DecodeError("not_an_object", f"JSON {type(obj).__name__}, expected an object")
 
     if "user_id" in obj and obj["user_id"] is not None:
-        user = _plain_id(obj["user_id"], "user_id")
+        user = canonical_user_id(obj["user_id"])
         if require_key_match and key is not None:
             try:
                 key_user = _decode_key(key)
@@ -242,7 +176,7 @@ def _decode(
 
     if "ts" not in obj or obj["ts"] is None:
         raise DecodeError("missing_ts", "no ts (epoch seconds or ISO-8601) in the value")
-    ts = _parse_ts(obj["ts"])
+    ts = parse_timestamp(obj["ts"])
 
     event_id = obj.get("event_id")
     if event_id is None:
@@ -284,6 +218,8 @@ def decode_click(
         return _decode(value, key, item_id_type, max_bytes, default_event_id, require_key_match)
     except DecodeError:
         raise
+    except FieldError as err:  # an id or the timestamp refused by the shared rules: the same reason code
+        raise DecodeError(err.reason, err.detail) from None
     except Exception as err:  # defensive: the contract is "only DecodeError", whatever a library does
         raise DecodeError("undecodable", f"unexpected {type(err).__name__}: {str(err)[:80]}") from None
 

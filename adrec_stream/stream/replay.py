@@ -1,7 +1,11 @@
 """``adrec-stream replay``: produce a logged interaction file into the clicks topic as click events.
 
 The file (MovieLens ``u.data``, ``ratings.csv``, ML-1M ``.dat`` or generic ``user,item,ts`` CSV) is read with
-:func:`adrec_stream.data.events.read_interactions`, which orders it by time (ties keep file order). The first
+:func:`adrec_stream.data.events.read_interactions` with the stream config's ``item_id_type``, which orders it by
+time (ties keep file order) and applies the shared id and timestamp rules of :mod:`adrec_stream.data.events`,
+the ones the click decoder applies: a row the ingest worker would refuse (e.g. a millisecond timestamp, or
+``"12a"`` with ``item_id_type: int``) stops the replay before anything is sent, with the same reason code,
+instead of being dead-lettered click by click. The first
 ``skip_fraction`` of that order is skipped (e.g. 0.8 = the part a model was trained on) and at most ``limit``
 events follow. Each click has key = user id (so one user's clicks share a partition and keep their order),
 value = :func:`~adrec_stream.stream.events.encode_click`, and a deterministic ``event_id``
@@ -21,8 +25,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from adrec_stream.data.events import Interaction
-from adrec_stream.errors import ConfigError
+from adrec_stream.data.events import FieldError, Interaction, canonical_interaction
+from adrec_stream.errors import ConfigError, DataFileError
 from adrec_stream.stream.events import encode_click
 
 
@@ -38,7 +42,7 @@ class ReplayResult:
 
 
 def select_clicks(interactions: Sequence, source_name: str, *, skip_fraction: float = 0.0,
-                  limit: int | None = None) -> list[Interaction]:
+                  limit: int | None = None, item_id_type: str = "str") -> list[Interaction]:
     """Turn time-ordered interactions into click events with deterministic ids.
 
     Args:
@@ -47,9 +51,12 @@ def select_clicks(interactions: Sequence, source_name: str, *, skip_fraction: fl
         skip_fraction: fraction in [0, 1) of the time order to skip; the split point is
             ``floor(skip_fraction * n)``, the same as ``chronological_split``'s train part when equal.
         limit: at most this many events (None = all remaining).
+        item_id_type: the item-id rule of the stream the clicks go to (ids and ts pass the shared rules of
+            :mod:`adrec_stream.data.events`, exactly as the click decoder will apply them).
 
     Raises:
         ConfigError: ``skip_fraction`` outside [0, 1) or negative ``limit``.
+        DataFileError: an interaction the click decoder would refuse (naming its position and the reason code).
     """
     if not 0.0 <= skip_fraction < 1.0:
         raise ConfigError(f"--skip-fraction must be in [0, 1), got {skip_fraction}")
@@ -57,8 +64,15 @@ def select_clicks(interactions: Sequence, source_name: str, *, skip_fraction: fl
         raise ConfigError(f"--limit must be >= 0, got {limit}")
     start = int(math.floor(skip_fraction * len(interactions)))
     stop = len(interactions) if limit is None else min(len(interactions), start + limit)
-    return [Interaction(str(x.user_id), str(x.item_id), float(x.ts), f"{source_name}:{i}")
-            for i, x in zip(range(start, stop), interactions[start:stop])]
+    out = []
+    for i, x in zip(range(start, stop), interactions[start:stop]):
+        try:
+            c = canonical_interaction(Interaction(x.user_id, x.item_id, x.ts), item_id_type)
+        except FieldError as err:
+            raise DataFileError(f"{source_name}: event {i} (in time order) would be refused by the ingest worker: "
+                                f"{err}") from None
+        out.append(c._replace(event_id=f"{source_name}:{i}"))
+    return out
 
 
 async def produce_clicks(bootstrap: str, topic: str, clicks: Sequence[Interaction], *,
@@ -143,8 +157,9 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_from_args(args)
     path = Path(args.dataset or cfg.replay.path)
-    interactions = read_interactions(path, fmt=args.format or cfg.replay.format)
-    clicks = select_clicks(interactions, path.name, skip_fraction=args.skip_fraction, limit=args.limit)
+    interactions = read_interactions(path, fmt=args.format or cfg.replay.format, item_id_type=cfg.item_id_type)
+    clicks = select_clicks(interactions, path.name, skip_fraction=args.skip_fraction, limit=args.limit,
+                           item_id_type=cfg.item_id_type)
     rate = None if args.as_fast_as_possible else (args.rate if args.rate is not None else cfg.replay.rate_per_s)
     if rate is not None and rate < 0:
         raise ConfigError(f"--rate must be > 0, got {rate}")

@@ -64,3 +64,20 @@ def get_logger(name: str | None = None, **bound) -> structlog.stdlib.BoundLogger
         configure_logging()
     log = structlog.get_logger(name) if name else structlog.get_logger()
     return log.bind(**bound) if bound else log
+
+
+def drop_tracebacks_from_now_on() -> None:
+    """Strip the traceback from every later log record of every root handler (the message lines stay).
+
+    Called once an operations error was logged as one line: the worker then only shuts down, and the
+    framework's shutdown adds nothing an operator can use. That covers faust's own crash log of the error
+    and the races of its shutdown (measured: about 1 run in 9, mode logs "Error while stopping child ...
+    Event loop is closed" with a traceback while stopping the consumer thread)."""
+
+    def _filter(record: logging.LogRecord) -> bool:
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        return True
+
+    for handler in [*logging.getLogger().handlers, logging.lastResort]:
+        if handler is not None:
+            handler.addFilter(_filter)

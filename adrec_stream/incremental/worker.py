@@ -273,6 +273,9 @@ class FinetuneWorker:
         from kafka import KafkaConsumer, TopicPartition  # noqa: PLC0415
 
         from adrec_stream.broker.process import effective_bootstrap  # noqa: PLC0415
+        from adrec_stream.stream.undecodable import install_undecodable_batch_errors  # noqa: PLC0415
+
+        install_undecodable_batch_errors()  # a batch it cannot decode: one clear error, not a bare library one
 
         consumer = KafkaConsumer(
             bootstrap_servers=effective_bootstrap(self.cfg).split(","), group_id=None, enable_auto_commit=False,
@@ -294,6 +297,8 @@ class FinetuneWorker:
 
         Raises:
             BrokerError: the broker cannot be reached at start.
+            UndecodableBatchError: a record batch of the sequence-updates topic cannot be decoded (logged once as
+                ``undecodable_record_batch`` with topic, partition, offset and cause).
         """
         if self.device.type == "cpu":
             torch.set_num_threads(self.fcfg.threads)

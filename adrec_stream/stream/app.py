@@ -24,42 +24,25 @@ last committed offset. Records are sent with the app's producer directly
 from __future__ import annotations
 
 import asyncio
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from adrec_stream.broker.process import effective_bootstrap
 from adrec_stream.errors import StoreLockedError
-from adrec_stream.logging import get_logger
+from adrec_stream.logging import drop_tracebacks_from_now_on, get_logger
 from adrec_stream.state.partitioned import PartitionStores
 from adrec_stream.stream.compat import consumer_timing, install_faust_compat, register_timing
 from adrec_stream.stream.config import StreamConfig
 from adrec_stream.stream.handler_support import ProducerPublisher, WorkerHooks, WorkerStats
 from adrec_stream.stream.ingest import IngestHandler, make_stores
 from adrec_stream.stream.score import ScoreHandler
+from adrec_stream.stream.undecodable import install_undecodable_batch_errors
 
 #: Exit code of a worker whose agent crashed (the supervisor - demo, systemd - restarts it).
 EXIT_AGENT_CRASHED = 3
 
 Role = Literal["ingest", "score"]
-
-
-def _drop_tracebacks_from_now_on() -> None:
-    """Strip the traceback from every later log record of every root handler (the message lines stay).
-
-    Called once an operations error was logged as one line: the worker then only shuts down, and the
-    framework's shutdown adds nothing an operator can use. That covers faust's own crash log of the error
-    and the races of its shutdown (measured: about 1 run in 9, mode logs "Error while stopping child ...
-    Event loop is closed" with a traceback while stopping the consumer thread)."""
-
-    def _filter(record: logging.LogRecord) -> bool:
-        record.exc_info, record.exc_text, record.stack_info = None, None, None
-        return True
-
-    for handler in [*logging.getLogger().handlers, logging.lastResort]:
-        if handler is not None:
-            handler.addFilter(_filter)
 
 
 @dataclass
@@ -85,6 +68,7 @@ def _faust_app(cfg: StreamConfig, role: Role) -> Any:
     import faust  # noqa: PLC0415 - heavy import, only in workers
 
     install_faust_compat()
+    install_undecodable_batch_errors()
     timing = consumer_timing(cfg)
     datadir = Path(cfg.state_dir) / f"faust-{role}"
     datadir.parent.mkdir(parents=True, exist_ok=True)
@@ -158,7 +142,7 @@ def build_app(cfg: StreamConfig, role: Role, *, hooks: WorkerHooks | None = None
             # `adrec-stream worker` prints the error as one line and exits 2
             stats.failed = err
             log.error(f"{role}_failed", error=str(err))
-            _drop_tracebacks_from_now_on()
+            drop_tracebacks_from_now_on()
         elif not isinstance(err, asyncio.CancelledError):
             stats.failed = err
             log.error(f"{role}_failed", error=repr(err))

@@ -3,9 +3,11 @@
 The worker joins its consumer group on the configured cluster (the embedded broker's ``broker.host:port``
 or ``bootstrap_servers``), logs structlog JSON to stderr, and stops on SIGINT/SIGTERM. Exit codes: 0 after
 a clean stop, :data:`~adrec_stream.stream.app.EXIT_AGENT_CRASHED` (3) when the agent failed (the crashing
-supervisor stopped the worker; restart it and it resumes from the last committed offset), 2 on config errors
-or an unreachable cluster. The fine-tune worker (:mod:`adrec_stream.incremental.worker`) is a plain consumer
-process, not a Faust app; it stops after the round in progress reaches its next step.
+supervisor stopped the worker; restart it and it resumes from the last committed offset), 2 on config errors,
+an unreachable cluster, or a record batch the Kafka client cannot decode (one line naming the topic, partition,
+offset and cause: :mod:`adrec_stream.stream.undecodable`; restarting would only fail again at the same offset).
+The fine-tune worker (:mod:`adrec_stream.incremental.worker`) is a plain consumer process, not a Faust app; it
+stops after the round in progress reaches its next step.
 """
 
 from __future__ import annotations
@@ -56,11 +58,14 @@ def run_worker(cfg: StreamConfig, role: str, *, log_level: str = "INFO", hooks: 
         StoreLockedError: ingest, a partition's sequence store stayed held by another process for
             ``store_lock_wait_s`` (the CLI prints it as one line naming the path and PID, exit 2).
         BrokerError: the cluster is unreachable.
+        UndecodableBatchError: a record batch of a topic the worker reads could not be decoded (the CLI prints it
+            as one line naming the topic, partition, offset and cause, exit 2).
     """
     import faust  # noqa: PLC0415
 
     from adrec_stream.logging import get_logger  # noqa: PLC0415
     from adrec_stream.stream.app import EXIT_AGENT_CRASHED, build_app  # noqa: PLC0415
+    from adrec_stream.stream.undecodable import first_undecodable  # noqa: PLC0415
 
     try:
         import uvloop  # noqa: PLC0415
@@ -91,6 +96,9 @@ def run_worker(cfg: StreamConfig, role: str, *, log_level: str = "INFO", hooks: 
     log.info("worker_stopped", **stats.as_dict(), failed=repr(stats.failed) if stats.failed else None)
     if isinstance(stats.failed, StoreLockedError):
         raise stats.failed  # a partition's store stayed locked: one clear line, exit 2
+    undecodable = first_undecodable()
+    if undecodable is not None:
+        raise undecodable  # the consumer could not decode a batch: one clear line, exit 2
     if stats.failed is not None:
         return EXIT_AGENT_CRASHED
     return code

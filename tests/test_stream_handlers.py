@@ -128,3 +128,16 @@ def test_score_deduplicates_users_and_answers_every_update(tmp_path: Path, tiny:
     assert not {"1", "2", "3"} & set(recs[3]["items"])  # default: seen items excluded
     assert recs[3]["model_version"] == 3 and recs[3]["produced_ts"] == 2.0 and len(recs[3]["items"]) == 4
     assert (stats.received, stats.scored, stats.published, stats.skipped) == (5, 2, 4, 1)
+
+
+def test_score_worker_recommender_takes_the_serving_settings(tmp_path: Path, tiny: Recommender):
+    from adrec_stream.serving.registry import ModelRegistry
+    from adrec_stream.stream.app import make_recommender
+
+    ModelRegistry(tmp_path / "reg").publish(tiny.checkpoint.path, meta={})
+    cfg = StreamConfig(registry_dir=str(tmp_path / "reg"), scoring={"sampling_steps": 2, "deterministic": True})
+    assert StreamConfig().scoring.sampling_steps == 4  # the serving default (docs/sampling-steps.md)
+    rr = make_recommender(cfg)
+    assert rr.current.steps == 2 and rr.current.deterministic is True and torch.get_num_threads() == 1
+    with pytest.raises(ValueError, match=r"steps must be in \[1, T=4\]"):
+        Recommender(tiny.checkpoint, steps=5)

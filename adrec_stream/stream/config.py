@@ -116,14 +116,16 @@ class ScoringConfig(StrictModel):
     recommendations topic should not offer what the user just clicked), ``exclude_last`` only the last
     ``exclude_last_n`` clicked items, ``keep`` nothing (repeat-consumption catalogues: music, groceries). The
     offline protocol of the paper (``adrec-stream evaluate``) does not exclude.
-    ``sampling_steps``: reverse diffusion steps (null = the model's T; see docs/sampling-steps.md),
+    ``sampling_steps``: reverse diffusion steps of the last token (default 4; null = the model's T, 32 in the
+    paper). Measured on the test splits (docs/sampling-steps.md): NDCG@10 at 4 steps equals 32 steps within the
+    seed noise on ml-100k and beauty, at 2.3x the throughput on beauty.
     ``deterministic``: start the reverse process from zeros without noise (null = the model config's choice).
     ``threads``: torch CPU threads of the score worker.
     """
 
     seen_items: Literal["exclude", "exclude_last", "keep"] = "exclude"
     exclude_last_n: PosInt = 1
-    sampling_steps: PosInt | None = None
+    sampling_steps: PosInt | None = 4
     deterministic: bool | None = None
     threads: PosInt = 1
 

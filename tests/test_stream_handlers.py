@@ -141,3 +141,12 @@ def test_score_worker_recommender_takes_the_serving_settings(tmp_path: Path, tin
     assert rr.current.steps == 2 and rr.current.deterministic is True and torch.get_num_threads() == 1
     with pytest.raises(ValueError, match=r"steps must be in \[1, T=4\]"):
         Recommender(tiny.checkpoint, steps=5)
+
+
+def test_score_without_deduplication_scores_every_update(tiny: Recommender):
+    cfg = StreamConfig(top_k=4, scoring={"deduplicate_users": False})
+    counting, pub = _CountingRecommender(tiny), MemoryPublisher()
+    asyncio.run(ScoreHandler(cfg, counting, pub, WorkerStats()).handle(
+        [_update(0, "a", ["1"], "a1"), _update(1, "a", ["1", "2"], "a2")]))
+    assert counting.calls == [[["1"], ["1", "2"]]]
+    assert [orjson.loads(v)["superseded_by"] for v in pub.values("recommendations")] == [None, None]

@@ -121,6 +121,10 @@ class ScoringConfig(StrictModel):
     seed noise on ml-100k and beauty, at 2.3x the throughput on beauty.
     ``deterministic``: start the reverse process from zeros without noise (null = the model config's choice).
     ``threads``: torch CPU threads of the score worker.
+    ``deduplicate_users``: score only the newest window of a user within a batch (the other updates of that user
+    get the same list, marked ``superseded_by``); off, every update is scored on its own window (a replay faster
+    than real time, such as ``evaluate-replay --through-kafka``, switches it off so that every click has the list
+    made right after it).
     """
 
     seen_items: Literal["exclude", "exclude_last", "keep"] = "exclude"
@@ -128,6 +132,7 @@ class ScoringConfig(StrictModel):
     sampling_steps: PosInt | None = 4
     deterministic: bool | None = None
     threads: PosInt = 1
+    deduplicate_users: bool = True
 
 
 class ReplayConfig(StrictModel):

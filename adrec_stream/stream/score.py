@@ -4,12 +4,12 @@ Per batch (taken by the score agent: up to ``batch.score_max_users`` updates, wa
 ``batch.score_within_s`` for more):
 
 1. Each update is parsed (orjson); one that is not a sequence-update object is skipped and logged.
-2. Users are de-duplicated: only the newest window of each user in the batch is scored (a user's updates share
-   a partition, so the last one in the batch is the newest). The older updates of that user still get their own
-   record (their own ``event_id``) holding the shared result, with ``superseded_by`` set to the event id whose
-   window was scored: that list was computed after a later click of the same user, so evaluators must not judge
-   the earlier click's next item against it (``adrec-stream demo`` and ``evaluate-replay --through-kafka`` skip
-   such records).
+2. Users are de-duplicated (``scoring.deduplicate_users``, on by default): only the newest window of each user
+   in the batch is scored (a user's updates share a partition, so the last one in the batch is the newest). The
+   older updates of that user still get their own record (their own ``event_id``) holding the shared result, with
+   ``superseded_by`` set to the event id whose window was scored: that list was computed after a later click of
+   the same user, so evaluators must not judge the earlier click's next item against it (``adrec-stream demo``
+   skips such records; ``evaluate-replay --through-kafka`` switches de-duplication off).
 3. The distinct windows go to the recommender in a worker thread (so heartbeats continue): one CAM pass per
    length group with the denoiser's history prefix cached, only the last token denoised for
    ``scoring.sampling_steps`` steps, one matmul and top-k over the item table
@@ -96,10 +96,14 @@ class ScoreHandler:
                 self.log.warning("bad_sequence_update", error=str(err)[:120], partition=msg.partition,
                                  offset=msg.offset)
         if parsed:
-            newest: dict[Any, int] = {}
-            for i, upd in enumerate(parsed):
-                newest[upd.get("user_id")] = i
-            order = sorted(newest.values())
+            if self.cfg.scoring.deduplicate_users:
+                last: dict[Any, int] = {}
+                for i, upd in enumerate(parsed):
+                    last[upd.get("user_id")] = i
+                newest = [last[upd.get("user_id")] for upd in parsed]
+            else:
+                newest = list(range(len(parsed)))
+            order = sorted(set(newest))
             windows = [[str(x) for x in parsed[i]["items"]] for i in order]
             loop = asyncio.get_running_loop()
             results = await loop.run_in_executor(self.executor, recommend_windows, self.recommender, windows, self.cfg)
@@ -109,7 +113,7 @@ class ScoreHandler:
             topic = self.cfg.topics.recommendations.name
             futures = []
             for i, upd in enumerate(parsed):
-                j = newest[upd.get("user_id")]
+                j = newest[i]
                 rec = result_of[j]
                 stats.fallback += bool(rec.fallback)
                 value = orjson.dumps({

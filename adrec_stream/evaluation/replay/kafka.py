@@ -200,7 +200,8 @@ def run_policy(policy: str, *, warm: list, replay: list, source: str, checkpoint
                                                                    "policy": policy})
         workers = [WorkerProcess("ingest", cfg_path, run_dir / "logs", []),
                    WorkerProcess("score", cfg_path, run_dir / "logs",
-                                 ["--set", f"scoring.seen_items={'exclude' if exclude_seen else 'keep'}"])]
+                                 ["--set", f"scoring.seen_items={'exclude' if exclude_seen else 'keep'}",
+                                  "--set", "scoring.deduplicate_users=false"])]  # every click gets its own list
         finetuner = None
         if incremental:
             finetuner = WorkerProcess("finetune", cfg_path, run_dir / "logs", ["--device", scfg.finetune.device])

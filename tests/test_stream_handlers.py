@@ -136,7 +136,7 @@ def test_score_worker_recommender_takes_the_serving_settings(tmp_path: Path, tin
 
     ModelRegistry(tmp_path / "reg").publish(tiny.checkpoint.path, meta={})
     cfg = StreamConfig(registry_dir=str(tmp_path / "reg"), scoring={"sampling_steps": 2, "deterministic": True})
-    assert StreamConfig().scoring.sampling_steps == 4  # the serving default (docs/sampling-steps.md)
+    assert StreamConfig().scoring.sampling_steps == 2  # the serving default (docs/sampling-steps.md)
     rr = make_recommender(cfg)
     assert rr.current.steps == 2 and rr.current.deterministic is True and torch.get_num_threads() == 1
     with pytest.raises(ValueError, match=r"steps must be in \[1, T=4\]"):

@@ -104,7 +104,7 @@ class BatchConfig(StrictModel):
     ingest_within_s: PosFloat = 0.005
     score_max_users: PosInt = 256
     score_within_s: PosFloat = 0.005
-    produce_linger_s: NonNegFloat = 0.01
+    produce_linger_s: NonNegFloat = 0.002
     produce_max_batch_bytes: Annotated[int, Field(ge=16384, le=16 * 1024 * 1024)] = 1_048_576
     store_write_attempts: PosInt = 3
 

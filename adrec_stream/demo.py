@@ -346,6 +346,7 @@ def run(args: argparse.Namespace) -> int:
     from adrec_stream.data.events import chronological_split, read_interactions  # noqa: PLC0415
     from adrec_stream.evaluation.prequential import (  # noqa: PLC0415
         latency_percentiles,
+        next_click_pairs,
         popularity_recommendations,
         prequential_by_group,
         prequential_metrics,
@@ -433,9 +434,12 @@ def run(args: argparse.Namespace) -> int:
             # the ExitStack stops the workers (the fine-tune worker first, a round in progress is abandoned)
         replay, recs = res["replay"], res["recs"]
         stream = [(c.user_id, c.item_id, c.event_id) for c in clicks]
-        # a superseded record holds the list made after a LATER click of the user: not judged (stream/score.py)
-        rec_items = {e: r.get("items", []) for e, r in recs.items() if not r.get("superseded_by")}
-        pq = prequential_metrics(stream, rec_items, k=dcfg.top_k)
+        # a superseded record holds the list made after a LATER click of the user (scored together, see
+        # stream/score.py): no list was served between the two clicks, so that pair is not judged
+        superseded = {e for e, r in recs.items() if r.get("superseded_by")}
+        rec_items = {e: r.get("items", []) for e, r in recs.items() if e not in superseded}
+        pq = prequential_metrics(stream, rec_items, k=dcfg.top_k, not_judged=superseded)
+        n_superseded = sum(e in superseded for e, _ in next_click_pairs(stream))
         by_version = prequential_by_group(stream, rec_items, {e: r.get("model_version") for e, r in recs.items()},
                                           k=dcfg.top_k)
         rounds = finetune_rounds(finetuner.log_text()) if finetuner is not None else []
@@ -462,7 +466,8 @@ def run(args: argparse.Namespace) -> int:
              f"dead-lettered {res['dead_lettered']:,}, popularity fallback {res['fallback']:,}, "
              f"worker restarts {sum(w.restarts for w in workers)}")
         _say(f"prequential (recommendation after click i of user u vs u's click i+1, {pq.judged:,} pairs, "
-             f"{pq.missing:,} without recommendation): HR@{k} = {pq.hr:.4f}, NDCG@{k} = {pq.ndcg:.4f}")
+             f"{pq.missing:,} without recommendation; {n_superseded:,} more not judged: the list after click i was "
+             f"scored together with click i+1): HR@{k} = {pq.hr:.4f}, NDCG@{k} = {pq.ndcg:.4f}")
         _say(f"baseline, same protocol: popularity in the training part"
              f"{' (seen items excluded)' if dcfg.exclude_history else ''}: HR@{k} = {base.hr:.4f}, "
              f"NDCG@{k} = {base.ndcg:.4f}")
@@ -481,7 +486,7 @@ def run(args: argparse.Namespace) -> int:
              f"p99 {emit['p99_ms']:.0f} ms); total wall time {time.time() - t_start:.0f} s")
         summary = {"events_in": replay.sent, "recommendations_out": res["recommendations_out"],
                    "dead_lettered": res["dead_lettered"], f"HR@{k}": round(pq.hr, 4), f"NDCG@{k}": round(pq.ndcg, 4),
-                   "judged": pq.judged, "missing": pq.missing,
+                   "judged": pq.judged, "missing": pq.missing, "superseded": n_superseded,
                    "p50_ms": round(lat["p50_ms"], 1), "p99_ms": round(lat["p99_ms"], 1),
                    "model_versions_published": added, "finetune_rounds": ft["finetune_rounds"],
                    "rounds_rejected": ft["rounds_rejected"], "staleness_s": ft["staleness_s"],

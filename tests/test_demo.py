@@ -105,7 +105,8 @@ def test_demo_end_to_end_short(tmp_path: Path):
     lines = out.stdout.strip().splitlines()
     summary = json.loads(lines[-1])
     assert summary["events_in"] == 600 and summary["recommendations_out"] >= 600
-    assert summary["dead_lettered"] == 0 and summary["missing"] == 0
+    assert summary["dead_lettered"] == 0 and summary["missing"] == 0  # superseded pairs are counted apart
+    assert 0 <= summary["superseded"] < summary["judged"]
     assert 0.0 <= summary["NDCG@10"] <= summary["HR@10"] <= 1.0
     assert 0 < summary["p50_ms"] <= summary["p99_ms"]
     assert any("SMALL TRAINING BUDGET" in ln for ln in lines)
@@ -242,3 +243,11 @@ def test_foreign_work_dir_is_not_wiped(tmp_path: Path):
     with pytest.raises(ConfigError, match="was not made by the demo"):
         demo.run(args)
     assert (work / "precious.txt").read_text() == "keep me"
+
+
+def test_superseded_pairs_are_left_out_not_counted_missing():
+    clicks = [("a", "1", "e1"), ("a", "2", "e2"), ("a", "3", "e3"), ("b", "9", "e4"), ("b", "8", "e5")]
+    recs = {"e2": ["3", "7"], "e4": ["5"]}  # e1's list was superseded by e2's; e4 misses
+    r = prequential_metrics(clicks, recs, k=2, not_judged={"e1"})
+    assert (r.judged, r.hits, r.missing) == (2, 1, 0) and r.hr == 0.5
+    assert prequential_metrics(clicks, recs, k=2).missing == 1  # without it the pair counts as missing

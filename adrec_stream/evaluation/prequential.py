@@ -23,7 +23,7 @@ under a uniformly random tie-break); a constant-score model is no better there t
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Collection, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,13 +73,16 @@ def next_click_pairs(clicks: Iterable[tuple[str, str, str]]) -> list[tuple[str, 
 
 
 def prequential_metrics(clicks: Iterable[tuple[str, str, str]], recommendations: Mapping[str, Sequence[str]],
-                        k: int = 10) -> PrequentialResult:
+                        k: int = 10, *, not_judged: Collection[str] = frozenset()) -> PrequentialResult:
     """Judge the recommendation emitted after each click against the same user's next click.
 
     Args:
         clicks: ``(user_id, item_id, event_id)`` of the valid clicks, in stream order.
         recommendations: ``event_id -> ranked raw item ids`` (best first); lists longer than k are cut to k.
         k: cut-off.
+        not_judged: event ids c_i whose pair is left out altogether (neither judged nor ``missing``), e.g. clicks
+            whose recommendation was superseded: scored together with the user's next click, so no list was
+            served between the two.
 
     Returns:
         :class:`PrequentialResult`.
@@ -89,7 +92,7 @@ def prequential_metrics(clicks: Iterable[tuple[str, str, str]], recommendations:
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    pairs = next_click_pairs(clicks)
+    pairs = [p for p in next_click_pairs(clicks) if p[0] not in not_judged]
     ranks = np.full(len(pairs), math.inf)
     missing = 0
     for j, (event_id, target) in enumerate(pairs):

@@ -26,7 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "worker": ("adrec_stream.stream.worker_cli", "run a streaming worker (ingest, score, finetune)"),
     "replay": ("adrec_stream.stream.replay", "replay a logged click file into the clicks topic"),
     "demo": ("adrec_stream.demo", "main job: broker + train + workers + replay + prequential summary"),
-    "model": ("adrec_stream.serving.model_cli", "list model versions in the registry, roll back to one"),
+    "model": ("adrec_stream.serving.model_cli", "publish a checkpoint to the model registry, list versions, roll back"),
 }
 
 

@@ -412,7 +412,10 @@ def run(args: argparse.Namespace) -> int:
             version = registry.publish(ckpt, meta={"source": "demo", **{k: v for k, v in facts.items()}})
             _say(f"broker: embedded Tansu at {handle.bootstrap} (memory storage, tansu_compat on); "
                  f"model registry version {version} at {scfg.registry_dir}")
-            extra = ["--set", f"scoring.seen_items={'exclude' if dcfg.exclude_history else 'keep'}"]
+            # the replay runs hundreds of times faster than the log's clock (a user's ratings of one evening arrive
+            # milliseconds apart): scoring every click on its own window keeps the prequential figures meaningful
+            extra = ["--set", f"scoring.seen_items={'exclude' if dcfg.exclude_history else 'keep'}",
+                     "--set", "scoring.deduplicate_users=false"]
             workers = [WorkerProcess("ingest", scfg_path, run_dir / "logs", []),
                        WorkerProcess("score", scfg_path, run_dir / "logs", extra)]
             finetuner: WorkerProcess | None = None

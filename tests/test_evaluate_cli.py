@@ -199,3 +199,16 @@ def test_steps_outside_one_to_t_are_clear_errors(t32: Path, trained: tuple[Path,
     assert "ADRec checkpoints only" in capsys.readouterr().err
     res = _evaluate(capsys, "--checkpoint", str(out / "pretrain"), "--dataset", str(ML100K), "--threads", "1")
     assert res["steps"] is None and res["deterministic"] is None and res["users_per_s"] > 0
+
+
+def test_a_checkpoint_with_another_item_numbering_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A model trained on an event log (raw MovieLens ids) over more items than the split: refused, not scored."""
+    cfg = ModelConfig(hidden_size=16, num_heads=2, max_len=10, diffusion_steps=4)
+    vocab = [str(i) for i in range(1, 1201)]
+    vocab[6], vocab[7] = vocab[7], vocab[6]  # items 7 and 8 of this model are the log's raw ids "8" and "7"
+    path = save_checkpoint(tmp_path / "log-model.pt", build_model(1200, cfg), vocab=vocab,
+                           config={"model": cfg.model_dump(mode="json")})
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(path), "--dataset", str(ML100K), "--json"]) == 2
+    err = capsys.readouterr().err
+    assert "does not number items like" in err and "its item 7 is raw id '8', the dataset's is '7'" in err

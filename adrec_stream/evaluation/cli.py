@@ -84,6 +84,15 @@ def run(args: argparse.Namespace) -> int:
             f"{args.dataset} has {ds.n_items} items but the checkpoint {args.checkpoint} knows {ck.model.n_items}: "
             "evaluate on the dataset the checkpoint was trained on"
         )
+    expected = ds.vocab()
+    if list(ck.vocab[: len(expected)]) != expected:
+        first = next(i for i, (a, b) in enumerate(zip(ck.vocab, expected)) if a != b)
+        raise DataFileError(
+            f"the checkpoint {args.checkpoint} does not number items like {args.dataset}: its item {first + 1} is "
+            f"raw id {ck.vocab[first]!r}, the dataset's is {expected[first]!r} (a model trained on an event log, "
+            "e.g. the demo's, has the log's raw ids); evaluate a checkpoint trained on this dataset.pkl "
+            "(adrec-stream train --dataset ...)"
+        )
     hists, targets = loo_histories(ds.train, ds.val, ds.test, args.split, ck.model.cfg.max_len)
     t0 = time.perf_counter()
     res: dict = evaluate_model(ck.model, hists, targets, exclude_history=args.exclude_history,

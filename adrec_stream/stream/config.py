@@ -125,7 +125,8 @@ class ScoringConfig(StrictModel):
     ``deduplicate_users``: score only the newest window of a user within a batch (the other updates of that user
     get the same list, marked ``superseded_by``); off, every update is scored on its own window (a replay faster
     than real time, such as ``evaluate-replay --through-kafka``, switches it off so that every click has the list
-    made right after it).
+    made right after it; so does ``adrec-stream demo``, whose replay of a rating log runs far faster than the log's
+    clock).
     """
 
     seen_items: Literal["exclude", "exclude_last", "keep"] = "exclude"

@@ -8,8 +8,9 @@ Per batch (taken by the score agent: up to ``batch.score_max_users`` updates, wa
    in the batch is scored (a user's updates share a partition, so the last one in the batch is the newest). The
    older updates of that user still get their own record (their own ``event_id``) holding the shared result, with
    ``superseded_by`` set to the event id whose window was scored: that list was computed after a later click of
-   the same user, so evaluators must not judge the earlier click's next item against it (``adrec-stream demo``
-   skips such records; ``evaluate-replay --through-kafka`` switches de-duplication off).
+   the same user, so evaluators must not judge the earlier click's next item against it (``adrec-stream demo`` and
+   ``evaluate-replay --through-kafka``, replays faster than real time, switch de-duplication off; the demo's
+   prequential metrics would leave such pairs out).
 3. The distinct windows go to the recommender in a worker thread (so heartbeats continue): one CAM pass per
    length group with the denoiser's history prefix cached, only the last token denoised for
    ``scoring.sampling_steps`` steps, one matmul and top-k over the item table

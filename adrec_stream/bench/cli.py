@@ -57,6 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--search-rates", default="1500,2000,3000,4000", metavar="R,R",
                         help="latency: higher rates tried (30 s each) until p99 > 250 ms (default 1500,2000,3000,4000)")
     parser.add_argument("--duration-s", type=float, default=60.0, help="latency: seconds per fixed rate (default 60)")
+    parser.add_argument("--score-workers", type=positive_int, default=1,
+                        help="latency: score worker processes in the scoring group (default 1)")
     parser.add_argument("--run-dir", default="var/bench",
                         help="ingest, latency, memory: work folder (wiped; default var/bench)")
     parser.add_argument("--window-events", type=positive_int, default=10000,
@@ -175,7 +177,8 @@ def _run_stream(args: argparse.Namespace) -> int:
                    f"{res['items']:,}-item model ({res['recommendations']:,} recommendations)")
     else:
         res = bench_latency(args.data, rates=_numbers(args.rates, "--rates"), duration_s=args.duration_s,
-                            search_rates=_numbers(args.search_rates, "--search-rates"), run_root=Path(args.run_dir),
+                            search_rates=_numbers(args.search_rates, "--search-rates"),
+                            score_workers=args.score_workers, run_root=Path(args.run_dir),
                             overrides=over)
         summary = "latency: " + "; ".join(f"{r['rate']:g}/s p50 {r['p50_ms']} ms p99 {r['p99_ms']} ms "
                                           f"({r['answered']}/{r['sent']})" for r in res["rates"]) + \

@@ -213,8 +213,11 @@ async def _rate_phase(bootstrap: str, scfg: Any, clicks: list, rate: float, drai
 
 def bench_latency(data: str, *, rates: tuple[float, ...] = (100, 500, 1000), duration_s: float = 60.0,
                   search_rates: tuple[float, ...] = (1500, 2000, 3000, 4000), search_duration_s: float = 30.0,
-                  run_root: Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+                  score_workers: int = 1, run_root: Path,
+                  overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Click -> recommendation latency at fixed rates, and the highest rate sustained with p99 <= 250 ms.
+
+    ``score_workers``: score worker processes in the scoring consumer group (one ingest worker).
 
     Returns:
         JSON-able dict: ``rates`` [{rate, p50_ms, p95_ms, p99_ms, recs_per_s, answered, sent, ...}],
@@ -239,7 +242,8 @@ def bench_latency(data: str, *, rates: tuple[float, ...] = (100, 500, 1000), dur
         bootstrap = pipe.start_broker()
         bootstrap_state(pipe.scfg, train, Path(data).name)
         ModelRegistry(pipe.scfg.registry_dir).publish(ckpt, meta={"source": "bench latency"})
-        info["ready_s"] = sig(pipe.start_workers(["ingest", "score"]))
+        info["ready_s"] = sig(pipe.start_workers(["ingest"] + ["score"] * score_workers))
+        info["score_workers"] = score_workers
         cursor = 0
         for i, rate in enumerate(phases):
             search = i >= len(rates)

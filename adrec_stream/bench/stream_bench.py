@@ -86,8 +86,10 @@ def _clicks_from(data: str, n: int) -> list:
             ((i, base[i % len(base)]) for i in range(n))]
 
 
-async def _raw_consume(bootstrap: str, topic: str, partitions: int, n: int) -> float:
-    """Seconds a plain batched consumer takes to fetch and decode ``n`` records of ``topic`` from the start."""
+async def _raw_consume(bootstrap: str, topic: str, partitions: int, n: int,
+                       max_records: int = 10_000) -> tuple[float, int]:
+    """(seconds, records read) of a plain batched consumer fetching and decoding ``n`` records of ``topic`` from the
+    start, ``max_records`` per fetch."""
     from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: PLC0415
 
     from adrec_stream.stream.events import DecodeError, decode_click  # noqa: PLC0415
@@ -99,15 +101,16 @@ async def _raw_consume(bootstrap: str, topic: str, partitions: int, n: int) -> f
         tps = [TopicPartition(topic, p) for p in range(partitions)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
-        got, t0 = 0, time.perf_counter()
+        got, decoded, t0 = 0, 0, time.perf_counter()
         while got < n:
-            batch = await consumer.getmany(timeout_ms=1000, max_records=10_000)
+            batch = await consumer.getmany(timeout_ms=1000, max_records=max_records)
             for msgs in batch.values():
                 for m in msgs:
                     with contextlib.suppress(DecodeError):
                         decode_click(m.value, m.key)
-                got += sum(len(msgs) for msgs in batch.values())
-        return time.perf_counter() - t0
+                    decoded += 1
+                got += len(msgs)
+        return time.perf_counter() - t0, decoded
     finally:
         await consumer.stop()
 
@@ -160,7 +163,7 @@ def bench_ingest(data: str, *, events: int, workers: tuple[int, ...] = (1, 2), r
             t = pipe.scfg.topics
             asyncio.run(produce_clicks(bootstrap, t.clicks.name, clicks, progress=False))
             if raw_s is None:
-                raw_s = asyncio.run(_raw_consume(bootstrap, t.clicks.name, t.clicks.partitions, events))
+                raw_s, _ = asyncio.run(_raw_consume(bootstrap, t.clicks.name, t.clicks.partitions, events))
             t0 = time.perf_counter()
             pipe.start_workers(["ingest"] * n_workers)
             n, span = asyncio.run(_updates_span(bootstrap, t.sequence_updates.name, t.sequence_updates.partitions,

@@ -60,9 +60,9 @@ from adrec_stream.stream.local import (
     bootstrap_state,
     finetune_rounds,
     run_dir_overrides,
+    start_pipeline_broker,
     supervise,
     wait_ready,
-    write_stream_config,
 )
 
 DEFAULT_DEMO_CONFIG = CONFIG_DIR / "demo.yaml"
@@ -342,7 +342,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo; returns 0 when every valid click got a recommendation, 1 otherwise."""
-    from adrec_stream.broker.process import start_broker, stop_broker  # noqa: PLC0415
     from adrec_stream.data.events import chronological_split, read_interactions  # noqa: PLC0415
     from adrec_stream.evaluation.prequential import (  # noqa: PLC0415
         latency_percentiles,
@@ -404,13 +403,10 @@ def run(args: argparse.Namespace) -> int:
             _say(f"state: sequence store bootstrapped with the training part ({len(train):,} clicks, window "
                  f"{scfg.window}), so known users are scored with their history")
         with ExitStack() as stack:
-            handle = start_broker(scfg.broker, port=0, topics=scfg.topics.all(), owned=True)
-            stack.callback(stop_broker, scfg.broker)
-            scfg = scfg.model_copy(update={"broker": scfg.broker.model_copy(update={"port": handle.port})})
-            write_stream_config(scfg, scfg_path)
+            scfg, bootstrap = start_pipeline_broker(stack, scfg, scfg_path)
             registry = ModelRegistry(scfg.registry_dir)
             version = registry.publish(ckpt, meta={"source": "demo", **{k: v for k, v in facts.items()}})
-            _say(f"broker: embedded Tansu at {handle.bootstrap} (memory storage, tansu_compat on); "
+            _say(f"broker: embedded Tansu at {bootstrap} (memory storage, tansu_compat on); "
                  f"model registry version {version} at {scfg.registry_dir}")
             # the replay runs hundreds of times faster than the log's clock (a user's ratings of one evening arrive
             # milliseconds apart): scoring every click on its own window keeps the prequential figures meaningful
@@ -433,7 +429,7 @@ def run(args: argparse.Namespace) -> int:
                  f"(consumer groups joined) in {ready_s:.1f} s (logs in {run_dir / 'logs'})")
             if finetuner is not None:
                 _say(_describe_finetune(scfg))
-            res = asyncio.run(_stream_phase(handle.bootstrap, scfg, clicks, dcfg, workers))
+            res = asyncio.run(_stream_phase(bootstrap, scfg, clicks, dcfg, workers))
             # the ExitStack stops the workers (the fine-tune worker first, a round in progress is abandoned)
         replay, recs = res["replay"], res["recs"]
         stream = [(c.user_id, c.item_id, c.event_id) for c in clicks]

@@ -29,11 +29,16 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
-    try:
-        info["load_avg_1m"] = round(os.getloadavg()[0], 2)
-    except OSError:
-        info["load_avg_1m"] = None
+    info["load_avg_1m"] = load_avg_1m()
     return info
+
+
+def load_avg_1m() -> float | None:
+    """The 1-minute load average of this machine (None where the OS has none)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
 
 
 def fresh_model(n_items: int, cfg: ModelConfig, seed: int, device: torch.device) -> torch.nn.Module:

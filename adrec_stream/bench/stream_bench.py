@@ -17,23 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import shutil
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from adrec_stream.bench.common import machine_info, sig
+from adrec_stream.bench.common import load_avg_1m, machine_info, sig
 from adrec_stream.logging import get_logger
 
 log = get_logger("adrec_stream.bench.stream")
-
-
-def _load() -> float | None:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except OSError:
-        return None
 
 
 class _Pipeline(contextlib.ExitStack):
@@ -51,24 +44,21 @@ class _Pipeline(contextlib.ExitStack):
         self.workers: list = []
 
     def start_broker(self) -> str:
-        from adrec_stream.broker.process import start_broker, stop_broker  # noqa: PLC0415
+        """Start the run's broker (stopped on exit) and write the workers' config; returns the bootstrap address."""
+        from adrec_stream.stream.local import start_pipeline_broker  # noqa: PLC0415
 
-        handle = start_broker(self.scfg.broker, port=0, topics=self.scfg.topics.all(), owned=True)
-        self.callback(stop_broker, self.scfg.broker)
-        self.scfg = self.scfg.model_copy(update={"broker": self.scfg.broker.model_copy(update={"port": handle.port})})
-        return handle.bootstrap
+        self.scfg, bootstrap = start_pipeline_broker(self, self.scfg, self.run_dir / "stream.yaml")
+        return bootstrap
 
     def start_workers(self, roles: list[str], timeout_s: float = 120.0) -> float:
         """Start one worker process per entry of ``roles``; returns seconds until all joined their groups."""
-        from adrec_stream.stream.local import READY_MARKERS, WorkerProcess, wait_ready, write_stream_config  # noqa: PLC0415
+        from adrec_stream.stream.local import READY_MARKERS, WorkerProcess, wait_ready  # noqa: PLC0415
 
-        cfg_path = self.run_dir / "stream.yaml"
-        write_stream_config(self.scfg, cfg_path)
         (self.run_dir / "logs").mkdir(exist_ok=True)
         new = []
         for i, role in enumerate(roles):
-            w = WorkerProcess(role, cfg_path, self.run_dir / "logs", [])
-            w.log_path = self.run_dir / "logs" / f"{role}-{len(self.workers) + i}.log"
+            w = WorkerProcess(role, self.run_dir / "stream.yaml", self.run_dir / "logs", [],
+                              log_name=f"{role}-{len(self.workers) + i}")
             self.callback(w.stop)
             w.start()
             new.append(w)
@@ -86,21 +76,30 @@ def _clicks_from(data: str, n: int) -> list:
             ((i, base[i % len(base)]) for i in range(n))]
 
 
-async def _raw_consume(bootstrap: str, topic: str, partitions: int, n: int,
-                       max_records: int = 10_000) -> tuple[float, int]:
-    """(seconds, records read) of a plain batched consumer fetching and decoding ``n`` records of ``topic`` from the
-    start, ``max_records`` per fetch."""
+@contextlib.asynccontextmanager
+async def _from_start(bootstrap: str, topic: str, partitions: int, **consumer_kw: Any) -> AsyncIterator[Any]:
+    """A started aiokafka consumer without a group, assigned every partition of ``topic`` at its beginning."""
     from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: PLC0415
 
-    from adrec_stream.stream.events import DecodeError, decode_click  # noqa: PLC0415
-
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                                fetch_max_wait_ms=100, max_partition_fetch_bytes=4 * 1024 * 1024)
+                                fetch_max_wait_ms=100, **consumer_kw)
     await consumer.start()
     try:
         tps = [TopicPartition(topic, p) for p in range(partitions)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
+        yield consumer
+    finally:
+        await consumer.stop()
+
+
+async def _raw_consume(bootstrap: str, topic: str, partitions: int, n: int,
+                       max_records: int = 10_000) -> tuple[float, int]:
+    """(seconds, records read) of a plain batched consumer fetching and decoding ``n`` records of ``topic`` from the
+    start, ``max_records`` per fetch."""
+    from adrec_stream.stream.events import DecodeError, decode_click  # noqa: PLC0415
+
+    async with _from_start(bootstrap, topic, partitions, max_partition_fetch_bytes=4 * 1024 * 1024) as consumer:
         got, decoded, t0 = 0, 0, time.perf_counter()
         while got < n:
             batch = await consumer.getmany(timeout_ms=1000, max_records=max_records)
@@ -111,23 +110,14 @@ async def _raw_consume(bootstrap: str, topic: str, partitions: int, n: int,
                     decoded += 1
                 got += len(msgs)
         return time.perf_counter() - t0, decoded
-    finally:
-        await consumer.stop()
 
 
 async def _updates_span(bootstrap: str, topic: str, partitions: int, n: int, timeout_s: float) -> tuple[int, float]:
     """Read the sequence updates until ``n`` distinct event ids arrived (or ``timeout_s`` without progress);
     returns (distinct updates, last - first ``ingest_ts`` in seconds)."""
     import orjson  # noqa: PLC0415
-    from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: PLC0415
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                                fetch_max_wait_ms=100)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in range(partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
+    async with _from_start(bootstrap, topic, partitions) as consumer:
         seen: dict[str, float] = {}
         last_progress = time.time()
         while len(seen) < n and time.time() - last_progress < timeout_s:
@@ -137,10 +127,8 @@ async def _updates_span(bootstrap: str, topic: str, partitions: int, n: int, tim
                     u = orjson.loads(m.value)
                     seen.setdefault(u["event_id"], u["ingest_ts"])
                 last_progress = time.time() if msgs else last_progress
-        ts = list(seen.values())
-        return len(seen), (max(ts) - min(ts)) if ts else 0.0
-    finally:
-        await consumer.stop()
+    ts = list(seen.values())
+    return len(seen), (max(ts) - min(ts)) if ts else 0.0
 
 
 def bench_ingest(data: str, *, events: int, workers: tuple[int, ...] = (1, 2), run_root: Path,
@@ -153,7 +141,7 @@ def bench_ingest(data: str, *, events: int, workers: tuple[int, ...] = (1, 2), r
     """
     from adrec_stream.stream.replay import produce_clicks  # noqa: PLC0415
 
-    info = {"machine": machine_info(), "load_avg_start": _load(), "data": data, "events": events}
+    info = {"machine": machine_info(), "load_avg_start": load_avg_1m(), "data": data, "events": events}
     clicks = _clicks_from(data, events)
     runs = []
     raw_s = None
@@ -169,13 +157,13 @@ def bench_ingest(data: str, *, events: int, workers: tuple[int, ...] = (1, 2), r
             n, span = asyncio.run(_updates_span(bootstrap, t.sequence_updates.name, t.sequence_updates.partitions,
                                                 events, timeout_s=30.0))
             runs.append({"workers": n_workers, "applied": n, "events_per_s": sig(n / span) if span > 0 else None,
-                         "wall_s": sig(time.perf_counter() - t0), "load_avg": _load()})
+                         "wall_s": sig(time.perf_counter() - t0), "load_avg": load_avg_1m()})
             log.info("bench_ingest_run", **runs[-1])
     best = max((r["events_per_s"] or 0.0) for r in runs)
     raw = events / raw_s if raw_s else None
     return {**info, "raw_consume_events_per_s": sig(raw) if raw else None, "runs": runs, "events_per_s": best,
             "ratio_to_raw": sig(best / raw) if raw else None, "goal_events_per_s": 20_000,
-            "goal_met": best >= 20_000, "load_avg_end": _load()}
+            "goal_met": best >= 20_000, "load_avg_end": load_avg_1m()}
 
 
 def _percentile(xs: list[float], q: float) -> float:
@@ -211,7 +199,7 @@ async def _rate_phase(bootstrap: str, scfg: Any, clicks: list, rate: float, drai
     return {"rate": rate, "sent": res.sent, "achieved_rate": sig(res.rate_per_s), "answered": len(got),
             "p50_ms": sig(_percentile(lat, 50)) if lat else None, "p95_ms": sig(_percentile(lat, 95)) if lat else None,
             "p99_ms": sig(_percentile(lat, 99)) if lat else None,
-            "recs_per_s": sig(len(got) / max(end - t0, 1e-9)), "load_avg": _load()}
+            "recs_per_s": sig(len(got) / max(end - t0, 1e-9)), "load_avg": load_avg_1m()}
 
 
 def bench_latency(data: str, *, rates: tuple[float, ...] = (100, 500, 1000), duration_s: float = 60.0,
@@ -234,7 +222,7 @@ def bench_latency(data: str, *, rates: tuple[float, ...] = (100, 500, 1000), dur
     from adrec_stream.stream.local import bootstrap_state  # noqa: PLC0415
     from adrec_stream.stream.replay import select_clicks  # noqa: PLC0415
 
-    info = {"machine": machine_info(), "load_avg_start": _load(), "data": data}
+    info = {"machine": machine_info(), "load_avg_start": load_avg_1m(), "data": data}
     dcfg = load_config(DEFAULT_DEMO_CONFIG, DemoConfig)
     inter = read_interactions(data)
     train, rest = chronological_split(inter, dcfg.train_fraction)
@@ -268,7 +256,7 @@ def bench_latency(data: str, *, rates: tuple[float, ...] = (100, 500, 1000), dur
             "max_rate_p99_250ms": max(passing, default=None),
             "goal": {"rate": 500, "p99_ms_max": 100, "met": bool(at500 and at500["answered"] == at500["sent"]
                                                                   and (at500["p99_ms"] or 1e9) <= 100)},
-            "load_avg_end": _load()}
+            "load_avg_end": load_avg_1m()}
 
 
 def _peak_rss_mb(pid: int) -> float | None:
@@ -308,7 +296,7 @@ def bench_memory(*, users: int = 100_000, items: int = 100_000, clicks_per_user:
     rng = random.Random(seed)
     n = users * clicks_per_user
     clicks = [Interaction(f"u{i % users}", str(rng.randint(1, items)), 1_700_000_000.0 + i, f"m{i}") for i in range(n)]
-    info = {"machine": machine_info(), "load_avg_start": _load(), "users": users, "items": items, "clicks": n}
+    info = {"machine": machine_info(), "load_avg_start": load_avg_1m(), "users": users, "items": items, "clicks": n}
     with _Pipeline(run_root / "memory", {"registry_poll_s": 1.0, **(overrides or {})}) as pipe:
         bootstrap = pipe.start_broker()
         cfg = ModelConfig()
@@ -335,5 +323,5 @@ def bench_memory(*, users: int = 100_000, items: int = 100_000, clicks_per_user:
         ingest, score = pipe.workers
         info.update(ingest_applied=applied, recommendations=scored,
                     ingest_peak_rss_mb=_peak_rss_mb(ingest.proc.pid), score_peak_rss_mb=_peak_rss_mb(score.proc.pid),
-                    load_avg_end=_load())
+                    load_avg_end=load_avg_1m())
     return info

@@ -129,7 +129,7 @@ def popularity_recommendations(train_items: Iterable[str], clicks: Sequence[tupl
         k: list length.
         history: per user, items known before the stream (e.g. the training part), also excluded.
         exclude_seen: leave out items the user already has (history + earlier stream clicks), as the score
-            worker does with ``--exclude-history``.
+            worker does with ``scoring.seen_items: exclude``.
 
     Returns:
         ``event_id -> list`` for :func:`prequential_metrics`.

@@ -92,7 +92,7 @@ class Recommender:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = batch_size
         self.deterministic = deterministic
-        if steps is not None and not 1 <= steps <= int(getattr(self.model.cfg, "diffusion_steps", steps)):
+        if steps is not None and not 1 <= steps <= self.model.cfg.diffusion_steps:
             raise ValueError(f"steps must be in [1, T={self.model.cfg.diffusion_steps}], got {steps}")
         self.steps = steps
         self.device = next(self.model.parameters()).device

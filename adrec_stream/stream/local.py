@@ -7,13 +7,15 @@
 - :func:`bootstrap_state`: load historical clicks into the per-partition sequence stores before the workers
   start (so known users are scored with their history).
 - :func:`finetune_rounds`: the fine-tune worker's ``finetune_round`` records from its log.
-- :func:`write_stream_config`: the stream config as YAML for the workers' ``--config``;
+- :func:`start_pipeline_broker`: the embedded broker on a free port for one run, and the config the workers read;
+  :func:`write_stream_config`: the stream config as YAML for the workers' ``--config``;
   :func:`run_dir_overrides`: the overrides that keep the broker files, stores and registry in one run folder.
 - :class:`OutputCollector`: reads the recommendations and dead-letter topics back (first copy per event id).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -43,13 +45,14 @@ class WorkerProcess:
 
     ``restart_codes``: exit codes after which :func:`supervise` restarts it (default: the Faust workers'
     :data:`~adrec_stream.stream.app.EXIT_AGENT_CRASHED`); any other exit while the demo runs is an error.
+    ``log_name``: the log file's name without ``.log`` (default the role; several workers of one role need their own).
     """
 
     def __init__(self, role: str, config_path: Path, log_dir: Path, extra: list[str],
-                 restart_codes: frozenset[int] | None = None) -> None:
+                 restart_codes: frozenset[int] | None = None, log_name: str | None = None) -> None:
         self.role = role
         self.cmd = [sys.executable, "-m", f"workers.{role}", "--config", str(config_path), *extra]
-        self.log_path = log_dir / f"{role}.log"
+        self.log_path = log_dir / f"{log_name or role}.log"
         self.proc: subprocess.Popen | None = None
         self.restarts = 0
         self.restart_codes = restart_codes
@@ -167,6 +170,25 @@ def bootstrap_state(scfg: Any, train: list, source: str) -> dict[int, int]:
 def write_stream_config(scfg: Any, path: Path) -> None:
     """Write the stream config ``scfg`` as YAML to ``path`` (the workers' ``--config``)."""
     path.write_text(yaml.safe_dump(scfg.model_dump(mode="json"), sort_keys=False))
+
+
+def start_pipeline_broker(stack: contextlib.ExitStack, scfg: Any, config_path: Path) -> tuple[Any, str]:
+    """Start ``scfg``'s embedded broker on a free loopback port, stopped when ``stack`` closes, with the pipeline's
+    topics; write the stream config with that port to ``config_path`` (the workers' ``--config``).
+
+    Returns:
+        (the stream config with the broker's port, the bootstrap address).
+
+    Raises:
+        BrokerError: the broker did not start.
+    """
+    from adrec_stream.broker.process import start_broker, stop_broker  # noqa: PLC0415
+
+    handle = start_broker(scfg.broker, port=0, topics=scfg.topics.all(), owned=True)
+    stack.callback(stop_broker, scfg.broker)
+    scfg = scfg.model_copy(update={"broker": scfg.broker.model_copy(update={"port": handle.port})})
+    write_stream_config(scfg, config_path)
+    return scfg, handle.bootstrap
 
 
 def run_dir_overrides(run_dir: Path) -> dict[str, Any]:

@@ -173,15 +173,14 @@ def run_policy(policy: str, *, warm: list, replay: list, source: str, checkpoint
         AdrecStreamError: a worker exited, the pipeline stalled, or the broker could not start.
         ConfigError: ``run_dir`` holds something this mode did not make.
     """
-    from adrec_stream.broker.process import start_broker, stop_broker  # noqa: PLC0415
     from adrec_stream.serving.registry import ModelRegistry  # noqa: PLC0415
     from adrec_stream.stream.local import (  # noqa: PLC0415
         READY_MARKERS,
         WorkerProcess,
         bootstrap_state,
         finetune_rounds,
+        start_pipeline_broker,
         wait_ready,
-        write_stream_config,
     )
     from adrec_stream.stream.replay import select_clicks  # noqa: PLC0415
 
@@ -191,11 +190,8 @@ def run_policy(policy: str, *, warm: list, replay: list, source: str, checkpoint
     bootstrap_state(scfg, warm, source)
     clicks = select_clicks([*warm, *replay], source)[len(warm):]
     with ExitStack() as stack:
-        handle = start_broker(scfg.broker, port=0, topics=scfg.topics.all(), owned=True)
-        stack.callback(stop_broker, scfg.broker)
-        scfg = scfg.model_copy(update={"broker": scfg.broker.model_copy(update={"port": handle.port})})
         cfg_path = run_dir / "stream.yaml"
-        write_stream_config(scfg, cfg_path)
+        scfg, bootstrap = start_pipeline_broker(stack, scfg, cfg_path)
         ModelRegistry(scfg.registry_dir).publish(checkpoint, meta={"source": "evaluate-replay --through-kafka",
                                                                    "policy": policy})
         workers = [WorkerProcess("ingest", cfg_path, run_dir / "logs", []),
@@ -210,10 +206,10 @@ def run_policy(policy: str, *, warm: list, replay: list, source: str, checkpoint
             stack.callback(w.stop)
             w.start()
         ready_s = wait_ready(workers, READY_MARKERS, ready_timeout_s)
-        log.info("replay_kafka_pipeline_ready", policy=policy, bootstrap=handle.bootstrap, ready_s=round(ready_s, 1),
+        log.info("replay_kafka_pipeline_ready", policy=policy, bootstrap=bootstrap, ready_s=round(ready_s, 1),
                  logs=str(run_dir / "logs"))
         segs = segments(len(clicks), round_after if incremental else [], chunk)
-        state = asyncio.run(_drive(handle.bootstrap, scfg, clicks, segs, workers, finetuner,
+        state = asyncio.run(_drive(bootstrap, scfg, clicks, segs, workers, finetuner,
                                    stall_timeout_s=stall_timeout_s, progress=progress, policy=policy))
     rounds = finetune_rounds(finetuner.log_text()) if finetuner is not None else []
     out = judge(replay, clicks, state["recs"], warm, exclude_seen=exclude_seen, policy=policy)

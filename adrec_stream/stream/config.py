@@ -7,9 +7,10 @@ unknown keys and ill-typed values raise :class:`~adrec_stream.errors.ConfigError
 Timeout defaults were measured on the embedded Tansu 0.6.0 broker: a 6 s session timeout, 1.5 s heartbeat and 6 s
 rebalance timeout make a new consumer-group member receive partitions in ~3-7 s on the embedded Tansu
 broker (instead of ~half of a 45-60 s session timeout). Tansu holds every fetch for the full max-wait even when
-data arrives, so each consumer hop adds up to ``consumer.fetch_max_wait_s`` of latency: the default 20 ms keeps
-click -> recommendation latency low at about 5 % of a core per idle consumer and as much on the broker (100 ms:
-about 2 %); docs/benchmarks.md has the measurements. Against Apache Kafka a fetch returns as soon as data arrives.
+data arrives, so each consumer hop adds up to ``consumer.fetch_max_wait_s`` of latency. The default 20 ms keeps
+click -> recommendation latency low at a cost while idle: an idle ingest worker used 13 % of a core and the broker
+6 % (100 ms: 9 % and 2 %; measured with ``batch.ingest_within_s`` 5 ms, docs/benchmarks.md). Against Apache Kafka a
+fetch returns as soon as data arrives.
 """
 
 from __future__ import annotations

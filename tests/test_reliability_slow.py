@@ -36,6 +36,9 @@ def test_kill9_ingest_worker_mid_stream_is_exactly_once(stream_config, spawn_wor
     first = spawn_worker("ingest", cfg)
     at_kill = kill9_after(bootstrap, cfg.topics.sequence_updates.name, N_CLICKS // 2, first.proc)
     assert at_kill < N_CLICKS
+    _, offsets_at_kill = store_contents(cfg)  # what the killed worker had stored (the WAL replayed on open)
+    stored_at_kill = sum(o + 1 for o in offsets_at_kill.values())
+    assert 0 < stored_at_kill < N_CLICKS
     second = spawn_worker("ingest", cfg)
     updates = consume(bootstrap, cfg.topics.sequence_updates.name, N_CLICKS, timeout_s=240, settle_s=3)
     assert second.stop() == 0
@@ -49,7 +52,9 @@ def test_kill9_ingest_worker_mid_stream_is_exactly_once(stream_config, spawn_wor
     assert seqs == expected_windows(clicks, cfg.window)
     assert sum(o + 1 for o in offsets.values()) == N_CLICKS
     stopped = last_log_event(second.log(), "worker_stopped")
-    assert stopped["applied"] + stopped["duplicates_skipped"] >= N_CLICKS - at_kill
+    # the restarted worker applied exactly the clicks the killed one had not stored (the observer's count at
+    # the kill can lag behind the store, so it is no bound); re-delivered stored clicks were skipped
+    assert stopped["applied"] == N_CLICKS - stored_at_kill
 
 
 def test_kill9_scoring_worker_every_click_gets_a_recommendation(stream_config, tiny_registry, spawn_worker):

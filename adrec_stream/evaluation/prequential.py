@@ -198,3 +198,71 @@ def prequential_by_group(clicks: Iterable[tuple[str, str, str]], recommendations
         out[label] = PrequentialResult(k=k, judged=len(rs), hits=int(hit.sum()), missing=0, hr=float(hit.mean()),
                                        ndcg=float(gains.mean()), ranks=ranks)
     return out
+
+
+class OnlinePrequential:
+    """Prequential HR@k / NDCG@k computed inside the score worker, as it serves (the module's definition).
+
+    For each sequence update it scores, the worker calls :meth:`observe` with the user's window (ending with the
+    click just applied) and the list it served for it. When the user's previous update is the click right before
+    this one (its window equals this window without the last item, or that window shifted by one once it is full)
+    and its list was served (not superseded), the click's item is judged against that list. Re-delivered updates
+    (the same ``event_id`` again) are ignored; a user forgotten by the LRU bound, or seen first by this worker
+    after a rebalance, is judged from its next pair on. The figures cover the last ``last_n`` judged clicks, plus
+    running totals. Thread-safe.
+
+    Args:
+        k: list cut-off (10 in the metrics).
+        last_n: size of the recent window of judged clicks.
+        max_users: users remembered (least recently updated forgotten first); about 0.4 KB each.
+    """
+
+    def __init__(self, k: int = 10, last_n: int = 1000, max_users: int = 100_000) -> None:
+        from collections import OrderedDict, deque  # noqa: PLC0415
+        from threading import Lock  # noqa: PLC0415
+
+        self.k, self.max_users = k, max_users
+        self._last: OrderedDict[str, tuple[str, tuple[str, ...] | None, int, int, int]] = OrderedDict()
+        self._recent: deque[tuple[int, float]] = deque(maxlen=last_n)
+        self._lock = Lock()
+        self.judged = 0
+        self.hits = 0
+
+    def observe(self, user: str, event_id: str, window: Sequence[str], served: Sequence[str] | None) -> float | None:
+        """One scored update: ``window`` (raw ids, oldest first, ending with this click's item) and the list
+        ``served`` after it (None when it was superseded: no list of its own was served).
+
+        Returns:
+            The NDCG@k of this click against the user's previous list when judged, else None.
+        """
+        if not window:
+            return None
+        with self._lock:
+            prev = self._last.get(user)
+            if prev is not None and prev[0] == event_id:
+                return None  # re-delivery of the update already seen
+            gain = None
+            if prev is not None and prev[1] is not None:
+                _, top, h_full, h_tail, n_prev = prev
+                h_hist = hash(tuple(window[:-1]))
+                if h_hist == h_full or (len(window) == n_prev and h_hist == h_tail):
+                    target = window[-1]
+                    rank = top.index(target) + 1 if target in top else None
+                    gain = 1.0 / math.log2(rank + 1) if rank is not None else 0.0
+                    self._recent.append((int(rank is not None), gain))
+                    self.judged += 1
+                    self.hits += rank is not None
+            self._last[user] = (event_id, tuple(served[:self.k]) if served is not None else None,
+                                hash(tuple(window)), hash(tuple(window[1:])), len(window))
+            self._last.move_to_end(user)
+            while len(self._last) > self.max_users:
+                self._last.popitem(last=False)
+            return gain
+
+    def window(self) -> tuple[float, float, int] | None:
+        """(HR@k, NDCG@k, judged) over the last ``last_n`` judged clicks; None before the first."""
+        with self._lock:
+            n = len(self._recent)
+            if n == 0:
+                return None
+            return sum(h for h, _ in self._recent) / n, sum(g for _, g in self._recent) / n, n

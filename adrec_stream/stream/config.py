@@ -24,6 +24,7 @@ from adrec_stream.broker.config import BrokerConfig, PosFloat, PosInt, TopicConf
 from adrec_stream.config import CONFIG_DIR, StrictModel, load_config
 from adrec_stream.errors import ConfigError
 from adrec_stream.incremental.config import FinetuneConfig
+from adrec_stream.ops.config import OpsConfig
 
 #: A float field that also accepts YAML integers (``6`` as well as ``6.0``).
 NonNegFloat = Annotated[float, Field(strict=False, ge=0)]
@@ -156,7 +157,9 @@ class StreamConfig(StrictModel):
     ``state_dir`` holds one sequence store per clicks partition (``sequences/<topic>-<partition>``); ingest
     workers on one host share it. ``store_lock_wait_s``: how long an ingest worker that was assigned a
     partition waits for the previous owner to release that partition's store before failing.
-    ``finetune`` configures the fine-tune worker (:class:`~adrec_stream.incremental.config.FinetuneConfig`).
+    ``finetune`` configures the fine-tune worker (:class:`~adrec_stream.incremental.config.FinetuneConfig`);
+    ``ops`` the metrics / health endpoints, ``adrec-stream status`` and the dashboard
+    (:class:`~adrec_stream.ops.config.OpsConfig`).
     """
 
     bootstrap_servers: Annotated[str, Field(min_length=1)] = "127.0.0.1:9092"
@@ -178,6 +181,7 @@ class StreamConfig(StrictModel):
     device: str = "cpu"
     scoring: ScoringConfig = ScoringConfig()
     finetune: FinetuneConfig = FinetuneConfig()
+    ops: OpsConfig = OpsConfig()
 
     @model_validator(mode="before")
     @classmethod

@@ -1,0 +1,168 @@
+"""The HTTP endpoint of every worker: ``/metrics`` (Prometheus text format), ``/healthz``, ``/readyz``.
+
+Served by a small threaded WSGI server from the standard library (``wsgiref``) running
+``prometheus_client.make_wsgi_app`` for ``/metrics``, in daemon threads, so a scrape never waits for the worker's
+event loop or a fine-tune round. ``/healthz`` answers 200 while the process runs. ``/readyz`` answers 200 when
+every readiness check passes, else 503; the body is JSON ``{"ready": bool, "checks": {name: {"ok", "reason"}}}``
+in both cases, so the reason is visible to whoever probes it.
+"""
+
+from __future__ import annotations
+
+import json
+import socketserver
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import make_wsgi_app
+
+from adrec_stream.errors import ConfigError
+from adrec_stream.logging import get_logger
+
+#: A readiness check: () -> (ok, reason when not ok).
+Check = Callable[[], tuple[bool, str]]
+
+log = get_logger("adrec_stream.ops")
+
+
+class LagTrend:
+    """Tells how long a consumer's total lag has kept growing (for ``/readyz``).
+
+    A run starts when the lag rises from a value it had fallen to (or from 0); any decrease ends it. The lag
+    "has been growing for" the run's length once it is above the run's start value.
+
+    Args:
+        clock: time source, seconds.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._prev: int | None = None
+        self._since: float | None = None
+        self._base = 0
+
+    def observe(self, total_lag: int) -> None:
+        """Record the worker's total lag now (records, summed over its partitions)."""
+        now = self.clock()
+        if total_lag <= 0 or self._prev is None or total_lag < self._prev:
+            self._since, self._base = now, max(total_lag, 0)
+        self._prev = total_lag
+
+    def growing_for_s(self) -> float:
+        """Seconds the lag has been growing (0 when it is not above the run's start)."""
+        if self._since is None or self._prev is None or self._prev <= self._base:
+            return 0.0
+        return self.clock() - self._since
+
+
+class Readiness:
+    """Named readiness checks of one worker; :meth:`evaluate` runs them all.
+
+    Args:
+        on_change: called with the new overall state when it changes (the ``adrec_ready`` gauge).
+    """
+
+    def __init__(self, on_change: Callable[[bool], None] | None = None) -> None:
+        self.checks: dict[str, Check] = {}
+        self.on_change = on_change
+        self._last: bool | None = None
+
+    def add(self, name: str, check: Check) -> None:
+        """Register ``check`` under ``name`` (replaces one of the same name)."""
+        self.checks[name] = check
+
+    def evaluate(self) -> dict[str, Any]:
+        """``{"ready": bool, "checks": {name: {"ok": bool, "reason": str}}}``; a check that raises is not ok."""
+        results = {}
+        for name, check in list(self.checks.items()):
+            try:
+                ok, reason = check()
+            except Exception as err:  # noqa: BLE001 - a failing check means "not ready", with the error
+                ok, reason = False, f"check failed: {err!r}"
+            results[name] = {"ok": bool(ok), "reason": "" if ok else reason}
+        ready = bool(results) and all(r["ok"] for r in results.values())
+        if ready != self._last:
+            self._last = ready
+            if self.on_change is not None:
+                self.on_change(ready)
+        return {"ready": ready, "checks": results}
+
+
+class _ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
+        pass  # one log line per scrape would drown the worker's log
+
+
+def ops_app(registry: Any, readiness: Readiness) -> Callable:
+    """The WSGI application: ``/metrics``, ``/healthz``, ``/readyz`` (anything else: 404)."""
+    metrics = make_wsgi_app(registry)
+
+    def app(environ: dict, start_response: Callable) -> list[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/metrics":
+            return metrics(environ, start_response)
+        if path == "/healthz":
+            start_response("200 OK", [("Content-Type", "text/plain; charset=utf-8")])
+            return [b"ok\n"]
+        if path == "/readyz":
+            state = readiness.evaluate()
+            start_response("200 OK" if state["ready"] else "503 Service Unavailable",
+                           [("Content-Type", "application/json")])
+            return [json.dumps(state).encode()]
+        start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+        return [b"not found: try /metrics, /healthz or /readyz\n"]
+
+    return app
+
+
+class OpsServer:
+    """Serves :func:`ops_app` on ``bind:port`` in a daemon thread.
+
+    Args:
+        registry: the worker's ``CollectorRegistry``.
+        readiness: the worker's :class:`Readiness`.
+        bind: listen address; port: TCP port (0 = any free port; read :attr:`port` after :meth:`start`).
+
+    Raises:
+        ConfigError: from :meth:`start`, when the address cannot be bound (in use, or not an address of this host).
+    """
+
+    def __init__(self, registry: Any, readiness: Readiness, bind: str, port: int) -> None:
+        self.registry, self.readiness, self.bind, self.port = registry, readiness, bind, port
+        self._server: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> int:
+        """Start serving; returns the bound port."""
+        try:
+            self._server = make_server(self.bind, self.port, ops_app(self.registry, self.readiness),
+                                       server_class=_ThreadingWSGIServer, handler_class=_QuietHandler)
+        except OSError as err:
+            raise ConfigError(f"cannot serve metrics/health on {self.bind}:{self.port}: {err.strerror or err}; "
+                              "another process (a second worker of the same role?) may hold the port: give this one "
+                              "its own with --set ops.ports.<role>=PORT, or switch the endpoint off with "
+                              "--set ops.enabled=false") from None
+        self.port = self._server.server_port
+        self._thread = threading.Thread(target=self._server.serve_forever, name="ops-http", daemon=True)
+        self._thread.start()
+        return self.port
+
+    @property
+    def url(self) -> str:
+        """``http://host:port`` of the endpoint."""
+        return f"http://{self.bind}:{self.port}"
+
+    def stop(self) -> None:
+        """Stop serving and close the socket (idempotent)."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None

@@ -26,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "worker": ("adrec_stream.stream.worker_cli", "run a streaming worker (ingest, score, finetune)"),
     "replay": ("adrec_stream.stream.replay", "replay a logged click file into the clicks topic"),
     "demo": ("adrec_stream.demo", "main job: broker + train + workers + replay + prequential summary"),
+    "status": ("adrec_stream.ops.status", "one snapshot of a running deployment: lag, throughput, model, quality"),
+    "dashboard": ("adrec_stream.ops.dashboard", "live status page (throughput, latency, prequential NDCG@10)"),
     "model": ("adrec_stream.serving.model_cli", "publish a checkpoint to the model registry, list versions, roll back"),
 }
 

@@ -91,12 +91,16 @@ class Readiness:
         return {"ready": ready, "checks": results}
 
 
-class _ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
+class ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
+    """``wsgiref``'s server, one daemon thread per request."""
+
     daemon_threads = True
     allow_reuse_address = True
 
 
-class _QuietHandler(WSGIRequestHandler):
+class QuietHandler(WSGIRequestHandler):
+    """A request handler that does not log every request."""
+
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
         pass  # one log line per scrape would drown the worker's log
 
@@ -144,7 +148,7 @@ class OpsServer:
         """Start serving; returns the bound port."""
         try:
             self._server = make_server(self.bind, self.port, ops_app(self.registry, self.readiness),
-                                       server_class=_ThreadingWSGIServer, handler_class=_QuietHandler)
+                                       server_class=ThreadingWSGIServer, handler_class=QuietHandler)
         except OSError as err:
             raise ConfigError(f"cannot serve metrics/health on {self.bind}:{self.port}: {err.strerror or err}; "
                               "another process (a second worker of the same role?) may hold the port: give this one "

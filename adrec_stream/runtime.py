@@ -1,8 +1,11 @@
-"""Process runtime helpers shared by training, evaluation, serving and the workers: device choice and seeding."""
+"""Process runtime helpers shared by training, evaluation, serving and the workers: device choice, seeding and
+peak memory."""
 
 from __future__ import annotations
 
 import random
+import resource
+import sys
 
 import numpy as np
 import torch
@@ -32,3 +35,10 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
+
+
+def peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
+    """Peak resident memory in MB (MiB) of this process, or with ``resource.RUSAGE_CHILDREN`` of its largest
+    finished child (``getrusage``'s ``ru_maxrss``: KiB on Linux, bytes on macOS)."""
+    kb = resource.getrusage(who).ru_maxrss
+    return round(kb / (1 << 20) if sys.platform == "darwin" else kb / 1024, 1)

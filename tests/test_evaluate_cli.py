@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from pathlib import Path
 
@@ -23,15 +25,33 @@ train: {batch_size: 256, pretrain_epochs: 1, align_epochs: 1, finetune_epochs: 2
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
+    """(config, output folder, the JSON line train printed)."""
     root = tmp_path_factory.mktemp("train")
     cfg = root / "tiny.yaml"
     cfg.write_text(TINY)
     out = root / "run"
-    rc = main(["train", "--dataset", str(ML100K), "--config", str(cfg), "--output", str(out), "--device", "cpu",
-               "--seed", "11", "--no-progress"])
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        rc = main(["train", "--dataset", str(ML100K), "--config", str(cfg), "--output", str(out), "--device", "cpu",
+                   "--seed", "11", "--no-progress"])
     assert rc == 0
-    return cfg, out
+    return cfg, out, json.loads(printed.getvalue().strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def trained(trained_run: tuple[Path, Path, dict]) -> tuple[Path, Path]:
+    return trained_run[0], trained_run[1]
+
+
+def test_train_prints_time_and_peak_memory_with_the_result(trained_run: tuple[Path, Path, dict]) -> None:
+    _, out, res = trained_run
+    assert res["checkpoint"] == str(out / "model.pt") and res["stages"] == ["pretrain", "align", "finetune"]
+    assert res["epochs"] == {"pretrain": 1, "align": 1, "finetune": 2}
+    assert set(res["best_val"]) == {"pretrain", "align", "finetune"}
+    assert res["best_val"]["finetune"] == load_checkpoint(out).meta["best_val_metric"]
+    assert res["wall_s"] > 0
+    assert 100 < res["peak_rss_mb"] < 24 * 1024  # torch alone is > 100 MiB resident
 
 
 def _evaluate(capsys: pytest.CaptureFixture[str], *args: str) -> dict:

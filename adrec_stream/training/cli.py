@@ -18,6 +18,7 @@ from adrec_stream.data.batching import loo_histories
 from adrec_stream.errors import CheckpointError
 from adrec_stream.logging import get_logger
 from adrec_stream.model import load_checkpoint, save_checkpoint
+from adrec_stream.runtime import peak_rss_mb
 from adrec_stream.training.config import STAGES, ExperimentConfig, load_experiment
 from adrec_stream.training.trainer import TrainResult, check_stages, pretrain_config, train_model
 
@@ -107,7 +108,8 @@ def _resume(out: Path, first: str, exp: ExperimentConfig) -> tuple[dict[str, Any
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the requested stage(s) and write their checkpoints; prints the final checkpoint path.
+    """Run the requested stage(s) and write their checkpoints; prints one JSON line: the final checkpoint path,
+    the stages, each stage's best validation metric and epochs, ``wall_s`` (seconds) and ``peak_rss_mb`` (MiB).
 
     The stages run in one :func:`train_model` call that saves each stage's checkpoint as soon as the stage
     ends; a single ``--stage`` continues from the previous stage's checkpoint in the output directory.
@@ -130,10 +132,12 @@ def run(args: argparse.Namespace) -> int:
     previous_wall = float(previous.get("pipeline_wall_s", 0.0))  # wall time of earlier stages run by earlier calls
     extra = {"command": shlex.join(["adrec-stream", *sys.argv[1:]]), "dataset_path": str(args.dataset)}
     saved: list[Path] = []
+    best_val: dict[str, float | None] = {}
     t0 = time.perf_counter()
 
     def save_stage(stage: str, res: TrainResult) -> None:
         stage_epochs.update(res.stage_epochs)
+        best_val[stage] = res.best_metric
         extra["stage_epochs"] = dict(stage_epochs)
         extra["total_wall_s"] = round(time.perf_counter() - t0, 3)
         extra["pipeline_wall_s"] = round(previous_wall + time.perf_counter() - t0, 3)
@@ -145,5 +149,6 @@ def run(args: argparse.Namespace) -> int:
     train_model(ds.train, ds.n_items, exp, val=val, stages=stages, device=args.device, progress=not args.no_progress,
                 log=log, on_stage_end=save_stage, **start)
     print(json.dumps({"checkpoint": str(saved[-1]), "stages": list(stages),
-                      "wall_s": round(time.perf_counter() - t0, 1)}))
+                      "best_val": {s: v for s, v in best_val.items()}, "epochs": dict(stage_epochs),
+                      "wall_s": round(time.perf_counter() - t0, 1), "peak_rss_mb": peak_rss_mb()}))
     return 0

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from adrec_stream.errors import ConfigError
+from adrec_stream.runtime import peak_rss_mb
 
 DEFAULT_EPOCHS = {"pretrain": 8, "align": 2, "finetune": 6}  # configs/demo.yaml's CPU budget
 EXPERIMENT_CONFIGS = {"adrec": "configs/adrec-cpu.yaml", "sasrec": "configs/sasrec-cpu.yaml"}
@@ -195,13 +196,6 @@ def _load_avg() -> list[float] | None:
         return None
 
 
-def _peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
-    """Peak resident memory (MB) of this process, or with ``RUSAGE_CHILDREN`` of its largest finished child
-    (the pipeline's broker and worker processes under ``--through-kafka``)."""
-    kb = resource.getrusage(who).ru_maxrss  # KiB on Linux
-    return round(kb / (1 << 20) if sys.platform == "darwin" else kb / 1024, 1)
-
-
 def run(args: argparse.Namespace) -> int:
     """Run the replay, write the outputs, print the policies' HR@10 / NDCG@10 and the output paths."""
     t0 = time.perf_counter()
@@ -330,7 +324,7 @@ def run(args: argparse.Namespace) -> int:
         metrics["through_kafka"] = through_kafka(args, events, result, overrides, device)
         agreed = all(p["agreement"]["passed"] for p in metrics["through_kafka"]["policies"].values())
     metrics.update(replay_wall_s=round(result.wall_s, 3), wall_s=round(time.perf_counter() - t0, 3),
-                   peak_rss_mb=_peak_rss_mb(), peak_rss_child_mb=_peak_rss_mb(resource.RUSAGE_CHILDREN),
+                   peak_rss_mb=peak_rss_mb(), peak_rss_child_mb=peak_rss_mb(resource.RUSAGE_CHILDREN),
                    load_avg=_load_avg())
     paths = write_outputs(out_dir, metrics)
     print(f"replayed {len(result.users):,} clicks after {result.warmup_events:,} warm-up events "

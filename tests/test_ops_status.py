@@ -85,6 +85,7 @@ def test_status_combines_the_workers_figures(deployment: FakeDeployment) -> None
     assert all(w["up"] and w["ready"] for w in st["workers"])
     assert st["lag"] == {"clicks": {"0": 7, "1": 0}, "updates": {"0": 2, "1": 1}}
     assert st["lag_total"] == {"clicks": 7, "updates": 3}
+    assert st["lag_clicks"] == 7 and st["lag_sequence_updates"] is None  # the config names it "sequence-updates"
     assert st["clicks_applied"] == 117 and st["recommendations"] == 117 and st["fallbacks"] == 3
     assert st["dead_lettered"] == {"total": 3, "by_reason": {"bad_json": 2, "bad_ts": 1}}
     assert st["serving_model"]["version"] == 4 and st["serving_model"]["age_s"] > 1e6

@@ -8,7 +8,9 @@ size of the dead-letter topic is read from the broker (it survives worker restar
 Snapshot fields (all figures as exported by the workers; counters count since each worker started):
 
 - ``taken_at``: Unix seconds; ``workers``: per endpoint ``{endpoint, up, role, pid, ready, not_ready, error}``.
-- ``lag``: ``{topic: {partition: records}}`` and ``lag_total``: ``{topic: records}`` (consumer lag of the workers).
+- ``lag``: ``{topic: {partition: records}}`` and ``lag_total``: ``{topic: records}`` (consumer lag of the workers);
+  ``lag_clicks`` / ``lag_sequence_updates``: the totals of the configured clicks and sequence-updates topics (None
+  when no worker reports them).
 - ``throughput_per_s``: per role, records consumed per second over the last minute (``ops.recent_window_s``).
 - ``serving_model``: ``{version, age_s, versions}`` of the score workers (``versions``: each worker's, when they
   differ during a switch); ``latency_ms``: click -> recommendation p50/p95/p99 of the last minute (the largest
@@ -198,6 +200,9 @@ def collect_status(cfg: StreamConfig, endpoints: Iterable[str] | None = None, *,
         "workers": workers,
         "lag": lag,
         "lag_total": {t: sum(p.values()) for t, p in lag.items()},
+        "lag_clicks": sum(lag[cfg.topics.clicks.name].values()) if cfg.topics.clicks.name in lag else None,
+        "lag_sequence_updates": (sum(lag[cfg.topics.sequence_updates.name].values())
+                                 if cfg.topics.sequence_updates.name in lag else None),
         "throughput_per_s": {role: round(sum(_value(s, "adrec_events_last_minute_per_second") or 0.0 for s in ss), 3)
                              for role, ss in sorted(by_role.items())},
         "serving_model": {"version": versions[-1] if versions else None,

@@ -207,9 +207,14 @@ class OnlinePrequential:
     click just applied) and the list it served for it. When the user's previous update is the click right before
     this one (its window equals this window without the last item, or that window shifted by one once it is full)
     and its list was served (not superseded), the click's item is judged against that list. Re-delivered updates
-    (the same ``event_id`` again) are ignored; a user forgotten by the LRU bound, or seen first by this worker
-    after a rebalance, is judged from its next pair on. The figures cover the last ``last_n`` judged clicks, plus
-    running totals. Thread-safe.
+    are ignored: the same ``event_id`` as the user's last update, or (given ``seq``, the click's offset in its
+    clicks partition) an update at or below the user's last one, so a re-delivered run of updates (at-least-once,
+    after a crash) is not judged twice and the first list served after a click is the one judged, as
+    :func:`prequential_metrics` does with duplicates. A user forgotten by the LRU bound, or seen first by this
+    worker after a rebalance, is judged from its next pair on. After a broker reset (the clicks topic's offsets
+    start again at 0) a user remembered from before is not judged until its offsets pass the old ones or the LRU
+    bound drops it. The figures cover the last ``last_n`` judged clicks, plus running totals (``judged``,
+    ``hits``). Thread-safe.
 
     Args:
         k: list cut-off (10 in the metrics).
@@ -222,15 +227,21 @@ class OnlinePrequential:
         from threading import Lock  # noqa: PLC0415
 
         self.k, self.max_users = k, max_users
-        self._last: OrderedDict[str, tuple[str, tuple[str, ...] | None, int, int, int]] = OrderedDict()
+        # user -> (event_id, served top-k or None, hash(window), hash(window[1:]), len(window), seq)
+        self._last: OrderedDict[str, tuple[str, tuple[str, ...] | None, int, int, int, int | None]] = OrderedDict()
         self._recent: deque[tuple[int, float]] = deque(maxlen=last_n)
         self._lock = Lock()
         self.judged = 0
         self.hits = 0
 
-    def observe(self, user: str, event_id: str, window: Sequence[str], served: Sequence[str] | None) -> float | None:
+    def observe(self, user: str, event_id: str, window: Sequence[str], served: Sequence[str] | None,
+                seq: int | None = None) -> float | None:
         """One scored update: ``window`` (raw ids, oldest first, ending with this click's item) and the list
         ``served`` after it (None when it was superseded: no list of its own was served).
+
+        Args:
+            seq: the click's position in the user's stream, if known (``source.offset`` of the sequence update:
+                a user's clicks share a partition, so their offsets increase); used to recognise re-deliveries.
 
         Returns:
             The NDCG@k of this click against the user's previous list when judged, else None.
@@ -239,13 +250,14 @@ class OnlinePrequential:
             return None
         with self._lock:
             prev = self._last.get(user)
-            if prev is not None and prev[0] == event_id:
-                return None  # re-delivery of the update already seen
             gain = None
-            if prev is not None and prev[1] is not None:
-                _, top, h_full, h_tail, n_prev = prev
+            if prev is not None:
+                p_event, top, h_full, h_tail, n_prev, p_seq = prev
+                if p_event == event_id or (seq is not None and p_seq is not None and seq <= p_seq):
+                    return None  # a re-delivery (of this update or an older one): the user's state stays as it is
                 h_hist = hash(tuple(window[:-1]))
-                if h_hist == h_full or (len(window) == n_prev and h_hist == h_tail):
+                continues = h_hist == h_full or (len(window) == n_prev and h_hist == h_tail)
+                if continues and top is not None:
                     target = window[-1]
                     rank = top.index(target) + 1 if target in top else None
                     gain = 1.0 / math.log2(rank + 1) if rank is not None else 0.0
@@ -253,7 +265,7 @@ class OnlinePrequential:
                     self.judged += 1
                     self.hits += rank is not None
             self._last[user] = (event_id, tuple(served[:self.k]) if served is not None else None,
-                                hash(tuple(window)), hash(tuple(window[1:])), len(window))
+                                hash(tuple(window)), hash(tuple(window[1:])), len(window), seq)
             self._last.move_to_end(user)
             while len(self._last) > self.max_users:
                 self._last.popitem(last=False)

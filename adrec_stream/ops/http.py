@@ -31,8 +31,10 @@ log = get_logger("adrec_stream.ops")
 class LagTrend:
     """Tells how long a consumer's total lag has kept growing (for ``/readyz``).
 
-    A run starts when the lag rises from a value it had fallen to (or from 0); any decrease ends it. The lag
-    "has been growing for" the run's length once it is above the run's start value.
+    The run's base is the value the lag last fell to (or its first reading); any decrease starts a new run at the
+    new value. The lag "has been growing for" the time since it was last at its base, once it is above it: a lag
+    that rose and stays up without ever coming down (a stalled worker) keeps counting, a lag that sits at a
+    constant value it fell to (e.g. 0) does not.
 
     Args:
         clock: time source, seconds.
@@ -47,7 +49,7 @@ class LagTrend:
     def observe(self, total_lag: int) -> None:
         """Record the worker's total lag now (records, summed over its partitions)."""
         now = self.clock()
-        if total_lag <= 0 or self._prev is None or total_lag < self._prev:
+        if self._prev is None or total_lag < self._prev or total_lag <= self._base:
             self._since, self._base = now, max(total_lag, 0)
         self._prev = total_lag
 
@@ -161,8 +163,9 @@ class OpsServer:
 
     @property
     def url(self) -> str:
-        """``http://host:port`` of the endpoint."""
-        return f"http://{self.bind}:{self.port}"
+        """``http://host:port`` of the endpoint (a wildcard bind, ``0.0.0.0``, is reached at ``127.0.0.1``)."""
+        host = "127.0.0.1" if self.bind in ("0.0.0.0", "") else self.bind
+        return f"http://{host}:{self.port}"
 
     def stop(self) -> None:
         """Stop serving and close the socket (idempotent)."""
@@ -170,3 +173,27 @@ class OpsServer:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+def serve_ops(ops: Any, role: str, registry: Any, readiness: Readiness) -> OpsServer | None:
+    """Start the endpoint of a worker of ``role`` as the ``ops:`` section says, and log one ``ops_http_listening``
+    line (role, bind, port, url: tests and local pipelines read the port from it when ``ops.ports.<role>`` is 0).
+
+    Args:
+        ops: the stream config's :class:`~adrec_stream.ops.config.OpsConfig`.
+        role: "ingest", "score" or "finetune" (picks ``ops.ports.<role>``).
+        registry: the worker's ``CollectorRegistry``; readiness: its :class:`Readiness`.
+
+    Returns:
+        The started server (stop it on shutdown), or None when ``ops.enabled`` is false.
+
+    Raises:
+        ConfigError: the port cannot be bound (in use: one clear line, exit 2 from the CLI).
+    """
+    if not ops.enabled:
+        log.info("ops_http_disabled", role=role)
+        return None
+    server = OpsServer(registry, readiness, ops.bind, getattr(ops.ports, role))
+    port = server.start()
+    log.info("ops_http_listening", role=role, bind=ops.bind, port=port, url=server.url)
+    return server

@@ -225,6 +225,7 @@ class WorkerMetrics:
         self.ft_round_seconds = self.ft_published_version = None
         self._store_paths: Callable[[], Iterable[tuple[str, int, Path]]] = lambda: ()
         self._prequential: Callable[[], tuple[float, float, int] | None] = lambda: None
+        self._synced: dict[tuple[str, tuple[str, ...]], int] = {}
         getattr(self, f"_register_{role}")()
 
     # ------------------------------------------------------------------------------------------ per role
@@ -236,6 +237,8 @@ class WorkerMetrics:
         self.duplicates = Counter("adrec_duplicates_skipped", h["adrec_duplicates_skipped"], registry=r)
         self.updates_published = Counter("adrec_sequence_updates_published", h["adrec_sequence_updates_published"],
                                          registry=r)
+        for reason in ("tombstone", "empty_key"):
+            self.skipped.labels(reason)  # known reasons are exported from the start (0), so rate() sees them
         r.register(_ScrapeTimeCollector(self._store_sizes))
 
     def _register_score(self) -> None:
@@ -256,12 +259,16 @@ class WorkerMetrics:
         self.refusals = Counter("adrec_model_refusals", h["adrec_model_refusals"], registry=r)
         self.preq_judged = Counter("adrec_prequential_judged", h["adrec_prequential_judged"], registry=r)
         self.preq_hits = Counter("adrec_prequential_hits_at_10", h["adrec_prequential_hits_at_10"], registry=r)
+        self.skipped.labels("bad_update")
         r.register(_ScrapeTimeCollector(self._score_recent))
 
     def _register_finetune(self) -> None:
         r, h = self.registry, METRIC_HELP
         self.ft_updates = Counter("adrec_finetune_updates_consumed", h["adrec_finetune_updates_consumed"], registry=r)
         self.ft_rounds = Counter("adrec_finetune_rounds", h["adrec_finetune_rounds"], ["outcome"], registry=r)
+        for outcome in ("published", "rejected"):
+            self.ft_rounds.labels(outcome)
+        self.skipped.labels("bad_update")
         self.ft_rejected = Counter("adrec_finetune_rejected", h["adrec_finetune_rejected"], ["reason"], registry=r)
         self.ft_heldout = Gauge("adrec_finetune_heldout_ndcg_at_10", h["adrec_finetune_heldout_ndcg_at_10"],
                                 ["model"], registry=r)
@@ -274,6 +281,11 @@ class WorkerMetrics:
     def watch_stores(self, paths: Callable[[], Iterable[tuple[str, int, Path]]]) -> None:
         """Ingest: ``paths()`` -> (topic, partition, store folder) of the stores open now (sized at scrape)."""
         self._store_paths = paths
+
+    def watch_readiness(self, ready: Callable[[], bool]) -> None:
+        """``adrec_ready`` reads ``ready()`` at scrape time (e.g. ``lambda: readiness.evaluate()["ready"]``), so the
+        gauge and ``/readyz`` always agree."""
+        self.ready.set_function(lambda: float(bool(ready())))
 
     def watch_prequential(self, window: Callable[[], tuple[float, float, int] | None]) -> None:
         """Score: ``window()`` -> (HR@10, NDCG@10, judged) over the last N judged clicks, or None."""
@@ -305,9 +317,28 @@ class WorkerMetrics:
                                 value=n)
 
     # --------------------------------------------------------------------------------------- recording
+    def sync(self, counter: Counter, total: int, *labels: str) -> None:
+        """Raise ``counter`` (the child of ``labels``, if any) to ``total``, a running total kept elsewhere.
+
+        The workers count in one place (:class:`~adrec_stream.stream.handler_support.WorkerStats`,
+        :class:`~adrec_stream.incremental.worker.FinetuneCounters`, the recommender's reload counters) and mirror
+        those totals here after each batch, so the counters never disagree with the logged figures. A total
+        below the one synced before is ignored (counters never go down). Call from one thread.
+
+        Args:
+            counter: one of this object's counters.
+            total: the running total (events).
+            labels: label values of a labelled counter, in the counter's label order.
+        """
+        key = (counter._name, labels)
+        delta = int(total) - self._synced.get(key, 0)
+        if delta > 0:
+            (counter.labels(*labels) if labels else counter).inc(delta)
+            self._synced[key] = int(total)
+
     def observe_batch(self, n_records: int, seconds: float) -> None:
-        """One handler batch of ``n_records`` records that took ``seconds``."""
-        self.consumed.inc(n_records)
+        """One handler batch of ``n_records`` records that took ``seconds``: the batch histograms and the recent
+        throughput (``adrec_records_consumed_total`` itself is synced from the worker's counts, :meth:`sync`)."""
         self.recent_events.add(n_records)
         self.batch_size.observe(n_records)
         self.batch_duration.observe(seconds)

@@ -59,7 +59,8 @@ def broker(broker_config: BrokerConfig) -> Iterator[BrokerHandle]:
 def stream_config(broker: BrokerHandle, broker_config: BrokerConfig, tmp_path: Path) -> StreamConfig:
     """A StreamConfig on the session broker with unique topic names and state/registry under tmp_path.
 
-    The topics are created (clicks/sequence-updates/recommendations: 2 partitions, dead-letter: 1).
+    The topics are created (clicks/sequence-updates/recommendations: 2 partitions, dead-letter: 1). The workers'
+    operations endpoints listen on free ports (``ops.ports.*: 0``; :meth:`Worker.ops_url` reads the port).
     """
     prefix = f"t{os.getpid()}-{next(_counter)}"
     cfg = StreamConfig.model_validate({
@@ -77,6 +78,9 @@ def stream_config(broker: BrokerHandle, broker_config: BrokerConfig, tmp_path: P
         "registry_poll_s": 1.0,
         "window": 20,
         "batch": {"ingest_max_records": 100, "ingest_within_s": 0.05, "score_max_users": 64},
+        # several workers of one role run at once (and other checkouts' tests on this host): free ports, read
+        # from each worker's ops_http_listening line (ops_url)
+        "ops": {"ports": {"ingest": 0, "score": 0, "finetune": 0}},
     })
     ensure_topics(broker.bootstrap, cfg.topics.all())
     return cfg
@@ -135,6 +139,11 @@ class Worker:
                 pytest.fail(f"{self.role} worker: no {marker!r} after {timeout_s} s:\n"
                             + "\n".join(self.log().splitlines()[-15:]))
             time.sleep(0.1)
+
+    def ops_url(self, timeout_s: float = 60.0) -> str:
+        """``http://host:port`` of the worker's operations endpoint (its last ``ops_http_listening`` line)."""
+        self.wait_for('"ops_http_listening"', timeout_s)
+        return last_log_event(self.log(), "ops_http_listening")["url"]
 
     def stop(self, timeout_s: float = 15.0) -> int:
         """SIGTERM, then SIGKILL after ``timeout_s``; returns the exit code."""

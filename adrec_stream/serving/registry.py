@@ -171,6 +171,23 @@ class ModelRegistry:
                    size=info.get("size"))
         return out
 
+    def published_ts(self, version: int) -> float | None:
+        """When ``version`` was published, Unix seconds (``published_at`` of its ``version.json``: epoch seconds,
+        or an ISO-8601 time from a hand-written registry); None when absent, incomplete or unreadable."""
+        info = self.info(version)
+        ts = info.get("published_at") if info is not None else None
+        if isinstance(ts, bool):
+            return None
+        if isinstance(ts, int | float):
+            return float(ts)
+        if isinstance(ts, str):
+            try:
+                when = datetime.fromisoformat(ts.replace("Z", "+00:00"))
+            except ValueError:
+                return None
+            return (when if when.tzinfo is not None else when.replace(tzinfo=UTC)).timestamp()
+        return None
+
     def list_versions(self) -> list[dict[str, Any]]:
         """One row per complete version, ascending, for listings (``adrec-stream model list``).
 

@@ -115,7 +115,8 @@ class PartitionStores:
         lock_wait_s: bounded wait for a lock held by another process (see :func:`open_store_waiting`).
         on_open: called with every newly opened store (test hooks install fault injection here).
 
-    Not thread-safe; used from the worker's event loop only.
+    Not thread-safe; used from the worker's event loop only (:meth:`get` and :meth:`open_partitions` excepted: they
+    only read).
     """
 
     def __init__(self, state_dir: str | Path, *, window: int, lock_wait_s: float,
@@ -195,8 +196,9 @@ class PartitionStores:
         self.close(list(self._stores))
 
     def open_partitions(self) -> list[tuple[str, int]]:
-        """(topic, partition) pairs whose store is open here, sorted."""
-        return sorted(tp for tp, s in self._stores.items() if not s.closed)
+        """(topic, partition) pairs whose store is open here, sorted (a snapshot: may be called from another thread,
+        e.g. the metrics endpoint's)."""
+        return sorted(tp for tp, s in list(self._stores.items()) if not s.closed)
 
 
 def read_all(state_dir: str | Path, *, window: int) -> tuple[dict[str, list[str]], dict[tuple[str, int], int]]:

@@ -15,6 +15,11 @@
   :class:`~adrec_stream.stream.score.ScoreHandler`, which runs the model in a thread (heartbeats continue) and
   publishes one recommendation per update; then the batch is acknowledged.
 
+Operations (:class:`~adrec_stream.stream.worker_ops.FaustOps`): each worker's metrics, consumer lag and readiness
+(ingest: partitions assigned, their stores open - opened right after the assignment - and lag not growing; score:
+partitions assigned, a model version loaded, lag not growing; the score worker also checks the registry while
+idle). ``adrec-stream worker`` serves them on the ``ops:`` port.
+
 Both agents run under :class:`mode.CrashingSupervisor`: a handler failure stops the worker (exit code
 :data:`EXIT_AGENT_CRASHED`) instead of restarting the agent past the failed batch; the next start resumes at the
 last committed offset. Records are sent with the app's producer directly
@@ -30,6 +35,7 @@ from typing import Any, Literal
 
 from adrec_stream.broker.process import effective_bootstrap
 from adrec_stream.errors import StoreLockedError
+from adrec_stream.evaluation.prequential import OnlinePrequential
 from adrec_stream.logging import drop_tracebacks_from_now_on, get_logger
 from adrec_stream.state.partitioned import PartitionStores
 from adrec_stream.stream.compat import consumer_timing, install_faust_compat, register_timing
@@ -38,6 +44,7 @@ from adrec_stream.stream.handler_support import ProducerPublisher, WorkerHooks, 
 from adrec_stream.stream.ingest import IngestHandler, make_stores
 from adrec_stream.stream.score import ScoreHandler
 from adrec_stream.stream.undecodable import install_undecodable_batch_errors
+from adrec_stream.stream.worker_ops import FaustOps, faust_highwater
 
 #: Exit code of a worker whose agent crashed (the supervisor - demo, systemd - restarts it).
 EXIT_AGENT_CRASHED = 3
@@ -53,6 +60,7 @@ class WorkerApp:
         app: the ``faust.App`` with the role's agent.
         role: "ingest" or "score".
         stats: the worker's counters (``stats.failed``: the error that stopped the agent, if any).
+        ops: its metrics, lag and readiness (serve ``ops.metrics.registry`` and ``ops.readiness``).
         stores: ingest: the per-partition sequence stores (closed by the agent on exit; closing again is a
             no-op); None for the score worker.
     """
@@ -60,6 +68,7 @@ class WorkerApp:
     app: Any
     role: Role
     stats: WorkerStats
+    ops: FaustOps
     stores: PartitionStores | None = None
 
 
@@ -127,6 +136,8 @@ def build_app(cfg: StreamConfig, role: Role, *, hooks: WorkerHooks | None = None
     log = get_logger(f"adrec_stream.worker.{role}", group=app.conf.id)
     t = cfg.topics
     publisher = ProducerPublisher(app.producer)
+    ops = FaustOps(app, cfg, role)
+    ops.install()
 
     @app.timer(interval=5.0)
     async def _log_stats() -> None:
@@ -148,22 +159,16 @@ def build_app(cfg: StreamConfig, role: Role, *, hooks: WorkerHooks | None = None
             log.error(f"{role}_failed", error=repr(err))
 
     if role == "ingest":
-        from faust.types import TP  # noqa: PLC0415
-
         stores = make_stores(cfg, hooks)
-
-        def highwater(topic_name: str, partition: int) -> int | None:
-            try:
-                hw = app.consumer.highwater(TP(topic_name, partition))
-            except Exception:  # noqa: BLE001 - consumer not ready / partition not assigned
-                return None
-            return int(hw) if hw is not None and hw >= 0 else None
-
-        handler = IngestHandler(cfg, stores, publisher, stats, highwater=highwater, hooks=hooks)
+        handler = IngestHandler(cfg, stores, publisher, stats, highwater=lambda tn, p: faust_highwater(app, tn, p),
+                                hooks=hooks, metrics=ops.metrics)
+        ops.readiness.add("stores", handler.stores_check)
+        ops.metrics.watch_stores(lambda: [(tn, p, stores.path(tn, p)) for tn, p in stores.open_partitions()])
 
         @app.on_partitions_assigned.connect
         async def _own(sender: Any, assigned: Any, **_: Any) -> None:
             handler.assign(tp.partition for tp in assigned if tp.topic == t.clicks.name)
+            ops.spawn(handler.open_owned_stores())
 
         @app.on_partitions_revoked.connect
         async def _revoked(sender: Any, revoked: Any, **_: Any) -> None:
@@ -187,18 +192,38 @@ def build_app(cfg: StreamConfig, role: Role, *, hooks: WorkerHooks | None = None
                     for ev in events:
                         if ev.message.partition in done:
                             await manual.ack(ev)
+                    ops.handled(ev.message for ev in events if ev.message.partition in done)
             except BaseException as err:
                 _failed(err)
                 raise
             finally:
+                ops.cancel_background()  # an eager store open must not outlive the stores
                 stores.close_all()
 
-        return WorkerApp(app, role, stats, stores)
+        return WorkerApp(app, role, stats, ops, stores)
+
+    prequential = OnlinePrequential(k=10, last_n=cfg.ops.prequential_last_n, max_users=cfg.ops.prequential_max_users)
+    ops.metrics.watch_prequential(prequential.window)
+    scoring: dict[str, ScoreHandler] = {}  # the handler, once the agent made it (it loads the model)
+    ops.readiness.add("model", lambda: scoring["handler"].model_check() if "handler" in scoring
+                      else (False, "score agent starting: no model loaded yet"))
+
+    async def _idle_reload() -> None:
+        handler = scoring.get("handler")
+        if handler is not None and hasattr(handler.recommender, "maybe_reload"):
+            # a version published while no update arrives is loaded (and shown) all the same
+            await asyncio.get_running_loop().run_in_executor(None, handler.recommender.maybe_reload)
+            handler.export_metrics()
+
+    ops.on_refresh(_idle_reload)
 
     @app.agent(_raw_topic(app, t.sequence_updates.name, t.sequence_updates.partitions),
                supervisor_strategy=mode.CrashingSupervisor, name="score")
     async def score(stream: Any) -> None:
-        handler = ScoreHandler(cfg, make_recommender(cfg), publisher, stats, hooks=hooks)
+        handler = ScoreHandler(cfg, make_recommender(cfg), publisher, stats, hooks=hooks, metrics=ops.metrics,
+                               prequential=prequential)
+        scoring["handler"] = handler
+        handler.export_metrics()
         log.info("score_started", registry=cfg.registry_dir, top_k=cfg.top_k, **cfg.scoring.model_dump())
         try:
             manual = stream.noack()  # see the ingest agent
@@ -206,11 +231,12 @@ def build_app(cfg: StreamConfig, role: Role, *, hooks: WorkerHooks | None = None
                 await handler.handle([ev.message for ev in events])
                 for ev in events:
                     await manual.ack(ev)
+                ops.handled(ev.message for ev in events)
         except BaseException as err:
             _failed(err)
             raise
 
-    return WorkerApp(app, role, stats)
+    return WorkerApp(app, role, stats, ops)
 
 
 def make_recommender(cfg: StreamConfig) -> Any:

@@ -86,14 +86,26 @@ async def delivered(futures: Sequence[Awaitable[Any]]) -> None:
         await asyncio.gather(*futures)
 
 
+#: role -> ({WorkerStats field: WorkerMetrics counter}, {WorkerStats reason dict: counter labelled by reason}),
+#: besides ``received`` -> ``consumed`` and ``skip_reasons`` -> ``skipped`` of every role (:meth:`WorkerStats.export`)
+_EXPORTED: dict[str, tuple[dict[str, str], dict[str, str]]] = {
+    "ingest": ({"applied": "applied", "duplicates_skipped": "duplicates", "published": "updates_published"},
+               {"dead_letter_reasons": "dead_lettered"}),
+    "score": ({"published": "recommendations", "fallback": "fallbacks", "scored": "users_scored"}, {}),
+}
+
+
 @dataclass
 class WorkerStats:
-    """Counters of one worker process (logged every 5 s and at shutdown).
+    """Counters of one worker process (logged every 5 s and at shutdown), the one place the handlers count in;
+    :meth:`export` mirrors them into the worker's Prometheus counters.
 
     ``received``: records taken from the topic; ``applied``: clicks stored (ingest); ``scored``: distinct users
     run through the model (score; lower than ``published`` when a batch held several updates of one user);
-    ``published``: records sent (sequence updates or recommendations); ``batch_s_total``: seconds spent in the
-    handler, so ``received / batch_s_total`` is the handler's own rate in records/s.
+    ``published``: records sent (sequence updates or recommendations); ``dead_lettered`` / ``skipped`` with their
+    split by reason in ``dead_letter_reasons`` / ``skip_reasons`` (count with :meth:`dead_letter` / :meth:`skip`);
+    ``batch_s_total``: seconds spent in the handler, so ``received / batch_s_total`` is the handler's own rate in
+    records/s.
     """
 
     received: int = 0
@@ -108,6 +120,8 @@ class WorkerStats:
     write_retries: int = 0
     broker_resets: int = 0
     batch_s_total: float = 0.0
+    dead_letter_reasons: dict[str, int] = field(default_factory=dict)
+    skip_reasons: dict[str, int] = field(default_factory=dict)
     started: float = field(default_factory=time.time)
     failed: BaseException | None = None
 
@@ -115,8 +129,39 @@ class WorkerStats:
         """JSON-able counters plus the mean rate (records/s) since start."""
         d = {k: v for k, v in self.__dict__.items() if k not in ("started", "failed")}
         d["batch_s_total"] = round(self.batch_s_total, 3)
+        d["dead_letter_reasons"], d["skip_reasons"] = dict(self.dead_letter_reasons), dict(self.skip_reasons)
         d["rate_per_s"] = round(self.received / max(time.time() - self.started, 1e-9), 1)
         return d
+
+    def dead_letter(self, reason: str) -> None:
+        """Count one record sent to the dead-letter topic with ``reason`` (a DecodeError reason)."""
+        self.dead_lettered += 1
+        self.dead_letter_reasons[reason] = self.dead_letter_reasons.get(reason, 0) + 1
+
+    def skip(self, reason: str) -> None:
+        """Count one record consumed but not processed (``tombstone``, ``empty_key``, ``bad_update``)."""
+        self.skipped += 1
+        self.skip_reasons[reason] = self.skip_reasons.get(reason, 0) + 1
+
+    def end_batch(self, n_records: int, seconds: float, metrics: Any = None) -> None:
+        """Count one finished handler batch of ``n_records`` records that took ``seconds``; with ``metrics`` (a
+        :class:`~adrec_stream.ops.metrics.WorkerMetrics`) also observe it there and :meth:`export`."""
+        self.batches += 1
+        self.batch_s_total += seconds
+        if metrics is not None:
+            metrics.observe_batch(n_records, seconds)
+            self.export(metrics)
+
+    def export(self, metrics: Any) -> None:
+        """Mirror the counters into ``metrics`` (:meth:`~adrec_stream.ops.metrics.WorkerMetrics.sync`): consumed,
+        skipped by reason; ingest: applied, dead-lettered by reason, duplicates, sequence updates published; score:
+        recommendations (``published``), fallbacks, users scored."""
+        counters, by_reason = _EXPORTED.get(metrics.role, ({}, {}))
+        for field_name, counter in {"received": "consumed", **counters}.items():
+            metrics.sync(getattr(metrics, counter), getattr(self, field_name))
+        for field_name, counter in {"skip_reasons": "skipped", **by_reason}.items():
+            for reason, n in list(getattr(self, field_name).items()):
+                metrics.sync(getattr(metrics, counter), n, reason)
 
 
 class WriteFaultInjector:

@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import orjson
 
@@ -72,17 +73,22 @@ class IngestHandler:
         highwater: ``(topic, partition) -> log end offset`` from the consumer's fetch responses (None if unknown);
             used only for broker-reset detection.
         hooks: test-only fault injection (off by default).
+        metrics: the worker's :class:`~adrec_stream.ops.metrics.WorkerMetrics` (role "ingest"); ``stats`` is
+            mirrored into it after every batch (None: no metrics).
 
-    Call :meth:`assign` / :meth:`revoke` from the consumer's rebalance callbacks, :meth:`handle` per batch.
+    Call :meth:`assign` / :meth:`revoke` from the consumer's rebalance callbacks, :meth:`handle` per batch;
+    :meth:`open_owned_stores` may open the stores right after an assignment (readiness: :meth:`stores_check`).
     """
 
     def __init__(self, cfg: StreamConfig, stores: PartitionStores, publisher: Publisher, stats: WorkerStats, *,
                  highwater: Callable[[str, int], int | None] = lambda topic, partition: None,
-                 hooks: WorkerHooks | None = None) -> None:
+                 hooks: WorkerHooks | None = None, metrics: Any = None) -> None:
         self.cfg, self.stores, self.publisher, self.stats = cfg, stores, publisher, stats
         self.highwater = highwater
         self.hooks = hooks or WorkerHooks()
+        self.metrics = metrics
         self.owned: set[int] = set()
+        self.open_errors: dict[int, str] = {}
         self.clicks_topic = cfg.topics.clicks.name
         self.log = get_logger("adrec_stream.worker.ingest", group=cfg.groups.ingest)
 
@@ -99,7 +105,45 @@ class IngestHandler:
         """
         parts = set(partitions)
         self.owned.difference_update(parts)
+        for p in parts:
+            self.open_errors.pop(p, None)
         return self.stores.close((self.clicks_topic, p) for p in parts)
+
+    async def open_owned_stores(self) -> list[int]:
+        """Open the store of every owned partition now instead of at its first record (so ``/readyz`` can say the
+        worker holds its state). Safe next to the batches' own opens (same event loop; an open store is reused).
+        A partition revoked while its store was waiting for the lock is closed again at once. An open that fails
+        (lock still held after ``store_lock_wait_s``, store unreadable) is logged and kept in ``open_errors`` for
+        the readiness reason; the partition's first batch then tries again (and fails the agent as before).
+
+        Returns:
+            The partitions whose store is open and owned when done.
+        """
+        topic, opened = self.clicks_topic, []
+        for p in sorted(self.owned):
+            try:
+                await self.stores.open_async(topic, p)
+            except StoreError as err:
+                self.open_errors[p] = str(err)
+                self.log.warning("store_open_failed", topic=topic, partition=p, error=str(err)[:300])
+                continue
+            if p in self.owned:
+                self.open_errors.pop(p, None)
+                opened.append(p)
+            else:  # revoked while waiting for the lock: the next owner needs it
+                self.stores.close([(topic, p)])
+        return opened
+
+    def stores_check(self) -> tuple[bool, str]:
+        """Readiness (safe from another thread): the store of every owned partition is open."""
+        owned = sorted(self.owned)  # one C-level copy: safe against the loop changing the set
+        missing = [p for p in owned if self.stores.get(self.clicks_topic, p) is None]
+        if not missing:
+            return True, ""
+        failed = dict(self.open_errors)
+        errors = "; ".join(f"{p}: {failed[p]}" for p in missing if p in failed)
+        return False, (f"sequence stores of {self.clicks_topic} partitions {missing} not open yet"
+                       + (f" ({errors})" if errors else " (opening)"))
 
     # -------------------------------------------------------------------------------------------- batches
     async def handle(self, records: Sequence[ConsumedRecord]) -> set[int]:
@@ -132,9 +176,9 @@ class IngestHandler:
             except DecodeError as err:
                 click = None
                 if err.reason in SKIP_REASONS:
-                    stats.skipped += 1
+                    stats.skip(err.reason)
                 else:
-                    stats.dead_lettered += 1
+                    stats.dead_letter(err.reason)
                     dl_futures.append(await self.publisher.send(
                         cfg.topics.dead_letter.name, msg.key,
                         dead_letter_record(err, msg.topic, part, msg.offset, msg.key, msg.value)))
@@ -172,8 +216,7 @@ class IngestHandler:
             done.add(part)
             stats.applied += len(applied)
             stats.duplicates_skipped += sum(r.event is not None for r in recs) - len(applied)
-        stats.batches += 1
-        stats.batch_s_total += time.perf_counter() - t0
+        stats.end_batch(len(records), time.perf_counter() - t0, self.metrics)
         self.hooks.after_batch(stats)
         return done
 

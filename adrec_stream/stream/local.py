@@ -193,7 +193,9 @@ def start_pipeline_broker(stack: contextlib.ExitStack, scfg: Any, config_path: P
 
 def run_dir_overrides(run_dir: Path) -> dict[str, Any]:
     """Stream-config overrides (dotted keys) that put a local pipeline's embedded broker (Tansu compatibility on,
-    its PID and log files), its sequence stores and its model registry inside ``run_dir``."""
+    its PID and log files), its sequence stores and its model registry inside ``run_dir``, and give every worker's
+    operations endpoint a free port (``ops.ports.*: 0``: several workers of one role, or another pipeline, may run
+    on this host; each worker logs its port in an ``ops_http_listening`` line)."""
     return {
         "broker.embedded": True,
         "broker.tansu_compat": True,
@@ -202,6 +204,9 @@ def run_dir_overrides(run_dir: Path) -> dict[str, Any]:
         "broker.log_file": str(run_dir / "broker" / "tansu.log"),
         "state_dir": str(run_dir / "state"),
         "registry_dir": str(run_dir / "registry"),
+        "ops.ports.ingest": 0,
+        "ops.ports.score": 0,
+        "ops.ports.finetune": 0,
     }
 
 

@@ -70,13 +70,20 @@ class ScoreHandler:
         stats: counters to update.
         hooks: test-only fault injection (off by default).
         executor: the ``concurrent.futures`` executor the model runs in (None = the loop's default).
+        metrics: the worker's :class:`~adrec_stream.ops.metrics.WorkerMetrics` (role "score"), updated after every
+            batch by :meth:`export_metrics` (None: no metrics).
+        prequential: an :class:`~adrec_stream.evaluation.prequential.OnlinePrequential` fed with every published
+            record's list (None for a superseded one); None: not judged.
     """
 
     def __init__(self, cfg: StreamConfig, recommender: Any, publisher: Publisher, stats: WorkerStats, *,
-                 hooks: WorkerHooks | None = None, executor: Any = None) -> None:
+                 hooks: WorkerHooks | None = None, executor: Any = None, metrics: Any = None,
+                 prequential: Any = None) -> None:
         self.cfg, self.recommender, self.publisher, self.stats = cfg, recommender, publisher, stats
         self.hooks = hooks or WorkerHooks()
         self.executor = executor
+        self.metrics, self.prequential = metrics, prequential
+        self._exported_version: tuple[int | None] | None = None  # (version,) last set in the metrics; None: never
         self.log = get_logger("adrec_stream.worker.score", group=cfg.groups.scoring)
 
     async def handle(self, records: Sequence[ConsumedRecord]) -> None:
@@ -93,7 +100,7 @@ class ScoreHandler:
             try:
                 parsed.append(parse_update(msg.value))
             except (ValueError, TypeError) as err:
-                stats.skipped += 1
+                stats.skip("bad_update")
                 self.log.warning("bad_sequence_update", error=str(err)[:120], partition=msg.partition,
                                  offset=msg.offset)
         if parsed:
@@ -113,9 +120,15 @@ class ScoreHandler:
             now = time.time()
             topic = self.cfg.topics.recommendations.name
             futures = []
+            latencies = []
             for i, upd in enumerate(parsed):
                 j = newest[i]
                 rec = result_of[j]
+                produced = upd.get("produced_ts")
+                if isinstance(produced, int | float):
+                    latencies.append(now - produced)
+                if self.prequential is not None:
+                    self._judge(upd, rec.items if j == i else None)
                 stats.fallback += bool(rec.fallback)
                 value = orjson.dumps({
                     "user_id": upd.get("user_id"), "items": rec.items, "scores": rec.scores,
@@ -126,6 +139,51 @@ class ScoreHandler:
                 futures.append(await self.publisher.send(topic, str(upd.get("user_id")).encode(), value))
             await delivered(futures)
             stats.published += len(futures)
-        stats.batches += 1
-        stats.batch_s_total += time.perf_counter() - t0
+            if self.metrics is not None:
+                self.metrics.observe_latencies(latencies)
+        stats.end_batch(len(records), time.perf_counter() - t0, self.metrics)
+        self.export_metrics()
         self.hooks.after_batch(stats)
+
+    def _judge(self, upd: dict[str, Any], served: list[str] | None) -> None:
+        """Feed one published record to the prequential judge (``served``: None for a superseded list)."""
+        user, event_id = upd.get("user_id"), upd.get("event_id")
+        if user is None or event_id is None:
+            return
+        source = upd.get("source")
+        seq = source.get("offset") if isinstance(source, dict) else None
+        self.prequential.observe(str(user), str(event_id), [str(x) for x in upd["items"]], served,
+                                 seq=seq if isinstance(seq, int) else None)
+
+    def export_metrics(self) -> None:
+        """Mirror the counts into ``metrics`` (no-op without): the stats, the recommender's ``reloads`` /
+        ``refusals``, the prequential totals, and the serving version with its publication time (read from the
+        registry when the version changed). Called after every batch and by the worker's ops timer (a new version
+        shows while no update arrives)."""
+        m = self.metrics
+        if m is None:
+            return
+        self.stats.export(m)
+        rec = self.recommender
+        m.sync(m.reloads, getattr(rec, "reloads", 0))
+        m.sync(m.refusals, getattr(rec, "refusals", 0))
+        if self.prequential is not None:
+            m.sync(m.preq_judged, self.prequential.judged)
+            m.sync(m.preq_hits, self.prequential.hits)
+        version = getattr(rec, "version", None)
+        if self._exported_version != (version,):
+            self._exported_version = (version,)
+            registry = getattr(rec, "registry", None)
+            published = registry.published_ts(version) if registry is not None and version is not None else None
+            m.set_serving(version, published)
+
+    def model_check(self) -> tuple[bool, str]:
+        """Readiness: a model version is loaded (before one is, every user gets an empty fallback list)."""
+        if getattr(self.recommender, "version", None) is not None:
+            return True, ""
+        registry = getattr(self.recommender, "registry", None)
+        where = registry.root if registry is not None else self.cfg.registry_dir
+        refused = getattr(self.recommender, "refusals", 0)
+        return False, (f"no model version in the registry at {where}" if not refused else
+                       f"no loadable model version in the registry at {where} ({refused} refused: see the "
+                       "model_version_refused log lines)")

@@ -5,7 +5,9 @@ or ``bootstrap_servers``), logs structlog JSON to stderr, and stops on SIGINT/SI
 a clean stop, :data:`~adrec_stream.stream.app.EXIT_AGENT_CRASHED` (3) when the agent failed (the crashing
 supervisor stopped the worker; restart it and it resumes from the last committed offset), 2 on config errors,
 an unreachable cluster, or a record batch the Kafka client cannot decode (one line naming the topic, partition,
-offset and cause: :mod:`adrec_stream.stream.undecodable`; restarting would only fail again at the same offset).
+offset and cause: :mod:`adrec_stream.stream.undecodable`; restarting would only fail again at the same offset),
+or an ``ops`` port already in use. With ``ops.enabled`` every worker serves ``/metrics``, ``/healthz`` and
+``/readyz`` on ``ops.bind:ops.ports.<role>`` (:mod:`adrec_stream.ops`) and logs one ``ops_http_listening`` line.
 The fine-tune worker (:mod:`adrec_stream.incremental.worker`) is a plain consumer process, not a Faust app; it
 stops after the round in progress reaches its next step.
 """
@@ -58,12 +60,14 @@ def run_worker(cfg: StreamConfig, role: str, *, log_level: str = "INFO", hooks: 
         StoreLockedError: ingest, a partition's sequence store stayed held by another process for
             ``store_lock_wait_s`` (the CLI prints it as one line naming the path and PID, exit 2).
         BrokerError: the cluster is unreachable.
+        ConfigError: the operations endpoint's port cannot be bound (in use).
         UndecodableBatchError: a record batch of a topic the worker reads could not be decoded (the CLI prints it
             as one line naming the topic, partition, offset and cause, exit 2).
     """
     import faust  # noqa: PLC0415
 
     from adrec_stream.logging import get_logger  # noqa: PLC0415
+    from adrec_stream.ops.http import serve_ops  # noqa: PLC0415
     from adrec_stream.stream.app import EXIT_AGENT_CRASHED, build_app  # noqa: PLC0415
     from adrec_stream.stream.undecodable import first_undecodable  # noqa: PLC0415
 
@@ -85,6 +89,7 @@ def run_worker(cfg: StreamConfig, role: str, *, log_level: str = "INFO", hooks: 
                           override_logging=False, redirect_stdouts=False)
     worker.spinner = None  # no terminal escape codes in the JSON log stream
     code: int = 0
+    server = serve_ops(cfg.ops, role, built.ops.metrics.registry, built.ops.readiness)  # port in use: ConfigError
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:
@@ -92,6 +97,8 @@ def run_worker(cfg: StreamConfig, role: str, *, log_level: str = "INFO", hooks: 
     finally:
         if built.stores is not None:
             built.stores.close_all()  # no-op when the agent closed them
+        if server is not None:
+            server.stop()
     stats = built.stats
     log.info("worker_stopped", **stats.as_dict(), failed=repr(stats.failed) if stats.failed else None)
     if isinstance(stats.failed, StoreLockedError):

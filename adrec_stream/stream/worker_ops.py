@@ -1,0 +1,134 @@
+"""The Faust side of the operations endpoint of the ingest and score workers: their metrics, consumer lag and
+readiness (:mod:`adrec_stream.ops`), wired to the app's rebalance signals and a 1-second timer.
+
+Lag per assigned partition of the worker's input topic = the consumer's high watermark (``consumer.highwater``:
+from the last fetch response, right on Tansu) minus the next offset to process: the one after the last record
+the agent handled, or for a partition it has handled nothing of since the assignment, faust's committed offset,
+else (no commit yet) the log start with ``auto_offset_reset: earliest`` or the fetch position otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from typing import Any
+
+from adrec_stream.logging import get_logger
+from adrec_stream.ops.http import Readiness
+from adrec_stream.ops.lag import ConsumerLag, partitions_check
+from adrec_stream.ops.metrics import WorkerMetrics
+from adrec_stream.stream.config import StreamConfig
+
+#: seconds between two lag refreshes (and the score worker's idle registry checks)
+REFRESH_INTERVAL_S = 1.0
+
+log = get_logger("adrec_stream.ops")
+
+
+def faust_highwater(app: Any, topic: str, partition: int) -> int | None:
+    """Log end offset of (topic, partition) from the app consumer's last fetch response; None while unknown (no
+    fetch yet, partition not assigned, consumer not started)."""
+    from faust.types import TP  # noqa: PLC0415
+
+    try:
+        hw = app.consumer.highwater(TP(topic, partition))
+    except Exception:  # noqa: BLE001 - consumer not ready / partition not assigned
+        return None
+    return int(hw) if hw is not None and hw >= 0 else None
+
+
+class FaustOps:
+    """Metrics, lag and readiness of one Faust worker; :meth:`install` connects them to the app.
+
+    Readiness checks: ``partitions`` (some partition of the input topic assigned) and ``lag``
+    (:meth:`ConsumerLag.check` with ``ops.lag_growth_not_ready_s``; a lag not refreshed for that long also fails);
+    the role adds its own (ingest: ``stores``, score: ``model``) with ``readiness.add``.
+
+    Args:
+        app: the ``faust.App``.
+        cfg: the stream config (topics, ``ops`` section, consumer reset policy).
+        role: "ingest" (input: clicks) or "score" (input: sequence updates).
+
+    Attributes:
+        metrics (:class:`~adrec_stream.ops.metrics.WorkerMetrics`), readiness
+        (:class:`~adrec_stream.ops.http.Readiness`), lag (:class:`~adrec_stream.ops.lag.ConsumerLag`).
+    """
+
+    def __init__(self, app: Any, cfg: StreamConfig, role: str) -> None:
+        self.app, self.cfg, self.role = app, cfg, role
+        self.topic = cfg.topics.clicks.name if role == "ingest" else cfg.topics.sequence_updates.name
+        self.metrics = WorkerMetrics(role, group=app.conf.id, recent_window_s=cfg.ops.recent_window_s)
+        self.lag = ConsumerLag(self.topic, self.metrics)
+        self.readiness = Readiness()
+        limit = cfg.ops.lag_growth_not_ready_s
+        self.readiness.add("partitions", partitions_check(self.lag))
+        self.readiness.add("lag", lambda: self.lag.check(limit, stale_after_s=limit))
+        self.metrics.watch_readiness(lambda: self.readiness.evaluate()["ready"])
+        self._tasks: set[asyncio.Task] = set()
+        self._on_refresh: list[Callable[[], Awaitable[None]]] = []
+
+    def install(self) -> None:
+        """Follow the app's assignment (rebalance signals) and refresh the lag every :data:`REFRESH_INTERVAL_S`."""
+        app, topic = self.app, self.topic
+
+        @app.on_partitions_assigned.connect
+        async def _ops_assigned(sender: Any, assigned: Any, **_: Any) -> None:
+            self.lag.assign(tp.partition for tp in assigned if tp.topic == topic)
+
+        @app.on_partitions_revoked.connect
+        async def _ops_revoked(sender: Any, revoked: Any, **_: Any) -> None:
+            self.lag.revoke(tp.partition for tp in revoked if tp.topic == topic)
+
+        @app.timer(interval=REFRESH_INTERVAL_S)
+        async def _ops_refresh() -> None:
+            await self.refresh()
+
+    def on_refresh(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """Also await ``callback()`` at every refresh (the score worker checks the registry while idle)."""
+        self._on_refresh.append(callback)
+
+    def handled(self, messages: Iterable[Any]) -> None:
+        """Records (anything with ``partition`` and ``offset``) of the input topic that were processed."""
+        for m in messages:
+            self.lag.handled(m.partition, m.offset)
+
+    async def refresh(self) -> None:
+        """Recompute the lag of every assigned partition (see the module docstring), then run the callbacks."""
+        from faust.types import TP  # noqa: PLC0415
+
+        consumer = self.app.consumer
+        ends = {p: faust_highwater(self.app, self.topic, p) for p in self.lag.assigned}
+        start: dict[int, int | None] = {}
+        for p in self.lag.unknown_next():
+            start[p] = await self._next_offset(consumer, TP(self.topic, p))
+        self.lag.refresh(ends, start)
+        for callback in self._on_refresh:
+            await callback()
+
+    async def _next_offset(self, consumer: Any, tp: Any) -> int | None:
+        committed = getattr(consumer, "_committed_offset", {}).get(tp)  # faust's own record of the group's commit
+        if committed is not None:
+            return int(committed)
+        try:
+            if self.cfg.consumer.auto_offset_reset == "earliest":
+                return int((await consumer.earliest_offsets(tp))[tp])
+            pos = await consumer.position(tp)
+        except Exception:  # noqa: BLE001 - revoked meanwhile, consumer restarting: unknown this time
+            return None
+        return int(pos) if pos is not None else None
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run ``coro`` in the background (cancelled by :meth:`cancel_background`); a failure is logged."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("ops_task_failed", role=self.role, error=repr(task.exception()))
+
+    def cancel_background(self) -> None:
+        """Cancel what :meth:`spawn` started and has not finished."""
+        for task in list(self._tasks):
+            task.cancel()

@@ -13,6 +13,7 @@ import time
 import orjson
 import pytest
 from conftest import consume, last_log_event, produce
+from ops_helpers import poll_metrics, scrape
 
 from adrec_stream.broker.process import effective_bootstrap
 from adrec_stream.data.events import Interaction
@@ -129,6 +130,25 @@ def test_new_items_enter_the_model_and_the_scorer_swaps_once(stream_config, tiny
     with_new = [r for r in v2 if set(r["items"]) & set(NEW_ITEMS)]
     assert len(with_new) >= len(v2) // 2
     assert not any(set(r["items"]) & set(NEW_ITEMS) for r in recs if r["model_version"] == 1)
+
+    # the operations endpoints tell the same story
+    ft_url, score_url = finetune.ops_url(), score.ops_url()
+    ft = poll_metrics(ft_url, lambda s: s[("adrec_finetune_updates_consumed_total", ())] == len(clicks),
+                      "every sequence update consumed by the fine-tune worker", worker=finetune)
+    assert ft[("adrec_finetune_rounds_total", (("outcome", "published"),))] == 1
+    assert ft[("adrec_finetune_rounds_total", (("outcome", "rejected"),))] == 0
+    assert ft[("adrec_finetune_published_version", ())] == 2
+    for model in ("candidate", "serving"):
+        assert ft[("adrec_finetune_heldout_ndcg_at_10", (("model", model),))] == pytest.approx(
+            round_log[f"heldout_NDCG@10_{model}"], abs=1e-5)
+    assert ft[("adrec_finetune_round_seconds", ())] == pytest.approx(round_log["round_s"], abs=1e-3)
+    assert {k[1]: v for k, v in ft.items() if k[0] == "adrec_consumer_lag_records"} == {
+        (("partition", str(p)), ("topic", cfg.topics.sequence_updates.name)): 0 for p in range(2)}
+    assert ft[("adrec_ready", ())] == 1
+    sc = scrape(score_url)
+    assert sc[("adrec_serving_model_version", ())] == 2
+    assert sc[("adrec_serving_model_published_timestamp_seconds", ())] == registry.published_ts(2)
+    assert sc[("adrec_model_reloads_total", ())] == 2 and sc[("adrec_recommendations_total", ())] == len(clicks)
 
 
 def test_diverging_round_publishes_nothing_and_scoring_keeps_the_old_version(stream_config, tiny_registry,

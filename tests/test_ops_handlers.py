@@ -1,10 +1,11 @@
-"""The workers' metric updates without a broker: WorkerStats -> WorkerMetrics, the ingest and score handlers (real
-RocksDB stores, a real tiny model, a memory publisher, a real registry), the registry's publication time."""
+"""The workers' metric updates without a broker: the ingest and score handlers (real RocksDB stores, a real tiny model,
+a memory publisher, a real registry), the registry's publication time, the fine-tune worker's counters and readiness."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 from pathlib import Path
 
@@ -180,3 +181,45 @@ def test_registry_published_ts_reads_epoch_and_iso_times(tmp_path: Path):
         info["published_at"] = stamp
         info_path.write_text(json.dumps(info))
         assert reg.published_ts(1) == expected
+
+
+# ------------------------------------------------------------------------------------------------- fine-tune
+def test_finetune_worker_metrics_and_readiness_without_a_broker(tmp_path: Path):
+    from adrec_stream.incremental.worker import FinetuneWorker
+    from adrec_stream.serving.registry import ModelRegistry
+
+    cfg = StreamConfig(state_dir=str(tmp_path / "state"), registry_dir=str(tmp_path / "reg"),
+                       topics={"sequence_updates": {"name": "sequence-updates", "partitions": 2}})
+    worker = FinetuneWorker(cfg, device="cpu")
+    topic = cfg.topics.sequence_updates.name
+    good = orjson.dumps({"user_id": "u", "items": ["1", "2"], "event_id": "e1", "event_ts": 1.0, "ingest_ts": 2.0,
+                         "source": {"partition": 0, "offset": 0}})
+    assert worker.ingest([(0, 0, good), (0, 1, b"not json")]) == 1
+    state = worker.readiness.evaluate()
+    assert state["ready"] is False
+    assert state["checks"]["caught_up"]["reason"] == f"not caught up with {topic} yet (no fetch response yet)"
+    assert state["checks"]["model"]["reason"].startswith(f"no model version in the registry at {tmp_path / 'reg'} ")
+    assert worker.refresh_lag({0: 5, 1: None}, {0: 2, 1: 0}) == {0: 3}
+    assert worker.readiness.evaluate()["checks"]["caught_up"]["reason"] == (
+        f"not caught up with {topic} yet (3 records behind)")
+    worker.refresh_lag({0: 5, 1: 0}, {0: 5, 1: 0})
+    assert worker.caught_up is True
+    (tmp_path / "m.pt").write_bytes(b"x")
+    ModelRegistry(cfg.registry_dir).publish(tmp_path / "m.pt")
+    assert worker.readiness.evaluate()["ready"] is True
+    worker.counters.published, worker.counters.last_version = 1, 7
+    worker.counters.rejected = {"heldout": 2}
+    worker._export_round({"status": "rejected", "heldout_NDCG@10_candidate": 0.125, "heldout_NDCG@10_serving": None,
+                          "round_s": 3.5})
+    got = exposition(worker.metrics)
+    expected = {key("adrec_records_consumed_total"): 2, key("adrec_records_skipped_total", reason="bad_update"): 1,
+                key("adrec_finetune_updates_consumed_total"): 1,
+                key("adrec_finetune_rounds_total", outcome="published"): 1,
+                key("adrec_finetune_rounds_total", outcome="rejected"): 2,
+                key("adrec_finetune_rejected_total", reason="heldout"): 2,
+                key("adrec_finetune_heldout_ndcg_at_10", model="candidate"): 0.125,
+                key("adrec_finetune_round_seconds"): 3.5, key("adrec_finetune_published_version"): 7,
+                key("adrec_consumer_lag_records", partition="0", topic=topic): 0,
+                key("adrec_consumer_lag_records", partition="1", topic=topic): 0, key("adrec_ready"): 1}
+    assert subset(got, expected) == expected
+    assert math.isnan(got[key("adrec_finetune_heldout_ndcg_at_10", model="serving")])

@@ -23,6 +23,12 @@ rollback is honoured by the next round. A candidate that passes the guards is sa
 
 Every round logs one ``finetune_round`` JSON line (window, steps, losses, held-out metrics old vs new,
 seconds, staleness) and the counters (``rounds``, ``published``, ``rejected`` by reason).
+
+Operations: the worker's :class:`~adrec_stream.ops.metrics.WorkerMetrics` (updates consumed, rounds by outcome,
+rejections by reason, the last round's held-out NDCG@10 and seconds, the version it published, lag per partition:
+fetch high watermark minus position, refreshed after every poll - not while a round trains) and readiness (caught up
+with the topic at least once, a model version in the registry, lag not growing for ``ops.lag_growth_not_ready_s``),
+served by :func:`run_finetune_worker` on ``ops.ports.finetune``.
 """
 
 from __future__ import annotations
@@ -44,6 +50,9 @@ from adrec_stream.incremental.round import GUARD_METRIC, RoundOutcome, build_win
 from adrec_stream.incremental.updates import BadUpdateError, UpdateTracker, parse_update
 from adrec_stream.logging import get_logger
 from adrec_stream.model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from adrec_stream.ops.http import Readiness, serve_ops
+from adrec_stream.ops.lag import ConsumerLag
+from adrec_stream.ops.metrics import WorkerMetrics
 from adrec_stream.runtime import resolve_device
 from adrec_stream.serving.registry import ModelRegistry
 from adrec_stream.stream.config import StreamConfig
@@ -97,6 +106,21 @@ class FinetuneCounters:
                 "rejected_by_reason": dict(self.rejected), "skipped": self.skipped,
                 "last_published_version": self.last_version}
 
+    def export(self, metrics: WorkerMetrics) -> None:
+        """Mirror the counters into a "finetune" :class:`~adrec_stream.ops.metrics.WorkerMetrics`: records consumed
+        (valid + bad), skipped ``bad_update``, updates consumed, rounds by outcome (published, rejected), rejected
+        rounds by reason, the last published version."""
+        m = metrics
+        m.sync(m.consumed, self.updates_consumed + self.bad_updates)
+        m.sync(m.skipped, self.bad_updates, "bad_update")
+        m.sync(m.ft_updates, self.updates_consumed)
+        m.sync(m.ft_rounds, self.published, "published")
+        m.sync(m.ft_rounds, sum(self.rejected.values()), "rejected")
+        for reason, n in self.rejected.items():
+            m.sync(m.ft_rejected, n, reason)
+        if self.last_version is not None:
+            m.ft_published_version.set(self.last_version)
+
 
 def serving_cut(ckpt: Checkpoint, topic: str) -> dict[int, int]:
     """Partition -> last sequence-updates offset the checkpoint's training covered (``{}``: none, e.g. a model
@@ -140,6 +164,15 @@ class FinetuneWorker:
         self._candidate_dir = Path(cfg.state_dir) / "finetune" / "candidate"
         self._last_round = time.monotonic()
         self._consumed_at_round = 0
+        self.metrics = WorkerMetrics("finetune", group=cfg.groups.finetune, recent_window_s=cfg.ops.recent_window_s)
+        self.lag = ConsumerLag(self.topic, self.metrics)
+        self.lag.assign(range(cfg.topics.sequence_updates.partitions))
+        self.caught_up = False
+        self.readiness = Readiness()
+        self.readiness.add("caught_up", self._caught_up_check)
+        self.readiness.add("model", self._model_check)
+        self.readiness.add("lag", lambda: self.lag.check(cfg.ops.lag_growth_not_ready_s))
+        self.metrics.watch_readiness(lambda: self.readiness.evaluate()["ready"])
 
     # ------------------------------------------------------------------ control
     def stop(self) -> None:
@@ -160,6 +193,41 @@ class FinetuneWorker:
         n = self.tracker.add(good)
         self.counters.updates_consumed += n
         return n
+
+    def refresh_lag(self, log_end: dict[int, int | None], positions: dict[int, int | None]) -> dict[int, int]:
+        """Lag per partition from the consumer's fetch high watermarks and positions (everything polled is taken
+        in before the next poll, so the position is the next offset to process); the first time every partition is
+        at its log end, the worker counts as caught up (readiness). Returns partition -> lag."""
+        lags = self.lag.refresh(log_end, positions)
+        if not self.caught_up and len(lags) == len(self.lag.assigned) and sum(lags.values()) == 0:
+            self.caught_up = True
+            self.log.info("finetune_caught_up", topic=self.topic, updates_consumed=self.counters.updates_consumed)
+        self.counters.export(self.metrics)
+        return lags
+
+    def _caught_up_check(self) -> tuple[bool, str]:
+        if self.caught_up:
+            return True, ""
+        total = self.lag.total()
+        return False, (f"not caught up with {self.topic} yet"
+                       + (f" ({total} records behind)" if total is not None else " (no fetch response yet)"))
+
+    def _model_check(self) -> tuple[bool, str]:
+        if self.registry.latest() is not None:
+            return True, ""
+        return False, (f"no model version in the registry at {self.registry.root} (rounds are skipped until one is "
+                       "published: adrec-stream model publish CHECKPOINT)")
+
+    def _export_round(self, record: dict[str, Any]) -> None:
+        """The counters and, for a round that trained (published or rejected), its held-out NDCG@10 and seconds."""
+        self.counters.export(self.metrics)
+        if record.get("status") not in ("published", "rejected"):
+            return
+        m = self.metrics
+        for model in ("candidate", "serving"):
+            value = record.get(f"heldout_{GUARD_METRIC}_{model}")
+            m.ft_heldout.labels(model).set(float(value) if value is not None else float("nan"))
+        m.ft_round_seconds.set(float(record.get("round_s") or 0.0))
 
     def due(self, now: float | None = None) -> bool:
         """Whether a round should start now (see the module docstring; the caller checks catching up)."""
@@ -216,12 +284,14 @@ class FinetuneWorker:
         record.update(self.counters.as_dict())
         level = self.log.info if record["status"] == "published" else self.log.warning
         level("finetune_round", **record)
+        self._export_round(record)
         return record
 
     def _skip(self, reason: str, **facts: Any) -> dict[str, Any]:
         self.counters.skipped += 1
         record = {"status": "skipped", "reason": reason, **facts, **self.counters.as_dict()}
         self.log.info("finetune_round", **record)
+        self._export_round(record)
         return record
 
     def _record(self, o: RoundOutcome, parent_version: int) -> dict[str, Any]:
@@ -319,10 +389,16 @@ class FinetuneWorker:
         try:
             while not self._stop.is_set():
                 polled = consumer.poll(timeout_ms=500, max_records=POLL_MAX_RECORDS)
-                n = 0
+                n, t0 = 0, time.perf_counter()
                 for tp, msgs in polled.items():
                     n += len(msgs)
                     self.ingest([(tp.partition, m.offset, m.value) for m in msgs])
+                if n:
+                    self.metrics.observe_batch(n, time.perf_counter() - t0)
+                tps = consumer.assignment()
+                # timeout 0: the position if known, None while its reset is in flight (never blocks the loop)
+                self.refresh_lag({tp.partition: consumer.highwater(tp) for tp in tps},
+                                 {tp.partition: consumer.position(tp, timeout_ms=0) for tp in tps})
                 caught_up = n < POLL_MAX_RECORDS
                 if caught_up and self.due():
                     self.run_once()
@@ -342,7 +418,8 @@ def run_finetune_worker(cfg: StreamConfig, *, device: str | None = None, hooks: 
     """Run a :class:`FinetuneWorker` in the foreground until SIGTERM/SIGINT; returns the exit code (0).
 
     Raises:
-        ConfigError: bad device. BrokerError: the cluster is unreachable.
+        ConfigError: bad device, or the operations endpoint's port is in use. BrokerError: the cluster is
+            unreachable.
     """
     from adrec_stream.broker.admin import ensure_topics  # noqa: PLC0415
     from adrec_stream.broker.process import effective_bootstrap  # noqa: PLC0415
@@ -354,11 +431,14 @@ def run_finetune_worker(cfg: StreamConfig, *, device: str | None = None, hooks: 
         worker.log.info("finetune_stop_requested", signal=signal.Signals(signum).name)
         worker.stop()
 
+    server = serve_ops(cfg.ops, "finetune", worker.metrics.registry, worker.readiness)  # port in use: ConfigError
     old = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         return worker.run()
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+        if server is not None:
+            server.stop()
 
 

@@ -23,7 +23,10 @@ Steps (all settings in ``configs/demo.yaml``; relative paths there are relative 
    recommendation's arrival at a consumer; the fine-tune worker's rounds from its log (published, rejected,
    staleness), the registry versions added, and the prequential metrics split by the model version that made each
    recommendation (:func:`~adrec_stream.evaluation.prequential.prequential_by_group`); the LAST line is one JSON
-   object with those figures.
+   object with those figures (and under ``"ops"`` the workers' operations endpoints).
+
+While the workers run, their operations endpoints (``/metrics``, ``/readyz``, ``/healthz``; free ports, read from
+each worker's ``ops_http_listening`` log line) are printed as ``metrics: http://...`` lines.
 
 Everything started is stopped on exit, on errors and on Ctrl-C / SIGTERM (workers: SIGTERM then SIGKILL;
 broker: :func:`~adrec_stream.broker.process.stop_broker`); the fine-tune worker is stopped with the others once the
@@ -59,6 +62,7 @@ from adrec_stream.stream.local import (
     WorkerProcess,
     bootstrap_state,
     finetune_rounds,
+    ops_urls,
     run_dir_overrides,
     start_pipeline_broker,
     supervise,
@@ -427,9 +431,12 @@ def run(args: argparse.Namespace) -> int:
             ft_pid = f", fine-tune pid {finetuner.proc.pid}" if finetuner is not None else ""
             _say(f"workers: ingest pid {workers[0].proc.pid}, score pid {workers[1].proc.pid}{ft_pid} ready "
                  f"(consumer groups joined) in {ready_s:.1f} s (logs in {run_dir / 'logs'})")
+            for role, url in ops_urls(workers).items():
+                _say(f"metrics: {url}/metrics ({role} worker; {url}/readyz, {url}/healthz)")
             if finetuner is not None:
                 _say(_describe_finetune(scfg))
             res = asyncio.run(_stream_phase(bootstrap, scfg, clicks, dcfg, workers))
+            ops = ops_urls(workers)  # read again: a restarted worker serves on a new port
             # the ExitStack stops the workers (the fine-tune worker first, a round in progress is abandoned)
         replay, recs = res["replay"], res["recs"]
         stream = [(c.user_id, c.item_id, c.event_id) for c in clicks]
@@ -489,7 +496,8 @@ def run(args: argparse.Namespace) -> int:
                    "p50_ms": round(lat["p50_ms"], 1), "p99_ms": round(lat["p99_ms"], 1),
                    "model_versions_published": added, "finetune_rounds": ft["finetune_rounds"],
                    "rounds_rejected": ft["rounds_rejected"], "staleness_s": ft["staleness_s"],
-                   "by_version": {_version_key(v): _version_metrics(by_version[v]) for v in order}}
+                   "by_version": {_version_key(v): _version_metrics(by_version[v]) for v in order},
+                   "ops": ops}
         print(json.dumps(summary), flush=True)
         return 0 if len(recs) + res["dead_lettered"] >= replay.sent else 1
     finally:

@@ -112,6 +112,12 @@ def test_demo_end_to_end_short(tmp_path: Path):
     assert any("SMALL TRAINING BUDGET" in ln for ln in lines)
     assert any(ln.startswith("fine-tune worker: rounds every 5 s or 150 clicks") for ln in lines)
     assert not (tmp_path / "run" / "broker" / "tansu.pid").exists()  # broker stopped
+    # the workers' operations endpoints: printed while they ran, and in the summary
+    assert set(summary["ops"]) == {"ingest", "score", "finetune"}
+    for role, url in summary["ops"].items():  # (a restarted worker would serve on a new port: not compared)
+        assert url.startswith("http://127.0.0.1:")
+        assert any(ln.startswith("metrics: http://127.0.0.1:") and ln.endswith("/healthz)") and f"({role} worker;" in ln
+                   for ln in lines)
 
     # fine-tune rounds: as many as the worker's log says; every published one is a registry version
     logs = tmp_path / "run" / "logs"

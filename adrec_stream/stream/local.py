@@ -6,10 +6,12 @@
   workers and raises for any other exit.
 - :func:`bootstrap_state`: load historical clicks into the per-partition sequence stores before the workers
   start (so known users are scored with their history).
-- :func:`finetune_rounds`: the fine-tune worker's ``finetune_round`` records from its log.
+- :func:`finetune_rounds`: the fine-tune worker's ``finetune_round`` records from its log (:func:`log_events`: any
+  event's); :meth:`WorkerProcess.ops_url` / :func:`ops_urls`: the workers' operations endpoints from their logs.
 - :func:`start_pipeline_broker`: the embedded broker on a free port for one run, and the config the workers read;
   :func:`write_stream_config`: the stream config as YAML for the workers' ``--config``;
-  :func:`run_dir_overrides`: the overrides that keep the broker files, stores and registry in one run folder.
+  :func:`run_dir_overrides`: the overrides that keep the broker files, stores and registry in one run folder (and
+  let every worker's operations endpoint take a free port: :func:`ops_urls` reads them from the workers' logs).
 - :class:`OutputCollector`: reads the recommendations and dead-letter topics back (first copy per event id).
 """
 
@@ -71,6 +73,12 @@ class WorkerProcess:
         except OSError:
             return ""
 
+    def ops_url(self) -> str | None:
+        """``http://host:port`` of the worker's operations endpoint (``/metrics``, ``/healthz``, ``/readyz``) from
+        its last ``ops_http_listening`` log line (a restarted worker logs its new port); None if there is none."""
+        lines = log_events(self.log_text(), "ops_http_listening")
+        return lines[-1].get("url") if lines else None
+
     def tail(self, n: int = 12) -> str:
         """Last ``n`` log lines."""
         return "\n".join(self.log_text().splitlines()[-n:])
@@ -128,19 +136,24 @@ def supervise(workers: list[WorkerProcess], max_restarts: int) -> None:
         raise AdrecStreamError(f"{w.role} worker exited with code {rc}; log {w.log_path}:\n{w.tail()}")
 
 
-def finetune_rounds(log_text: str) -> list[dict[str, Any]]:
-    """The ``finetune_round`` records of a fine-tune worker's log, in log order (other lines are ignored)."""
+def log_events(log_text: str, event: str) -> list[dict[str, Any]]:
+    """The JSON log records of ``event`` in a worker's log, in log order (other lines are ignored)."""
     out = []
     for line in log_text.splitlines():
-        if '"finetune_round"' not in line or "{" not in line:
+        if f'"{event}"' not in line or "{" not in line:
             continue
         try:
             rec = json.loads(line[line.index("{"):])
         except ValueError:
             continue
-        if isinstance(rec, dict) and rec.get("event") == "finetune_round":
+        if isinstance(rec, dict) and rec.get("event") == event:
             out.append(rec)
     return out
+
+
+def finetune_rounds(log_text: str) -> list[dict[str, Any]]:
+    """The ``finetune_round`` records of a fine-tune worker's log, in log order (other lines are ignored)."""
+    return log_events(log_text, "finetune_round")
 
 
 def bootstrap_state(scfg: Any, train: list, source: str) -> dict[int, int]:
@@ -195,7 +208,7 @@ def run_dir_overrides(run_dir: Path) -> dict[str, Any]:
     """Stream-config overrides (dotted keys) that put a local pipeline's embedded broker (Tansu compatibility on,
     its PID and log files), its sequence stores and its model registry inside ``run_dir``, and give every worker's
     operations endpoint a free port (``ops.ports.*: 0``: several workers of one role, or another pipeline, may run
-    on this host; each worker logs its port in an ``ops_http_listening`` line)."""
+    on this host; :func:`ops_urls` reads the ports from the logs)."""
     return {
         "broker.embedded": True,
         "broker.tansu_compat": True,
@@ -208,6 +221,17 @@ def run_dir_overrides(run_dir: Path) -> dict[str, Any]:
         "ops.ports.score": 0,
         "ops.ports.finetune": 0,
     }
+
+
+def ops_urls(workers: list[WorkerProcess]) -> dict[str, str]:
+    """Role (the log name for a second worker of a role) -> ``http://host:port`` of each worker's operations
+    endpoint, for those that logged one."""
+    out = {}
+    for w in workers:
+        url = w.ops_url()
+        if url is not None:
+            out[w.log_path.stem] = url
+    return out
 
 
 class OutputCollector:

@@ -26,7 +26,9 @@ Steps (all settings in ``configs/demo.yaml``; relative paths there are relative 
    object with those figures (and under ``"ops"`` the workers' operations endpoints).
 
 While the workers run, their operations endpoints (``/metrics``, ``/readyz``, ``/healthz``; free ports, read from
-each worker's ``ops_http_listening`` log line) are printed as ``metrics: http://...`` lines.
+each worker's ``ops_http_listening`` log line) are printed as ``metrics: http://...`` lines, and the status page
+(:mod:`adrec_stream.ops.dashboard`) is served on ``ops.dashboard_port`` (a free port if taken) and printed as
+``status page: http://...``.
 
 Everything started is stopped on exit, on errors and on Ctrl-C / SIGTERM (workers: SIGTERM then SIGKILL;
 broker: :func:`~adrec_stream.broker.process.stop_broker`); the fine-tune worker is stopped with the others once the
@@ -344,6 +346,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="replay rate (events/s; default: config, 0 = max)")
 
 
+def _start_dashboard(stack: ExitStack, scfg: Any, endpoints: list[str]) -> str:
+    """Serve the status page (:class:`~adrec_stream.ops.dashboard.Dashboard`) on ``ops.dashboard_port`` (a free
+    port when that one is taken) until ``stack`` closes; returns its URL."""
+    from adrec_stream.ops.dashboard import Dashboard  # noqa: PLC0415
+
+    dash = Dashboard(scfg, endpoints)
+    try:
+        port = dash.start()
+    except ConfigError:
+        port = dash.start(port=0)
+    stack.callback(dash.stop)
+    host = "127.0.0.1" if scfg.ops.bind in ("0.0.0.0", "::") else scfg.ops.bind
+    return f"http://{host}:{port}/"
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the demo; returns 0 when every valid click got a recommendation, 1 otherwise."""
     from adrec_stream.data.events import chronological_split, read_interactions  # noqa: PLC0415
@@ -433,10 +450,14 @@ def run(args: argparse.Namespace) -> int:
                  f"(consumer groups joined) in {ready_s:.1f} s (logs in {run_dir / 'logs'})")
             for role, url in ops_urls(workers).items():
                 _say(f"metrics: {url}/metrics ({role} worker; {url}/readyz, {url}/healthz)")
+            endpoints = [u.removeprefix("http://") for u in ops_urls(workers).values()]
+            dashboard_url = _start_dashboard(stack, scfg, endpoints)
+            _say(f"status page: {dashboard_url} (live while the demo runs); one snapshot: adrec-stream status "
+                 f"--config {scfg_path} " + " ".join(f"--endpoint {e}" for e in endpoints))
             if finetuner is not None:
                 _say(_describe_finetune(scfg))
             res = asyncio.run(_stream_phase(bootstrap, scfg, clicks, dcfg, workers))
-            ops = ops_urls(workers)  # read again: a restarted worker serves on a new port
+            ops = {**ops_urls(workers), "dashboard": dashboard_url}  # read again: a restarted worker has a new port
             # the ExitStack stops the workers (the fine-tune worker first, a round in progress is abandoned)
         replay, recs = res["replay"], res["recs"]
         stream = [(c.user_id, c.item_id, c.event_id) for c in clicks]

@@ -113,7 +113,10 @@ def test_demo_end_to_end_short(tmp_path: Path):
     assert any(ln.startswith("fine-tune worker: rounds every 5 s or 150 clicks") for ln in lines)
     assert not (tmp_path / "run" / "broker" / "tansu.pid").exists()  # broker stopped
     # the workers' operations endpoints: printed while they ran, and in the summary
-    assert set(summary["ops"]) == {"ingest", "score", "finetune"}
+    assert set(summary["ops"]) == {"ingest", "score", "finetune", "dashboard"}
+    dashboard = summary["ops"].pop("dashboard")
+    assert dashboard.startswith("http://127.0.0.1:") and f"status page: {dashboard} (live while the demo runs)" in \
+        "\n".join(lines)
     for role, url in summary["ops"].items():  # (a restarted worker would serve on a new port: not compared)
         assert url.startswith("http://127.0.0.1:")
         assert any(ln.startswith("metrics: http://127.0.0.1:") and ln.endswith("/healthz)") and f"({role} worker;" in ln

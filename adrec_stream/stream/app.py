@@ -6,9 +6,11 @@
   updates, one RocksDB WriteBatch per partition; the at-least-once protocol is described there) and acknowledges
   only the records of the partitions whose effects were stored. State is per partition
   (:mod:`adrec_stream.state.partitioned`): one SequenceStore per clicks partition at
-  ``state_dir/sequences/<topic>-<partition>``, opened at the partition's first record (waiting up to
-  ``store_lock_wait_s`` for the previous owner to release its RocksDB lock, then failing with a clear
-  :class:`~adrec_stream.errors.StoreLockedError`) and closed when the partition is revoked (faust calls the
+  ``state_dir/sequences/<topic>-<partition>``, opened in the background right after the assignment (for
+  ``/readyz``; a failed open is logged as ``store_open_failed``) or at the partition's first record, whichever
+  comes first (waiting up to ``store_lock_wait_s`` for the previous owner to release its RocksDB lock; the
+  batch's open then fails with a clear :class:`~adrec_stream.errors.StoreLockedError`) and closed when the
+  partition is revoked (faust calls the
   revocation handler after the events in flight were processed). Ingest workers on one host sharing
   ``state_dir`` therefore hand partitions over WITH their state.
 - Score worker (group ``groups.scoring``): stateless; batches of sequence updates go to

@@ -357,8 +357,9 @@ def _start_dashboard(stack: ExitStack, scfg: Any, endpoints: list[str]) -> str:
     except ConfigError:
         port = dash.start(port=0)
     stack.callback(dash.stop)
-    host = "127.0.0.1" if scfg.ops.bind in ("0.0.0.0", "::") else scfg.ops.bind
-    return f"http://{host}:{port}/"
+    from adrec_stream.ops.http import url_host  # noqa: PLC0415
+
+    return f"http://{url_host(scfg.ops.bind)}:{port}/"
 
 
 def run(args: argparse.Namespace) -> int:

@@ -91,7 +91,9 @@ def test_recent_events_per_second_over_the_window():
     ev.add(30)
     clock.t = 105.7
     ev.add(20)
-    assert ev.per_second() == 5.0  # 50 events / 10 s
+    assert ev.per_second() == pytest.approx(50 / 5.5)  # first window: / the 5.5 s since creation
+    clock.t = 109.2
+    assert ev.per_second() == pytest.approx(50 / 9.0)
     clock.t = 110.5  # the bucket of second 100 is out (100 <= 110.5 - 10)
     assert ev.per_second() == 2.0
     clock.t = 116.0
@@ -282,3 +284,24 @@ def test_online_prequential_judges_against_the_previous_served_list():
     assert online.observe("b", "b1", ["8"], ["1"]) is None  # max_users = 1: "a" forgotten
     assert online.observe("a", "a5", ["1", "2", "3", "4", "1"], ["2"]) is None
     assert online.window() == (1.0, 0.75, 2) and (online.judged, online.hits) == (2, 2)
+
+
+def test_ops_server_on_an_ipv6_address_and_its_url():
+    import socket
+    import urllib.request
+
+    from adrec_stream.ops.http import url_host
+
+    assert [url_host(b) for b in ("0.0.0.0", "::", "::1", "10.0.0.5")] == ["127.0.0.1", "[::1]", "[::1]", "10.0.0.5"]
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback on this host")
+    server = OpsServer(WorkerMetrics("ingest").registry, Readiness(), "::1", 0)
+    server.start()
+    try:
+        assert server.url == f"http://[::1]:{server.port}"
+        assert urllib.request.urlopen(f"{server.url}/healthz", timeout=5).read() == b"ok\n"
+    finally:
+        server.stop()

@@ -70,5 +70,7 @@ class OpsConfig(StrictModel):
         """``endpoints``, or the ``bind:port`` of each role whose port is fixed (not 0)."""
         if self.endpoints:
             return list(self.endpoints)
-        host = "127.0.0.1" if self.bind in ("0.0.0.0", "::") else self.bind
+        from adrec_stream.ops.http import url_host  # noqa: PLC0415
+
+        host = url_host(self.bind)
         return [f"{host}:{p}" for p in (self.ports.ingest, self.ports.score, self.ports.finetune) if p]

@@ -22,11 +22,10 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from importlib import resources
 from typing import Any
-from wsgiref.simple_server import make_server
 
 from adrec_stream.errors import ConfigError
 from adrec_stream.logging import get_logger
-from adrec_stream.ops.http import QuietHandler, ThreadingWSGIServer
+from adrec_stream.ops.http import make_ops_server, url_host
 from adrec_stream.ops.status import collect_status
 from adrec_stream.stream.config import StreamConfig
 
@@ -118,8 +117,7 @@ class Dashboard:
         bind = bind or self.cfg.ops.bind
         port = self.cfg.ops.dashboard_port if port is None else port
         try:
-            self._server = make_server(bind, port, self.app, server_class=ThreadingWSGIServer,
-                                       handler_class=QuietHandler)
+            self._server = make_ops_server(bind, port, self.app)
         except OSError as err:
             raise ConfigError(f"cannot serve the dashboard on {bind}:{port}: {err.strerror or err}; choose another "
                               "port with --port (or ops.dashboard_port)") from None
@@ -159,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_from_args(args)
     dash = Dashboard(cfg, args.endpoint, with_broker=not args.no_broker)
     port = dash.start(args.bind, args.port)
-    url = f"http://{args.bind or cfg.ops.bind}:{port}/"
+    url = f"http://{url_host(args.bind or cfg.ops.bind)}:{port}/"
     log.info("dashboard_listening", url=url, endpoints=dash.endpoints)
     print(f"status page: {url}  (reads {', '.join(dash.endpoints)}; Ctrl-C stops)", flush=True)
     stopped = threading.Event()

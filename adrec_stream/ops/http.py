@@ -10,6 +10,7 @@ in both cases, so the reason is visible to whoever probes it.
 from __future__ import annotations
 
 import json
+import socket
 import socketserver
 import threading
 import time
@@ -100,6 +101,31 @@ class ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
     allow_reuse_address = True
 
 
+class ThreadingWSGIServer6(ThreadingWSGIServer):
+    """The same on an IPv6 address (``::`` also accepts IPv4 where the host allows dual-stack sockets)."""
+
+    address_family = socket.AF_INET6
+
+
+def make_ops_server(bind: str, port: int, app: Callable) -> WSGIServer:
+    """A threaded, quiet WSGI server for ``app`` on ``bind:port`` (IPv6 when ``bind`` contains a colon).
+
+    Raises:
+        OSError: the address cannot be bound.
+    """
+    server_class = ThreadingWSGIServer6 if ":" in bind else ThreadingWSGIServer
+    return make_server(bind, port, app, server_class=server_class, handler_class=QuietHandler)
+
+
+def url_host(bind: str) -> str:
+    """The host part of a URL that reaches a server bound to ``bind`` on this host (wildcards -> loopback)."""
+    if bind in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if bind == "::":
+        return "[::1]"
+    return f"[{bind}]" if ":" in bind else bind
+
+
 class QuietHandler(WSGIRequestHandler):
     """A request handler that does not log every request."""
 
@@ -149,8 +175,7 @@ class OpsServer:
     def start(self) -> int:
         """Start serving; returns the bound port."""
         try:
-            self._server = make_server(self.bind, self.port, ops_app(self.registry, self.readiness),
-                                       server_class=ThreadingWSGIServer, handler_class=QuietHandler)
+            self._server = make_ops_server(self.bind, self.port, ops_app(self.registry, self.readiness))
         except OSError as err:
             raise ConfigError(f"cannot serve metrics/health on {self.bind}:{self.port}: {err.strerror or err}; "
                               "another process (a second worker of the same role?) may hold the port: give this one "
@@ -163,9 +188,8 @@ class OpsServer:
 
     @property
     def url(self) -> str:
-        """``http://host:port`` of the endpoint (a wildcard bind, ``0.0.0.0``, is reached at ``127.0.0.1``)."""
-        host = "127.0.0.1" if self.bind in ("0.0.0.0", "") else self.bind
-        return f"http://{host}:{self.port}"
+        """``http://host:port`` of the endpoint (a wildcard bind is reached on the loopback address)."""
+        return f"http://{url_host(self.bind)}:{self.port}"
 
     def stop(self) -> None:
         """Stop serving and close the socket (idempotent)."""

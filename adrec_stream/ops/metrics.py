@@ -92,6 +92,7 @@ class RecentEvents:
 
     def __init__(self, window_s: float, clock: Callable[[], float] = time.time) -> None:
         self.window_s, self.clock = float(window_s), clock
+        self._start = clock()
         self._buckets: deque[list[float]] = deque()  # [second, count]
         self._lock = threading.Lock()
 
@@ -110,10 +111,12 @@ class RecentEvents:
             self._buckets.popleft()
 
     def per_second(self) -> float:
-        """Events per second over the window (events in it / ``window_s``)."""
+        """Events per second over the window: events in it / ``window_s`` (in the first ``window_s`` after
+        creation, / the seconds since creation, at least 1, so a new worker does not read low)."""
         with self._lock:
-            self._trim(self.clock())
-            return sum(c for _, c in self._buckets) / self.window_s
+            now = self.clock()
+            self._trim(now)
+            return sum(c for _, c in self._buckets) / min(self.window_s, max(1.0, now - self._start))
 
 
 class RecentValues:

@@ -200,13 +200,21 @@ def prequential_by_group(clicks: Iterable[tuple[str, str, str]], recommendations
     return out
 
 
+#: Items at the end of a window that :class:`OnlinePrequential` compares to recognise consecutive updates.
+CONTINUITY_ITEMS = 8
+
+
 class OnlinePrequential:
     """Prequential HR@k / NDCG@k computed inside the score worker, as it serves (the module's definition).
 
     For each sequence update it scores, the worker calls :meth:`observe` with the user's window (ending with the
     click just applied) and the list it served for it. When the user's previous update is the click right before
-    this one (its window equals this window without the last item, or that window shifted by one once it is full)
-    and its list was served (not superseded), the click's item is judged against that list. Re-delivered updates
+    this one and its list was served (not superseded), the click's item is judged against that list. "Right
+    before" is recognised from the windows: the previous window is this one without its last item (or that window
+    shifted by one once the window is full); only the length and the last :data:`CONTINUITY_ITEMS` items are
+    compared, which costs a few microseconds instead of hashing whole 200-item windows (measured with
+    ``scripts/bench_ops_overhead.py``) and differs only when a worker missed clicks of a user (after a rebalance)
+    whose last items repeat exactly. Re-delivered updates
     are ignored: the same ``event_id`` as the user's last update, or (given ``seq``, the click's offset in its
     clicks partition) an update at or below the user's last one, so a re-delivered run of updates (at-least-once,
     after a crash) is not judged twice and the first list served after a click is the one judged, as
@@ -227,8 +235,9 @@ class OnlinePrequential:
         from threading import Lock  # noqa: PLC0415
 
         self.k, self.max_users = k, max_users
-        # user -> (event_id, served top-k or None, hash(window), hash(window[1:]), len(window), seq)
-        self._last: OrderedDict[str, tuple[str, tuple[str, ...] | None, int, int, int, int | None]] = OrderedDict()
+        # user -> (event_id, served top-k or None, last CONTINUITY_ITEMS items of the window, len(window), seq)
+        self._last: OrderedDict[str, tuple[str, tuple[str, ...] | None, tuple[str, ...], int, int | None]] = \
+            OrderedDict()
         self._recent: deque[tuple[int, float]] = deque(maxlen=last_n)
         self._lock = Lock()
         self.judged = 0
@@ -248,15 +257,17 @@ class OnlinePrequential:
         """
         if not window:
             return None
+        n = len(window)
         with self._lock:
             prev = self._last.get(user)
             gain = None
             if prev is not None:
-                p_event, top, h_full, h_tail, n_prev, p_seq = prev
+                p_event, top, p_tail, n_prev, p_seq = prev
                 if p_event == event_id or (seq is not None and p_seq is not None and seq <= p_seq):
                     return None  # a re-delivery (of this update or an older one): the user's state stays as it is
-                h_hist = hash(tuple(window[:-1]))
-                continues = h_hist == h_full or (len(window) == n_prev and h_hist == h_tail)
+                # previous window == window[:-1] (grown by one) or window[:-1] == previous[1:] (full, shifted)
+                m = min(CONTINUITY_ITEMS, n - 1)
+                continues = (n == n_prev + 1 or n == n_prev) and tuple(window[n - 1 - m:n - 1]) == p_tail[len(p_tail) - m:]
                 if continues and top is not None:
                     target = window[-1]
                     rank = top.index(target) + 1 if target in top else None
@@ -265,7 +276,7 @@ class OnlinePrequential:
                     self.judged += 1
                     self.hits += rank is not None
             self._last[user] = (event_id, tuple(served[:self.k]) if served is not None else None,
-                                hash(tuple(window)), hash(tuple(window[1:])), len(window), seq)
+                                tuple(window[-CONTINUITY_ITEMS:]), n, seq)
             self._last.move_to_end(user)
             while len(self._last) > self.max_users:
                 self._last.popitem(last=False)

@@ -258,9 +258,9 @@ def render_text(st: dict[str, Any]) -> str:
     lines.append(f"clicks applied {st['clicks_applied']:,}  recommendations {st['recommendations']:,}"
                  f"  fallbacks {st['fallbacks']:,}")
     dl = st["dead_lettered"]
-    lines.append(f"dead-lettered: {dl['total']:,} since the workers started "
-                 + (f"({', '.join(f'{k} {v:,}' for k, v in dl['by_reason'].items())})" if dl["by_reason"] else "")
-                 + f"; dead-letter topic holds {_fmt(st['dead_letter_topic_records'])}")
+    reasons = f" ({', '.join(f'{k} {v:,}' for k, v in dl['by_reason'].items())})" if dl["by_reason"] else ""
+    lines.append(f"dead-lettered: {dl['total']:,} since the workers started{reasons}; dead-letter topic holds "
+                 f"{_fmt(st['dead_letter_topic_records'])}")
     pq = st["prequential"]
     lines.append(f"prequential (last {pq['judged']:,} of up to {pq['last_n']:,} judged clicks per score worker): "
                  f"HR@10 {_fmt(pq['HR@10'])}  NDCG@10 {_fmt(pq['NDCG@10'])}  ({pq['judged_total']:,} judged in all)")

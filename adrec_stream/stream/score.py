@@ -152,8 +152,8 @@ class ScoreHandler:
             return
         source = upd.get("source")
         seq = source.get("offset") if isinstance(source, dict) else None
-        self.prequential.observe(str(user), str(event_id), [str(x) for x in upd["items"]], served,
-                                 seq=seq if isinstance(seq, int) else None)
+        items = upd["items"]  # raw ids as the ingest worker wrote them (strings): compared as they are
+        self.prequential.observe(str(user), str(event_id), items, served, seq=seq if isinstance(seq, int) else None)
 
     def export_metrics(self) -> None:
         """Mirror the counts into ``metrics`` (no-op without): the stats, the recommender's ``reloads`` /

@@ -305,3 +305,21 @@ def test_ops_server_on_an_ipv6_address_and_its_url():
         assert urllib.request.urlopen(f"{server.url}/healthz", timeout=5).read() == b"ok\n"
     finally:
         server.stop()
+
+
+def test_docs_operations_lists_every_exported_metric_and_nothing_else():
+    """docs/operations.md's metric table names exactly the metrics the three roles register (exposition names)."""
+    import re
+    from pathlib import Path
+
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "operations.md").read_text()
+    documented = set(re.findall(r"^\| `(adrec_[a-z0-9_]+)` \|", doc, flags=re.M))
+    exported: set[str] = set()
+    for role in ("ingest", "score", "finetune"):
+        for fam in text_string_to_metric_families(generate_latest(WorkerMetrics(role).registry).decode()):
+            if fam.name.startswith("adrec_"):
+                exported.add(fam.name + ("_total" if fam.type == "counter" else "_info" if fam.type == "info" else ""))
+    assert documented == exported

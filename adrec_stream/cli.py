@@ -32,8 +32,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Build the top-level parser, importing each subcommand module lazily."""
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """Build the top-level parser, importing each subcommand module lazily.
+
+    Args:
+        only: import just this subcommand's module (the others get their one-line help and no options): the
+            command being run, so that e.g. ``adrec-stream status`` does not pay for importing torch. None: all.
+    """
     parser = argparse.ArgumentParser(
         prog="adrec-stream",
         description="Streaming sequential recommendation with ADRec (KDD 2025) on Kafka + RocksDB.",
@@ -45,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(_module=module)
+        if only is not None and name != only:
+            continue
         try:
             importlib.import_module(module).add_arguments(p)
         except ModuleNotFoundError as err:  # subcommand not built yet in this checkout
@@ -54,9 +61,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command_in(argv: list[str]) -> str | None:
+    """The subcommand named in ``argv`` (the first word that is one; ``--log-level``'s value skipped), or None."""
+    skip = False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word == "--log-level":
+            skip = True
+        elif word in COMMANDS:
+            return word
+        elif not word.startswith("-"):
+            return None
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``adrec-stream`` console script."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    command = _command_in(argv)
+    parser = build_parser(only=command) if command is not None else build_parser(only="")
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()

@@ -151,3 +151,23 @@ def test_dashboard_api_serves_the_status_snapshot_and_history(deployment: FakeDe
     assert [p["version"] for p in hist] == [4, 5]
     assert hist[-1] == history_point(st)
     assert 'data-field="serving_model.version"' in page and 'data-field="prequential.NDCG@10"' in page
+
+
+def test_status_does_not_import_torch_and_a_stopped_broker_costs_one_connect() -> None:
+    """The CLI imports only the module of the command it runs; with no broker listening, the dead-letter topic's
+    size is None after one refused connection (not the Kafka client's bootstrap retries)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
+    code = ("import sys, json, time\n"
+            "from adrec_stream.cli import main\n"
+            "t = time.perf_counter()\n"
+            f"rc = main(['status', '--json', '--endpoint', '127.0.0.1:{free}', '--set', 'broker.port={free}'])\n"
+            "print(json.dumps({'rc': rc, 'torch': 'torch' in sys.modules, 'faust': 'faust' in sys.modules, "
+            "'s': time.perf_counter() - t}))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    lines = out.stdout.strip().splitlines()
+    st, facts = json.loads(lines[0]), json.loads(lines[-1])
+    assert facts["rc"] == 1 and facts["torch"] is False and facts["faust"] is False
+    assert st["dead_letter_topic_records"] is None and st["workers"][0]["up"] is False
+    assert "kafka" not in out.stderr.lower()  # no client retry noise

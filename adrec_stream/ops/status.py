@@ -111,16 +111,24 @@ def _scrape_one(endpoint: str, timeout_s: float) -> tuple[dict[str, Any], dict |
 
 
 def dead_letter_topic_records(cfg: StreamConfig, timeout_s: float) -> int | None:
-    """Records held by the dead-letter topic (end offsets minus beginning offsets); None if the broker is not
-    reachable in ``timeout_s``."""
+    """Records held by the dead-letter topic (end offsets minus beginning offsets); None when no bootstrap server
+    accepts a connection within ``timeout_s`` (checked first, so a stopped broker costs one connect attempt, not the
+    Kafka client's bootstrap retries) or the topic cannot be read."""
+    import logging  # noqa: PLC0415
+
     from kafka import KafkaConsumer, TopicPartition  # noqa: PLC0415
 
-    from adrec_stream.broker.admin import true_end_offsets  # noqa: PLC0415
+    from adrec_stream.broker.admin import port_open, true_end_offsets  # noqa: PLC0415
     from adrec_stream.broker.process import effective_bootstrap  # noqa: PLC0415
-    from adrec_stream.errors import BrokerError  # noqa: PLC0415
 
     bootstrap = effective_bootstrap(cfg)
+    hosts = [s.rpartition(":") for s in bootstrap.split(",")]
+    if not any(port_open(h.strip(), int(p), timeout=min(timeout_s, 1.0)) for h, _, p in hosts):
+        return None
     topic = cfg.topics.dead_letter.name
+    kafka_log = logging.getLogger("kafka")
+    level = kafka_log.level
+    kafka_log.setLevel(logging.CRITICAL)  # the client logs every failed attempt; the snapshot says "-" instead
     try:
         ends = true_end_offsets(bootstrap, topic, compat=cfg.broker.tansu_compat, timeout_s=timeout_s)
         consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
@@ -129,8 +137,10 @@ def dead_letter_topic_records(cfg: StreamConfig, timeout_s: float) -> int | None
             begins = consumer.beginning_offsets([TopicPartition(topic, p) for p in ends])
         finally:
             consumer.close()
-    except (BrokerError, Exception):  # noqa: BLE001 - best effort: the status still prints without it
+    except Exception:  # noqa: BLE001 - best effort: the status still prints without it
         return None
+    finally:
+        kafka_log.setLevel(level)
     return int(sum(ends.values()) - sum(int(v) for v in begins.values()))
 
 
@@ -237,6 +247,9 @@ def render_text(st: dict[str, Any]) -> str:
     """The snapshot as the human-readable block ``adrec-stream status`` prints."""
     lines = [f"adrec-stream status at {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(st['taken_at']))}"]
     lines.append("workers:")
+    if st["workers"] and not any(w["up"] for w in st["workers"]):
+        lines.append("  (no endpoint answers: start the workers - adrec-stream worker ingest|score|finetune - or name "
+                     "theirs with --endpoint HOST:PORT / ops.endpoints)")
     for w in st["workers"]:
         if not w["up"]:
             lines.append(f"  {w['endpoint']:<22} DOWN  {w['error']}")

@@ -54,9 +54,10 @@ def _fill(d: FakeDeployment) -> OnlinePrequential:
     ing, sc, ft = d.metrics["ingest"], d.metrics["score"], d.metrics["finetune"]
     ing.observe_batch(120, 0.01)
     ing.applied.inc(117)
-    ing.dead_lettered.labels("bad_json").inc(2)
+    ing.dead_lettered.labels("invalid_json").inc(2)
     ing.dead_lettered.labels("bad_ts").inc(1)
     ing.set_lag("clicks", {0: 7, 1: 0})
+    ing.skipped.labels("tombstone").inc()
     sc.observe_batch(117, 0.05)
     sc.recommendations.inc(117)
     sc.fallbacks.inc(3)
@@ -87,7 +88,7 @@ def test_status_combines_the_workers_figures(deployment: FakeDeployment) -> None
     assert st["lag_total"] == {"clicks": 7, "updates": 3}
     assert st["lag_clicks"] == 7 and st["lag_sequence_updates"] is None  # the config names it "sequence-updates"
     assert st["clicks_applied"] == 117 and st["recommendations"] == 117 and st["fallbacks"] == 3
-    assert st["dead_lettered"] == {"total": 3, "by_reason": {"bad_json": 2, "bad_ts": 1}}
+    assert st["dead_lettered"] == {"total": 3, "by_reason": {"invalid_json": 2, "bad_ts": 1}}
     assert st["serving_model"]["version"] == 4 and st["serving_model"]["age_s"] > 1e6
     assert st["latency_ms"]["p50"] == pytest.approx(40.0)
     assert st["latency_ms"]["p99"] > 400.0
@@ -103,7 +104,8 @@ def test_status_combines_the_workers_figures(deployment: FakeDeployment) -> None
     json.dumps(st, allow_nan=False)  # NaN written as null: the snapshot is strict JSON
     text = render_text(st)
     assert "lag clicks: total 7  p0=7  p1=0" in text
-    assert "dead-lettered: 3 since the workers started (bad_json 2, bad_ts 1)" in text
+    assert st["skipped"] == {"tombstone": 1} and "; skipped tombstone 1" in text
+    assert "dead-lettered: 3 since the workers started (bad_ts 1, invalid_json 2)" in text
 
 
 def test_status_reports_a_down_and_a_not_ready_worker(deployment: FakeDeployment) -> None:
@@ -171,3 +173,27 @@ def test_status_does_not_import_torch_and_a_stopped_broker_costs_one_connect() -
     assert facts["rc"] == 1 and facts["torch"] is False and facts["faust"] is False
     assert st["dead_letter_topic_records"] is None and st["workers"][0]["up"] is False
     assert "kafka" not in out.stderr.lower()  # no client retry noise
+
+
+def test_probe_exit_code_rules() -> None:
+    from adrec_stream.ops.status import probe_exit_code
+
+    up = {"up": True, "ready": True}
+    down = {"up": False, "ready": None}
+    not_ready = {"up": True, "ready": False}
+    assert probe_exit_code([up, up, down], explicit=False) == 0  # default ports: no fine-tune worker is fine
+    assert probe_exit_code([up, up, down], explicit=True) == 1  # a named endpoint must answer
+    assert probe_exit_code([down, down, down], explicit=False) == 1
+    assert probe_exit_code([up, not_ready], explicit=False) == 1
+    assert probe_exit_code([], explicit=False) == 1
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["status", "--endpoint", "http://127.0.0.1:9465"], "expected HOST:PORT without a scheme"),
+    (["status", "--endpoint", "nonsense"], "expected HOST:PORT with a port 1-65535"),
+    (["status", "--endpoint", "127.0.0.1:99999"], "expected HOST:PORT with a port 1-65535"),
+    (["dashboard", "--port", "99999"], "expected a port number 0-65535, got 99999"),
+])
+def test_bad_endpoint_and_port_arguments_are_usage_errors(args: list[str], message: str) -> None:
+    out = subprocess.run([sys.executable, "-m", "adrec_stream.cli", *args], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable
 from importlib import resources
 from typing import Any
 
+from adrec_stream.argtypes import host_port, tcp_port
 from adrec_stream.errors import ConfigError
 from adrec_stream.logging import get_logger
 from adrec_stream.ops.http import make_ops_server, url_host
@@ -141,10 +142,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from adrec_stream.stream.worker_cli import add_common_config_arguments  # noqa: PLC0415
 
     add_common_config_arguments(parser)
-    parser.add_argument("--endpoint", action="append", default=None, metavar="HOST:PORT",
+    parser.add_argument("--endpoint", action="append", default=None, metavar="HOST:PORT", type=host_port,
                         help="a worker's metrics endpoint (repeatable; default: ops.endpoints or the role ports)")
     parser.add_argument("--bind", default=None, help="listen address (default ops.bind, loopback)")
-    parser.add_argument("--port", type=int, default=None, help="listen port (default ops.dashboard_port; 0 = free)")
+    parser.add_argument("--port", type=tcp_port, default=None,
+                        help="listen port (default ops.dashboard_port, 9470 in configs/stream.yaml; 0 = any free port)")
     parser.add_argument("--no-broker", action="store_true", help="do not read the dead-letter topic's size")
 
 

@@ -162,13 +162,15 @@ class OpsServer:
         registry: the worker's ``CollectorRegistry``.
         readiness: the worker's :class:`Readiness`.
         bind: listen address; port: TCP port (0 = any free port; read :attr:`port` after :meth:`start`).
+        role: the worker's role, named in the error when the port is taken (None: "<role>").
 
     Raises:
         ConfigError: from :meth:`start`, when the address cannot be bound (in use, or not an address of this host).
     """
 
-    def __init__(self, registry: Any, readiness: Readiness, bind: str, port: int) -> None:
+    def __init__(self, registry: Any, readiness: Readiness, bind: str, port: int, role: str | None = None) -> None:
         self.registry, self.readiness, self.bind, self.port = registry, readiness, bind, port
+        self.role = role
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -179,7 +181,7 @@ class OpsServer:
         except OSError as err:
             raise ConfigError(f"cannot serve metrics/health on {self.bind}:{self.port}: {err.strerror or err}; "
                               "another process (a second worker of the same role?) may hold the port: give this one "
-                              "its own with --set ops.ports.<role>=PORT, or switch the endpoint off with "
+                              f"its own with --set ops.ports.{self.role or '<role>'}=PORT, or switch the endpoint off with "
                               "--set ops.enabled=false") from None
         self.port = self._server.server_port
         self._thread = threading.Thread(target=self._server.serve_forever, name="ops-http", daemon=True)
@@ -217,7 +219,7 @@ def serve_ops(ops: Any, role: str, registry: Any, readiness: Readiness) -> OpsSe
     if not ops.enabled:
         log.info("ops_http_disabled", role=role)
         return None
-    server = OpsServer(registry, readiness, ops.bind, getattr(ops.ports, role))
+    server = OpsServer(registry, readiness, ops.bind, getattr(ops.ports, role), role=role)
     port = server.start()
     log.info("ops_http_listening", role=role, bind=ops.bind, port=port, url=server.url)
     return server

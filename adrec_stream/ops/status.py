@@ -16,6 +16,7 @@ Snapshot fields (all figures as exported by the workers; counters count since ea
   differ during a switch); ``latency_ms``: click -> recommendation p50/p95/p99 of the last minute (the largest
   over score workers).
 - ``clicks_applied``, ``dead_lettered`` (``{total, by_reason}``), ``dead_letter_topic_records`` (broker),
+  ``skipped`` (records consumed but not processed, by reason: tombstones, empty keys, bad sequence updates),
   ``recommendations``, ``fallbacks``.
 - ``prequential``: HR@10 / NDCG@10 over the last ``ops.prequential_last_n`` judged clicks of each score worker,
   ``judged`` (clicks in those windows; the workers' windows are combined weighted by their sizes) and
@@ -38,6 +39,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from adrec_stream.argtypes import host_port
 from adrec_stream.stream.config import StreamConfig
 
 
@@ -197,6 +199,12 @@ def collect_status(cfg: StreamConfig, endpoints: Iterable[str] | None = None, *,
     for s in ingest:
         for reason, v in _by_label(s, "adrec_clicks_dead_lettered_total", "reason").items():
             dead[reason] = dead.get(reason, 0) + int(v)
+    skipped: dict[str, int] = {}
+    for ss in by_role.values():
+        for s in ss:
+            for reason, v in _by_label(s, "adrec_records_skipped_total", "reason").items():
+                if v:
+                    skipped[reason] = skipped.get(reason, 0) + int(v)
     rejected: dict[str, int] = {}
     for s in finetune:
         for reason, v in _by_label(s, "adrec_finetune_rejected_total", "reason").items():
@@ -221,6 +229,7 @@ def collect_status(cfg: StreamConfig, endpoints: Iterable[str] | None = None, *,
         "clicks_applied": int(sum(_sum(s, "adrec_clicks_applied_total") for s in ingest)),
         "dead_lettered": {"total": sum(dead.values()), "by_reason": dict(sorted(dead.items()))},
         "dead_letter_topic_records": dead_letter_topic_records(cfg, timeout) if with_broker else None,
+        "skipped": dict(sorted(skipped.items())),
         "recommendations": int(sum(_sum(s, "adrec_recommendations_total") for s in score)),
         "fallbacks": int(sum(_sum(s, "adrec_recommendation_fallbacks_total") for s in score)),
         "prequential": {"HR@10": _num(weighted("adrec_prequential_hr_at_10")),
@@ -273,7 +282,8 @@ def render_text(st: dict[str, Any]) -> str:
     dl = st["dead_lettered"]
     reasons = f" ({', '.join(f'{k} {v:,}' for k, v in dl['by_reason'].items())})" if dl["by_reason"] else ""
     lines.append(f"dead-lettered: {dl['total']:,} since the workers started{reasons}; dead-letter topic holds "
-                 f"{_fmt(st['dead_letter_topic_records'])}")
+                 f"{_fmt(st['dead_letter_topic_records'])}"
+                 + (f"; skipped {', '.join(f'{k} {v:,}' for k, v in st['skipped'].items())}" if st["skipped"] else ""))
     pq = st["prequential"]
     lines.append(f"prequential (last {pq['judged']:,} of up to {pq['last_n']:,} judged clicks per score worker): "
                  f"HR@10 {_fmt(pq['HR@10'])}  NDCG@10 {_fmt(pq['NDCG@10'])}  ({pq['judged_total']:,} judged in all)")
@@ -291,14 +301,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from adrec_stream.stream.worker_cli import add_common_config_arguments  # noqa: PLC0415
 
     add_common_config_arguments(parser)
-    parser.add_argument("--endpoint", action="append", default=None, metavar="HOST:PORT",
+    parser.add_argument("--endpoint", action="append", default=None, metavar="HOST:PORT", type=host_port,
                         help="a worker's metrics endpoint (repeatable; default: ops.endpoints, or the three role "
                              "ports of the config)")
     parser.add_argument("--json", action="store_true", help="print the snapshot as one JSON object")
     parser.add_argument("--no-broker", action="store_true",
                         help="do not ask the broker for the dead-letter topic's size (only the workers' endpoints)")
-    parser.epilog = ("Reads each worker's /metrics and /readyz (configs/stream.yaml ops:). Exit status: 0 when every "
-                     "endpoint answered and is ready, 1 when one is down or not ready (for scripts and probes).")
+    parser.epilog = ("Reads each worker's /metrics and /readyz (configs/stream.yaml ops:). Exit status (for scripts and "
+                     "probes): 1 when an endpoint that answers is not ready, when an endpoint named with --endpoint or "
+                     "ops.endpoints does not answer, or when none answers; else 0. With the default endpoints (the "
+                     "three role ports) a role that is not running, e.g. no fine-tune worker, is listed as not "
+                     "running and does not count.")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -308,4 +321,13 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_from_args(args)
     st = collect_status(cfg, args.endpoint, with_broker=not args.no_broker)
     print(json.dumps(st) if args.json else render_text(st), flush=True)
-    return 0 if st["workers"] and all(w["up"] and w["ready"] for w in st["workers"]) else 1
+    return probe_exit_code(st["workers"], explicit=bool(args.endpoint or cfg.ops.endpoints))
+
+
+def probe_exit_code(workers: list[dict[str, Any]], *, explicit: bool) -> int:
+    """0 when the deployment looks healthy, else 1 (rules in ``status --help``): every answering endpoint ready, and
+    every endpoint answering when they were named explicitly (else at least one)."""
+    up = [w for w in workers if w["up"]]
+    if not up or not all(w["ready"] for w in up):
+        return 1
+    return 1 if explicit and len(up) < len(workers) else 0

@@ -45,7 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      "the stream config (e.g. --set scoring.seen_items=keep). The fine-tune worker's schedule, window, "
                      "guards and device are the finetune: keys of the stream config (configs/stream.yaml; e.g. "
                      "--set finetune.interval_s=60); see docs/incremental.md. "
-                     "Score and fine-tune workers need a model in the registry first: adrec-stream model publish.")
+                     "Score and fine-tune workers need a model in the registry first: adrec-stream model publish. "
+                     "Every worker serves /metrics (Prometheus), /healthz and /readyz on ops.bind:ops.ports.<role> "
+                     "(127.0.0.1:9464 ingest, 9465 score, 9466 finetune); a second worker of a role on this host "
+                     "needs its own port, e.g. --set ops.ports.score=9475 (docs/operations.md).")
     parser.add_argument("--test-hold-publish-s", type=float, default=0.0, help=argparse.SUPPRESS)
     parser.add_argument("--crash-after-batches", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--inject-write-failure", default=None, metavar="OFFSET:TIMES", help=argparse.SUPPRESS)

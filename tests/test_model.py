@@ -142,6 +142,53 @@ def test_outputs_independent_of_left_padding(kind, positional):
     assert torch.isfinite(model.encode(torch.zeros(2, 6, dtype=torch.long))).all()
 
 
+@pytest.mark.parametrize("kind", ["adrec", "sasrec"])
+def test_input_order_norm_then_dropout(kind):
+    """input_order: "dropout_norm" feeds the blocks LN(Dropout(x)) (normalised rows); "norm_dropout" feeds
+    Dropout(LN(x)) (the reference SASRec: zeros and 1/(1-p)-scaled entries); identical in eval mode."""
+    hist = left_pad([[1, 2, 3, 4, 5, 6, 7, 8]], 8)
+    seen = {}
+    models = {}
+    for order in ("dropout_norm", "norm_dropout"):
+        model = model_of(kind=kind, positional=True, emb_dropout=0.5, input_order=order)
+        model.cam[0].register_forward_pre_hook(lambda _m, args, o=order: seen.__setitem__(o, args[0].detach()))
+        model.train()
+        torch.manual_seed(3)
+        model.encode(hist)
+        models[order] = model.eval()
+    rows = seen["dropout_norm"][0]
+    assert torch.allclose(rows.mean(-1), torch.zeros(8), atol=1e-4)  # LN last: every row normalised
+    noisy = seen["norm_dropout"][0]
+    assert (noisy == 0).float().mean() > 0.3  # dropout last: about half the entries are zero
+    ln = models["norm_dropout"].emb_ln
+    clean = ln(models["norm_dropout"].item_emb(hist) + models["norm_dropout"].pos_emb(torch.arange(4, 12)))[0]
+    kept = noisy != 0
+    assert torch.allclose(noisy[kept], clean.detach()[kept] * 2.0, atol=1e-5)  # kept entries scaled by 1/(1-p)
+    assert torch.allclose(models["dropout_norm"].encode(hist), models["norm_dropout"].encode(hist), atol=1e-6)
+    with pytest.raises(ValidationError, match="input_order"):
+        ModelConfig(input_order="norm_first")
+
+
+def test_sasrec_visible_padding_keys():
+    """padding_keys: visible (the reference mask): histories are re-padded to max_len, real positions see the
+    padding; a history without padding scores as with masked keys; ADRec refuses it."""
+    torch.manual_seed(0)
+    visible = build_model(N_ITEMS, small_cfg(kind="sasrec", positional=True, padding_keys="visible")).eval()
+    masked = build_model(N_ITEMS, small_cfg(kind="sasrec", positional=True)).eval()
+    masked.load_state_dict(visible.state_dict())
+    short = left_pad([[5, 9, 2, 44], [7, 3]], 12)
+    inp, tgt = shifted(short)
+    ti, tt = trim_left_padding(inp, tgt)
+    assert visible.loss(ti, tt)["loss"].item() == pytest.approx(visible.loss(inp, tgt)["loss"].item(), abs=1e-6)
+    assert not torch.allclose(visible.score(short[:, -4:]), masked.score(short[:, -4:]), atol=1e-4)
+    assert torch.allclose(visible.score(short[:, -4:]), visible.score(short), atol=1e-6)
+    full = torch.arange(1, 13).unsqueeze(0)
+    assert torch.allclose(visible.score(full), masked.score(full), atol=1e-5)
+    assert torch.isfinite(visible.score(torch.zeros(2, 3, dtype=torch.long))[:, 1:]).all()
+    with pytest.raises(ValidationError, match="padding_keys"):
+        ModelConfig(kind="adrec", padding_keys="visible")
+
+
 def test_trim_left_padding_is_exact_for_the_loss():
     model = model_of(kind="sasrec").eval()
     hist = left_pad([[1, 2, 3, 4], [5, 6]], 12)

@@ -153,8 +153,11 @@ class SequenceModel(nn.Module):
             length = history.shape[1]
             positions = torch.arange(self.cfg.max_len - length, self.cfg.max_len, device=history.device)
             x = x + self.pos_emb(positions)
-        x = self.emb_ln(self.emb_dropout(x))
-        mask = attention_mask(valid)
+        if self.cfg.input_order == "norm_dropout":
+            x = self.emb_dropout(self.emb_ln(x))
+        else:
+            x = self.emb_ln(self.emb_dropout(x))
+        mask = None if self.cfg.padding_keys == "visible" else attention_mask(valid)
         for block in self.cam:
             x = block(x, mask)
         return x * valid.unsqueeze(-1).to(x.dtype), valid, mask

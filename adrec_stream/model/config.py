@@ -28,7 +28,12 @@ class ModelConfig(StrictModel):
         num_heads: attention heads (must divide ``hidden_size``).
         num_blocks: Transformer blocks in the CAM (and in the "att" denoiser, or FFN blocks of the "mlp" one).
         dropout: dropout inside blocks (attention probabilities, residual branches, FFN).
-        emb_dropout: dropout on the input item embeddings (before the input LayerNorm).
+        emb_dropout: dropout on the input item embeddings (before or after the input LayerNorm, see
+            ``input_order``).
+        input_order: order of the input layer over ``E[history] (+ positions)``: "dropout_norm" (default) =
+            ``LN(Dropout(x))``, as the reference code's ADRec; "norm_dropout" = ``Dropout(LN(x))``, as the
+            reference code's SASRec (its SASRec+ baseline and its stage-1 pretraining model), which feeds the
+            blocks an unnormalised, dropout-noised residual stream.
         denoiser: "att" (causal Transformer over all positions) or "mlp" (per-token MLP).
         diffusion_steps: T, the number of diffusion steps.
         schedule: beta schedule, see :mod:`adrec_stream.model.schedule`.
@@ -39,6 +44,12 @@ class ModelConfig(StrictModel):
         init_std: None (default) = item/position embeddings ~ N(0, 0.02²) and PyTorch's default Linear
             initialisation; a value σ in (0, 1] = every Linear and Embedding weight ~ N(0, σ²) and Linear biases 0
             (the reference code's pretraining SASRec uses σ = 0.1). The padding row is zero either way.
+        padding_keys: "masked" (default) = real positions never attend to padding (outputs independent of the
+            amount of left padding; exact padding trimming and prefix caching). "visible" (SASRec only) = the
+            reference code's mask, which hides padding *queries* but not padding keys: every history is
+            left-padded to ``max_len`` and real positions also attend to the padding positions, whose input is
+            the input layer over the position embedding alone (the item row 0 is zero). The padding then tells
+            the model how long the history is. Costs full-length (untrimmed) batches.
     """
 
     kind: Literal["adrec", "sasrec"] = "adrec"
@@ -48,6 +59,7 @@ class ModelConfig(StrictModel):
     num_blocks: int = 2
     dropout: float = 0.1
     emb_dropout: float = 0.3
+    input_order: Literal["dropout_norm", "norm_dropout"] = "dropout_norm"
     denoiser: Literal["att", "mlp"] = "att"
     diffusion_steps: int = 32
     schedule: Literal["trunc_lin", "linear", "cosine"] = "trunc_lin"
@@ -56,6 +68,7 @@ class ModelConfig(StrictModel):
     sampling_steps: int | None = None
     deterministic_sampling: bool = False
     init_std: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
+    padding_keys: Literal["masked", "visible"] = "masked"
 
     @model_validator(mode="after")
     def _check_ranges(self) -> ModelConfig:
@@ -81,6 +94,9 @@ class ModelConfig(StrictModel):
             )
         if self.lambda_uncertainty < 0:
             problems.append(f"lambda_uncertainty must be >= 0 (got {self.lambda_uncertainty})")
+        if self.padding_keys == "visible" and self.kind != "sasrec":
+            problems.append("padding_keys 'visible' is only available for kind 'sasrec' (ADRec's cached scoring "
+                            "relies on masked padding keys)")
         if problems:
             raise ValueError("; ".join(problems))
         return self

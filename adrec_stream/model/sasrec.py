@@ -25,11 +25,19 @@ class SASRec(SequenceModel):
         Returns:
             {"loss": CE, "ce": CE, "mse": 0}; scalars, "loss" is the one to backpropagate.
         """
-        history, targets = self._prepare(history, targets)
+        history, targets = self._pad_visible(*self._prepare(history, targets))
         h, _, _ = self._cam(history)
         keep = targets != 0
         ce = self._cross_entropy(h[keep], targets[keep])
         return {"loss": ce, "ce": ce.detach(), "mse": torch.zeros((), device=ce.device)}
+
+    def _pad_visible(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """With ``padding_keys: visible``, left-pad (B, L) tensors with zeros to ``max_len`` columns (the reference
+        code's fixed-length input, whose padding positions real positions attend to); unchanged otherwise."""
+        missing = self.cfg.max_len - tensors[0].shape[1]
+        if self.cfg.padding_keys != "visible" or missing <= 0:
+            return tensors
+        return tuple(torch.nn.functional.pad(t, (missing, 0)) for t in tensors)
 
     @torch.no_grad()
     def score(
@@ -46,12 +54,16 @@ class SASRec(SequenceModel):
         Args:
             history: (B, L) long, left-padded with 0.
             steps, deterministic, generator: accepted for interface compatibility with ADRec; unused.
-            use_cache: when true, rows are grouped by history length and each group is trimmed (exact, faster).
+            use_cache: when true, rows are grouped by history length and each group is trimmed (exact, faster);
+                ignored with ``padding_keys: visible`` (every row is scored at full ``max_len``).
 
         Returns:
             (B, N+1) float scores, column 0 (padding) = −inf; finite elsewhere, even for all-padding histories.
         """
         (history,) = self._prepare(history)
+        if self.cfg.padding_keys == "visible":  # outputs depend on the padding: always full max_len, no trimming
+            (history,) = self._pad_visible(history)
+            return self._full_scores(self._cam(history)[0][:, -1])
         if not use_cache:
             return self._full_scores(self._cam(history)[0][:, -1])
         order, groups = length_groups(history)

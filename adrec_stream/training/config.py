@@ -32,6 +32,13 @@ class TrainConfig(StrictModel):
     improvement (new selected weights, patience reset) when ANY of the six validation metrics
     exceeds its own best so far; the test figures still come from that one checkpoint.
     ``val_users`` evaluates a fixed random subset of users (None = all).
+    ``bucket_by_length``: sort the shuffled windows by length within spans of 32 batches before cutting batches
+    (little padding, much faster on short-sequence data). It also fixes the batches: when a span covers the
+    data set, the batches are a function of history length, nearly the same every epoch and length-homogeneous
+    (ml-100k, 938 windows: batch 512 gives the same two batches every epoch; batch 128 the same short-history
+    batches). False = plain shuffling, a new random batch composition each epoch (the reference's DataLoader;
+    each batch is still trimmed to its longest window). On ml-100k SASRec+ with batch 128 bucketing cost about
+    a fifth of test NDCG@10 (docs in ``configs/sasrec-cpu.yaml``).
     ``stage_time_budget_s``: wall-clock limit per stage (seconds); when an epoch ends past it, the stage
     is validated once more (if that epoch was not an evaluation epoch) and stopped, keeping the best
     weights — a CPU-budget run then still ends with a selected checkpoint. None = no limit.

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 
@@ -107,6 +108,28 @@ def test_cli_runs_all_stages_through_one_train_model_call(tiny_run: tuple[Path, 
     final = load_checkpoint(out)
     assert final.meta["stage_epochs"] == {"pretrain": 1, "align": 1, "finetune": 1}
     assert [h["stage"] for h in final.meta["history"]] == ["finetune"]  # each checkpoint: its own stage's history
+
+
+def test_cli_reports_where_each_stage_spent_its_time(tiny_run: tuple[Path, Path], tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """The JSON line of `adrec-stream train` splits each stage's wall time into training epochs and validation
+    passes (from the epoch history) and names the torch thread count the times were measured with."""
+    cfg, pkl = tiny_run
+    assert _train(cfg, pkl, tmp_path / "run", "--threads", "1") == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["threads"] == 1
+    assert set(line["time"]) == set(STAGES)
+    for stage, t in line["time"].items():
+        assert t["epochs"] == line["epochs"][stage] == 1 and t["evals"] == 1  # eval_every 1
+        assert min(t["train_s"], t["eval_s"], t["other_s"]) >= 0
+        assert t["train_s"] + t["eval_s"] <= line["wall_s"] + 0.1
+
+
+def test_stage_time_split_sums_epoch_and_eval_seconds() -> None:
+    history = [{"epoch_s": 2.0}, {"epoch_s": 3.0, "eval_s": 1.5}, {"epoch_s": 2.5}, {"epoch_s": 2.5, "eval_s": 0.5}]
+    assert train_cli.stage_time_split(history, 13.0) == {"epochs": 4, "train_s": 10.0, "evals": 2, "eval_s": 2.0,
+                                                          "other_s": 1.0}
+    assert train_cli.stage_time_split([], 0.5)["other_s"] == 0.5
 
 
 def test_one_call_equals_the_stages_run_one_at_a_time() -> None:

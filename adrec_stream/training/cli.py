@@ -107,9 +107,21 @@ def _resume(out: Path, first: str, exp: ExperimentConfig) -> tuple[dict[str, Any
     return {"init_model": ck.model}, ck.meta
 
 
+def stage_time_split(history: list[dict[str, Any]], wall_s: float) -> dict[str, float | int]:
+    """Where one stage's wall time went, from its per-epoch history records (``epoch_s``, and ``eval_s`` on
+    validation epochs): epochs and seconds of training (batching, forward, backward, optimiser), validation passes
+    and their seconds, and the rest of the stage's ``wall_s`` (model set-up, restoring the best weights; the
+    checkpoint save comes after it) as ``other_s``. Shows where a run's time goes (e.g. 1 vs 2 threads)."""
+    train_s = sum(float(r.get("epoch_s", 0.0)) for r in history)
+    evals = [float(r["eval_s"]) for r in history if "eval_s" in r]
+    return {"epochs": len(history), "train_s": round(train_s, 1), "evals": len(evals),
+            "eval_s": round(sum(evals), 1), "other_s": round(max(wall_s - train_s - sum(evals), 0.0), 1)}
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the requested stage(s) and write their checkpoints; prints one JSON line: the final checkpoint path,
-    the stages, each stage's best validation metric and epochs, ``wall_s`` (seconds) and ``peak_rss_mb`` (MiB).
+    the stages, each stage's best validation metric and epochs, ``time`` (per stage: :func:`stage_time_split`),
+    ``threads`` (torch CPU threads used), ``wall_s`` (seconds) and ``peak_rss_mb`` (MiB).
 
     The stages run in one :func:`train_model` call that saves each stage's checkpoint as soon as the stage
     ends; a single ``--stage`` continues from the previous stage's checkpoint in the output directory.
@@ -133,11 +145,13 @@ def run(args: argparse.Namespace) -> int:
     extra = {"command": shlex.join(["adrec-stream", *sys.argv[1:]]), "dataset_path": str(args.dataset)}
     saved: list[Path] = []
     best_val: dict[str, float | None] = {}
+    times: dict[str, dict[str, float | int]] = {}
     t0 = time.perf_counter()
 
     def save_stage(stage: str, res: TrainResult) -> None:
         stage_epochs.update(res.stage_epochs)
         best_val[stage] = res.best_metric
+        times[stage] = stage_time_split(res.history, res.wall_s)
         extra["stage_epochs"] = dict(stage_epochs)
         extra["total_wall_s"] = round(time.perf_counter() - t0, 3)
         extra["pipeline_wall_s"] = round(previous_wall + time.perf_counter() - t0, 3)
@@ -150,5 +164,6 @@ def run(args: argparse.Namespace) -> int:
                 log=log, on_stage_end=save_stage, **start)
     print(json.dumps({"checkpoint": str(saved[-1]), "stages": list(stages),
                       "best_val": {s: v for s, v in best_val.items()}, "epochs": dict(stage_epochs),
+                      "time": times, "threads": torch.get_num_threads(),
                       "wall_s": round(time.perf_counter() - t0, 1), "peak_rss_mb": peak_rss_mb()}))
     return 0

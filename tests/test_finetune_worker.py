@@ -69,8 +69,14 @@ def test_new_items_enter_the_model_and_the_scorer_swaps_once(stream_config, tiny
     finetune.wait_for('"finetune_started"')
     score.wait_for('"model_version_loaded"')
     first = _new_item_clicks(ROUND_EVENTS)
-    produce(bootstrap, cfg.topics.clicks.name, _records(first))
+    # one click short of a round first, and wait until version 1 scored those: on a loaded CI host the scorer
+    # once joined its group only after the round had published, so no click was ever scored by version 1
+    produce(bootstrap, cfg.topics.clicks.name, _records(first[:-1]))
     ingest.wait_for('"partitions_assigned"')
+    before = _recs_by_event(bootstrap, cfg.topics.recommendations.name, len(first) - 1)
+    assert len(before) == len(first) - 1 and {r["model_version"] for r in before} == {1}
+    assert ModelRegistry(cfg.registry_dir).versions() == [1]
+    produce(bootstrap, cfg.topics.clicks.name, _records(first[-1:]))  # the 200th click starts the round
 
     # continuous clicks while the round trains and publishes; stop 30 clicks after the scorer took v2
     sent: list[Interaction] = []

@@ -9,13 +9,21 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from adrec_stream.broker.config import TopicConfig
 from adrec_stream.errors import BrokerError
 from adrec_stream.logging import get_logger
 
+if TYPE_CHECKING:
+    from adrec_stream.broker.security import KafkaSecurity
+
 log = get_logger("adrec_stream.broker")
+
+
+def _security_kwargs(security: KafkaSecurity | None) -> dict[str, Any]:
+    """kafka-python keyword arguments of ``security`` (none: PLAINTEXT)."""
+    return security.kafka_python() if security is not None else {}
 
 
 def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
@@ -26,8 +34,11 @@ def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
         return False
 
 
-def list_topics(bootstrap: str, timeout_s: float = 10.0) -> dict[str, int]:
+def list_topics(bootstrap: str, timeout_s: float = 10.0, *, security: KafkaSecurity | None = None) -> dict[str, int]:
     """Topic name -> partition count, as reported by the cluster metadata (internal ``__`` topics left out).
+
+    ``security``: TLS / SASL of the connection (:func:`~adrec_stream.broker.security.resolve_security`; None:
+    PLAINTEXT).
 
     Raises:
         BrokerError: the broker could not be reached within ``timeout_s``.
@@ -39,9 +50,16 @@ def list_topics(bootstrap: str, timeout_s: float = 10.0) -> dict[str, int]:
         raise BrokerError(f"cannot reach a Kafka broker at {bootstrap}: no server accepts connections; is it "
                           "running (`adrec-stream broker status`)?")
     try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="adrec-stream-admin",
-                                 request_timeout_ms=int(timeout_s * 1000))
+        extra = ({"bootstrap_timeout_ms": int(timeout_s * 1000)}
+                 if "bootstrap_timeout_ms" in KafkaAdminClient.DEFAULT_CONFIG else {})  # kafka-python >= 3
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","), client_id="adrec-stream-admin",
+                                 request_timeout_ms=int(timeout_s * 1000), **extra, **_security_kwargs(security))
     except Exception as err:  # noqa: BLE001 - kafka-python raises several unrelated types here
+        if security is not None and security.protocol != "PLAINTEXT":
+            raise BrokerError(f"cannot connect to the Kafka cluster at {bootstrap} with security_protocol "
+                              f"{security.protocol}: {err}; a server accepts connections, so check the TLS files, "
+                              "the SASL mechanism and the credentials (the kafka.* log lines above name the "
+                              "handshake's error)") from None
         raise BrokerError(f"cannot reach a Kafka broker at {bootstrap}: {err}; is it running "
                           "(`adrec-stream broker status`)?") from None
     try:
@@ -52,10 +70,13 @@ def list_topics(bootstrap: str, timeout_s: float = 10.0) -> dict[str, int]:
         admin.close()
 
 
-def ensure_topics(bootstrap: str, topics: Iterable[TopicConfig], timeout_s: float = 10.0) -> list[str]:
-    """Create the topics that do not exist yet and wait until the metadata lists them all.
+def ensure_topics(bootstrap: str, topics: Iterable[TopicConfig], timeout_s: float = 10.0, *,
+                  security: KafkaSecurity | None = None) -> list[str]:
+    """Create the topics that do not exist yet (with their partitions, replication factor and topic ``configs``)
+    and wait until the metadata lists them all.
 
-    Existing topics are left as they are (a partition-count mismatch is logged, not changed).
+    Existing topics are left as they are (a partition-count mismatch is logged, not changed). ``security``: see
+    :func:`list_topics`.
 
     Returns:
         Names of the topics this call created.
@@ -69,18 +90,19 @@ def ensure_topics(bootstrap: str, topics: Iterable[TopicConfig], timeout_s: floa
 
     topics = list(topics)
     deadline = time.time() + timeout_s
-    existing = list_topics(bootstrap, timeout_s)
+    existing = list_topics(bootstrap, timeout_s, security=security)
     missing = [t for t in topics if t.name not in existing]
     for t in topics:
         if t.name in existing and existing[t.name] != t.partitions:
             log.warning("topic_partitions_differ", topic=t.name, existing=existing[t.name], configured=t.partitions)
     if missing:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="adrec-stream-admin",
-                                 request_timeout_ms=int(timeout_s * 1000))
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","), client_id="adrec-stream-admin",
+                                 request_timeout_ms=int(timeout_s * 1000), **_security_kwargs(security))
         try:
             for t in missing:
                 try:
-                    admin.create_topics([NewTopic(t.name, t.partitions, t.replication_factor)])
+                    admin.create_topics([NewTopic(t.name, t.partitions, t.replication_factor,
+                                                  topic_configs=dict(t.configs))])
                 except TopicAlreadyExistsError:
                     pass
                 except Exception as err:  # noqa: BLE001
@@ -89,7 +111,7 @@ def ensure_topics(bootstrap: str, topics: Iterable[TopicConfig], timeout_s: floa
         finally:
             admin.close()
     while True:
-        now = list_topics(bootstrap, timeout_s)
+        now = list_topics(bootstrap, timeout_s, security=security)
         absent = [t.name for t in topics if now.get(t.name, 0) < 1]
         if not absent:
             break
@@ -110,12 +132,15 @@ def merge_end_offsets(listed: Mapping[Any, int], highwaters: Mapping[Any, int | 
     return out
 
 
-def true_end_offsets(bootstrap: str, topic: str, *, compat: bool, timeout_s: float = 10.0) -> dict[int, int]:
+def true_end_offsets(bootstrap: str, topic: str, *, compat: bool, timeout_s: float = 10.0,
+                     security: KafkaSecurity | None = None) -> dict[int, int]:
     """End offset (offset of the next record to be written) of every partition of ``topic``.
 
     Without compat this is plain ``ListOffsets(latest)``. With compat, the consumer also fetches from each
     partition (starting one before the listed end, where the true end is at or after) and takes the larger of
     the listed end and the fetch high watermark.
+
+    ``security``: see :func:`list_topics`.
 
     Returns:
         partition -> end offset.
@@ -130,9 +155,9 @@ def true_end_offsets(bootstrap: str, topic: str, *, compat: bool, timeout_s: flo
     from adrec_stream.errors import BrokerError  # noqa: PLC0415
 
     try:
-        consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
+        consumer = KafkaConsumer(bootstrap_servers=bootstrap.split(","), enable_auto_commit=False, group_id=None,
                                  fetch_max_wait_ms=100, request_timeout_ms=int(max(timeout_s, 5) * 1000) + 1000,
-                                 consumer_timeout_ms=int(timeout_s * 1000))
+                                 consumer_timeout_ms=int(timeout_s * 1000), **_security_kwargs(security))
     except Exception as err:  # noqa: BLE001
         raise BrokerError(f"cannot reach {bootstrap}: {err}") from None
     try:

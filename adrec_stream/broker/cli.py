@@ -15,7 +15,8 @@ import json
 import time
 
 from adrec_stream.broker.admin import ensure_topics, list_topics, port_open
-from adrec_stream.broker.process import running_broker, start_broker, stop_broker
+from adrec_stream.broker.process import effective_bootstrap, running_broker, start_broker, stop_broker
+from adrec_stream.broker.security import security_of
 from adrec_stream.errors import BrokerError
 from adrec_stream.stream.config import DEFAULT_STREAM_CONFIG, StreamConfig, load_stream_config
 
@@ -41,8 +42,9 @@ def run(args: argparse.Namespace) -> int:
         return 0 if status.get("reachable") else EXIT_NOT_REACHABLE
     if not cfg.broker.embedded:
         if args.action == "start":
-            created = ensure_topics(cfg.bootstrap_servers, cfg.topics.all())
-            print(json.dumps({"embedded": False, "bootstrap": cfg.bootstrap_servers, "topics_created": created}))
+            bootstrap = effective_bootstrap(cfg)
+            created = ensure_topics(bootstrap, cfg.topics.all(), security=security_of(cfg))
+            print(json.dumps({"embedded": False, "bootstrap": bootstrap, "topics_created": created}))
             return 0
         raise BrokerError("broker.embedded is false: the external cluster is not managed by adrec-stream")
     if args.action == "start":
@@ -66,13 +68,13 @@ def broker_status(cfg: StreamConfig) -> dict:
         out.update(pid=h.pid, bootstrap=h.bootstrap, uptime_s=round(time.time() - h.started_at, 1))
         bootstrap = h.bootstrap
     else:
-        bootstrap = cfg.bootstrap_servers
+        bootstrap = effective_bootstrap(cfg)
         out["bootstrap"] = bootstrap
     host, _, port = bootstrap.split(",")[0].rpartition(":")
     out["reachable"] = port_open(host, int(port), timeout=1.0)
     if out["reachable"]:
         try:
-            out["topics"] = list_topics(bootstrap, timeout_s=5.0)
+            out["topics"] = list_topics(bootstrap, timeout_s=5.0, security=security_of(cfg))
         except BrokerError as err:
             out["topics_error"] = str(err)
     return out

@@ -102,11 +102,14 @@ class BrokerConfig(StrictModel):
 
 
 class TopicConfig(StrictModel):
-    """One Kafka topic: name, partition count (>= 1) and replication factor (1 on a single broker)."""
+    """One Kafka topic: name, partition count (>= 1), replication factor (1 on a single broker) and topic-level
+    ``configs`` given to the broker when the topic is created (e.g. ``{"cleanup.policy": "compact",
+    "min.insync.replicas": "2"}``; an existing topic is not changed)."""
 
     name: Annotated[str, Field(min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$")]
     partitions: PosInt = 4
     replication_factor: PosInt = 1
+    configs: dict[str, str] = {}
 
 
 class ClusterSettings(Protocol):

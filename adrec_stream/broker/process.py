@@ -61,12 +61,15 @@ class BrokerHandle:
 def effective_bootstrap(cfg: ClusterSettings) -> str:
     """Bootstrap servers the clients use.
 
-    External cluster (``broker.embedded: false``): ``bootstrap_servers``. Embedded broker: the address recorded
+    External cluster (``broker.embedded: false``): ``bootstrap_servers`` (listener schemes such as ``SASL_SSL://``
+    stripped, comma-separated). Embedded broker: the address recorded
     by the running broker of this config (its state file under ``broker.data_dir``, so ``broker start --port 0``
     is found by ``worker`` and ``replay`` without repeating the port), else ``broker.host:broker.port``.
     """
     if not cfg.broker.embedded:
-        return cfg.bootstrap_servers
+        from adrec_stream.broker.security import split_listener  # noqa: PLC0415
+
+        return ",".join(split_listener(s)[1] for s in cfg.bootstrap_servers.split(",") if s.strip())
     running = running_broker(cfg.broker)
     return f"{running.host}:{running.port}" if running else cfg.broker.address
 

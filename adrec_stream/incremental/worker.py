@@ -18,8 +18,10 @@ passed and something new arrived; only once the consumer has caught up with the 
 rollback is honoured by the next round. A candidate that passes the guards is saved
 (:func:`~adrec_stream.model.checkpoint.save_checkpoint`: temp file, fsync, rename), published
 (:meth:`~adrec_stream.serving.registry.ModelRegistry.publish`: staging folder, fsync, rename, then the
-``LATEST`` pointer) and the registry is pruned to ``keep_versions``. Score workers poll ``LATEST`` every
-``registry_poll_s`` and swap the model between two batches.
+``LATEST`` pointer; a registry at an fsspec URL: claim, upload, manifest last) and the registry is pruned to
+``keep_versions``; the new version is then announced on ``topics.model_versions`` (``model_versions.announce``),
+on which every score worker switches at once; score workers also poll ``LATEST`` every ``registry_poll_s`` (the
+fallback for a missed announcement) and swap the model between two batches.
 
 Every round logs one ``finetune_round`` JSON line (window, steps, losses, held-out metrics old vs new,
 seconds, staleness) and the counters (``rounds``, ``published``, ``rejected`` by reason).
@@ -54,7 +56,7 @@ from adrec_stream.ops.http import Readiness, serve_ops
 from adrec_stream.ops.lag import ConsumerLag
 from adrec_stream.ops.metrics import WorkerMetrics
 from adrec_stream.runtime import resolve_device
-from adrec_stream.serving.registry import ModelRegistry
+from adrec_stream.serving.registry import open_registry
 from adrec_stream.stream.config import StreamConfig
 
 #: records asked for per poll
@@ -155,7 +157,8 @@ class FinetuneWorker:
         self.device = resolve_device(device or self.fcfg.device)
         self.hooks = hooks or FinetuneHooks()
         self.topic = cfg.topics.sequence_updates.name
-        self.registry = ModelRegistry(cfg.registry_dir)
+        self.registry = open_registry(cfg.registry_dir, cache_dir=cfg.registry_cache)
+        self._announcer: Any = None
         self.tracker = UpdateTracker(self.fcfg.max_window_events)
         self.counters = FinetuneCounters()
         self.log = get_logger("adrec_stream.worker.finetune", topic=self.topic)
@@ -213,7 +216,7 @@ class FinetuneWorker:
                        + (f" ({total} records behind)" if total is not None else " (no fetch response yet)"))
 
     def _model_check(self) -> tuple[bool, str]:
-        if self.registry.latest() is not None:
+        if self.registry.current_version() is not None:
             return True, ""
         return False, (f"no model version in the registry at {self.registry.root} (rounds are skipped until one is "
                        "published: adrec-stream model publish CHECKPOINT)")
@@ -280,7 +283,7 @@ class FinetuneWorker:
             self.counters.last_version = version
             record.update(status="published", version=version, publish_s=round(time.perf_counter() - t_pub, 3),
                           staleness_s_p50=_round(_percentile(ages, 50)),
-                          staleness_s_max=_round(max(ages, default=None)))
+                          staleness_s_max=_round(max(ages, default=None)), announced=self._announce(version))
         record.update(self.counters.as_dict())
         level = self.log.info if record["status"] == "published" else self.log.warning
         level("finetune_round", **record)
@@ -338,17 +341,36 @@ class FinetuneWorker:
             self.log.info("registry_pruned", versions=pruned, keep=self.fcfg.keep_versions)
         return version
 
+    def _announce(self, version: int) -> bool:
+        """Announce ``version`` on the model-versions topic (``model_versions.announce``); a failure is logged, not
+        fatal (score workers still find the version at their next registry poll). True if delivered."""
+        if not self.cfg.model_versions.announce:
+            return False
+        from adrec_stream.errors import AdrecStreamError  # noqa: PLC0415
+        from adrec_stream.serving.announce import Announcer  # noqa: PLC0415
+
+        if self._announcer is None:
+            self._announcer = Announcer(self.cfg)
+        try:
+            ann = self._announcer.announce(self.registry, version, source="finetune")
+        except AdrecStreamError as err:
+            self.log.warning("model_version_not_announced", version=version, error=str(err))
+            return False
+        self.log.info("model_version_announced", topic=self._announcer.topic, version=version,
+                      sha256=ann["sha256"], registry=ann["registry"])
+        return True
+
     # ------------------------------------------------------------------ the loop
     def _consumer(self) -> Any:
         from kafka import KafkaConsumer, TopicPartition  # noqa: PLC0415
 
-        from adrec_stream.broker.process import effective_bootstrap  # noqa: PLC0415
+        from adrec_stream.broker.security import kafka_client_kwargs  # noqa: PLC0415
         from adrec_stream.stream.undecodable import install_undecodable_batch_errors  # noqa: PLC0415
 
         install_undecodable_batch_errors()  # a batch it cannot decode: one clear error, not a bare library one
 
         consumer = KafkaConsumer(
-            bootstrap_servers=effective_bootstrap(self.cfg).split(","), group_id=None, enable_auto_commit=False,
+            **kafka_client_kwargs(self.cfg), group_id=None, enable_auto_commit=False,
             client_id=f"{self.cfg.client_id}-finetune", auto_offset_reset="earliest",
             fetch_max_wait_ms=int(self.cfg.consumer.fetch_max_wait_s * 1000),
             request_timeout_ms=int(self.cfg.consumer.request_timeout_s * 1000),
@@ -404,6 +426,8 @@ class FinetuneWorker:
                     self.run_once()
         finally:
             consumer.close()
+            if self._announcer is not None:
+                self._announcer.close()
             self.log.info("finetune_stopped", **self.counters.as_dict())
         return 0
 
@@ -423,9 +447,12 @@ def run_finetune_worker(cfg: StreamConfig, *, device: str | None = None, hooks: 
     """
     from adrec_stream.broker.admin import ensure_topics  # noqa: PLC0415
     from adrec_stream.broker.process import effective_bootstrap  # noqa: PLC0415
+    from adrec_stream.broker.security import security_of  # noqa: PLC0415
 
     worker = FinetuneWorker(cfg, device=device, hooks=hooks)  # a bad device fails before the broker is asked
-    ensure_topics(effective_bootstrap(cfg), cfg.topics.all())
+    security = security_of(cfg)  # credentials missing / unreadable: ConfigError (exit 2) before anything starts
+    worker.log.info("kafka_security", **security.describe())
+    ensure_topics(effective_bootstrap(cfg), cfg.topics.all(), security=security)
 
     def _on_signal(signum: int, _frame: Any) -> None:
         worker.log.info("finetune_stop_requested", signal=signal.Signals(signum).name)

@@ -122,6 +122,7 @@ def dead_letter_topic_records(cfg: StreamConfig, timeout_s: float) -> int | None
 
     from adrec_stream.broker.admin import port_open, true_end_offsets  # noqa: PLC0415
     from adrec_stream.broker.process import effective_bootstrap  # noqa: PLC0415
+    from adrec_stream.broker.security import kafka_client_kwargs, security_of  # noqa: PLC0415
 
     bootstrap = effective_bootstrap(cfg)
     hosts = [s.rpartition(":") for s in bootstrap.split(",")]
@@ -132,8 +133,9 @@ def dead_letter_topic_records(cfg: StreamConfig, timeout_s: float) -> int | None
     level = kafka_log.level
     kafka_log.setLevel(logging.CRITICAL)  # the client logs every failed attempt; the snapshot says "-" instead
     try:
-        ends = true_end_offsets(bootstrap, topic, compat=cfg.broker.tansu_compat, timeout_s=timeout_s)
-        consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+        ends = true_end_offsets(bootstrap, topic, compat=cfg.broker.tansu_compat, timeout_s=timeout_s,
+                                security=security_of(cfg))
+        consumer = KafkaConsumer(**kafka_client_kwargs(cfg), group_id=None, enable_auto_commit=False,
                                  request_timeout_ms=int(max(timeout_s, 5) * 1000) + 1000)
         try:
             begins = consumer.beginning_offsets([TopicPartition(topic, p) for p in ends])

@@ -15,7 +15,9 @@
   ``state_dir`` therefore hand partitions over WITH their state.
 - Score worker (group ``groups.scoring``): stateless; batches of sequence updates go to
   :class:`~adrec_stream.stream.score.ScoreHandler`, which runs the model in a thread (heartbeats continue) and
-  publishes one recommendation per update; then the batch is acknowledged.
+  publishes one recommendation per update; then the batch is acknowledged. Score workers on many hosts share the
+  group (each gets some partitions); every one of them also reads the model-versions topic outside the group
+  (:class:`~adrec_stream.serving.announce.VersionFollower`) and switches to an announced version at once.
 
 Operations (:class:`~adrec_stream.stream.worker_ops.FaustOps`): each worker's metrics, consumer lag and readiness
 (ingest: partitions assigned, their stores open - opened right after the assignment - and lag not growing; score:
@@ -36,6 +38,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from adrec_stream.broker.process import effective_bootstrap
+from adrec_stream.broker.security import security_of
 from adrec_stream.errors import StoreLockedError
 from adrec_stream.evaluation.prequential import OnlinePrequential
 from adrec_stream.logging import drop_tracebacks_from_now_on, get_logger
@@ -85,7 +88,8 @@ def _faust_app(cfg: StreamConfig, role: Role) -> Any:
     datadir.parent.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         cfg.groups.ingest if role == "ingest" else cfg.groups.scoring,
-        broker=f"kafka://{effective_bootstrap(cfg)}",
+        broker=[f"kafka://{server}" for server in effective_bootstrap(cfg).split(",")],
+        broker_credentials=security_of(cfg).faust_credentials(),
         broker_client_id=f"{cfg.client_id}-{role}",
         store="memory://",
         key_serializer="raw",
@@ -226,7 +230,14 @@ def build_app(cfg: StreamConfig, role: Role, *, hooks: WorkerHooks | None = None
                                prequential=prequential)
         scoring["handler"] = handler
         handler.export_metrics()
-        log.info("score_started", registry=cfg.registry_dir, top_k=cfg.top_k, **cfg.scoring.model_dump())
+        follower = None
+        if cfg.model_versions.follow:
+            from adrec_stream.serving.announce import VersionFollower  # noqa: PLC0415
+
+            # every score worker reads every announcement (no consumer group), whatever its partitions
+            follower = VersionFollower(cfg, handler.recommender).start()
+        log.info("score_started", registry=cfg.registry_dir, top_k=cfg.top_k, follow_announcements=follower is not None,
+                 registry_poll=cfg.model_versions.registry_poll, **cfg.scoring.model_dump())
         try:
             manual = stream.noack()  # see the ingest agent
             async for events in manual.noack_take(cfg.batch.score_max_users, within=cfg.batch.score_within_s):
@@ -237,19 +248,24 @@ def build_app(cfg: StreamConfig, role: Role, *, hooks: WorkerHooks | None = None
         except BaseException as err:
             _failed(err)
             raise
+        finally:
+            if follower is not None:
+                follower.stop()
 
     return WorkerApp(app, role, stats, ops)
 
 
 def make_recommender(cfg: StreamConfig) -> Any:
     """The score worker's :class:`~adrec_stream.serving.recommender.ReloadingRecommender` with the serving
-    settings of ``cfg`` (registry, poll interval, device, batch size, sampling steps, threads)."""
+    settings of ``cfg`` (registry folder or URL and its download cache, polling, device, batch size, sampling steps,
+    threads)."""
     import torch  # noqa: PLC0415
 
     from adrec_stream.serving.recommender import ReloadingRecommender  # noqa: PLC0415
-    from adrec_stream.serving.registry import ModelRegistry  # noqa: PLC0415
+    from adrec_stream.serving.registry import open_registry  # noqa: PLC0415
 
     torch.set_num_threads(cfg.scoring.threads)
-    return ReloadingRecommender(ModelRegistry(cfg.registry_dir), poll_s=cfg.registry_poll_s, device=cfg.device,
+    return ReloadingRecommender(open_registry(cfg.registry_dir, cache_dir=cfg.registry_cache), poll_s=cfg.registry_poll_s,
+                                poll=cfg.model_versions.registry_poll, device=cfg.device,
                                 batch_size=cfg.batch.score_max_users, steps=cfg.scoring.sampling_steps,
                                 deterministic=cfg.scoring.deterministic)

@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, model_validator
 
 from adrec_stream.broker.config import BrokerConfig, PosFloat, PosInt, TopicConfig
+from adrec_stream.broker.security import SecurityConfig, check_listeners, find_credential_keys, split_listener
 from adrec_stream.config import CONFIG_DIR, StrictModel, load_config
 from adrec_stream.errors import ConfigError
 from adrec_stream.incremental.config import FinetuneConfig
@@ -40,23 +41,27 @@ class TopicsConfig(StrictModel):
     - ``recommendations``: output, key = user id, value = JSON top-k list.
     - ``dead_letter``: undecodable / invalid clicks with a machine-readable reason (dead-letter topic).
     - ``sequence_updates``: per-user window after each applied click (feeds scoring / fine-tuning).
+    - ``model_versions``: one announcement per published model version (key = registry URL, compacted; read by
+      every score worker without a consumer group, :mod:`adrec_stream.serving.announce`).
     """
 
     clicks: TopicConfig = TopicConfig(name="clicks", partitions=4)
     recommendations: TopicConfig = TopicConfig(name="recommendations", partitions=4)
     dead_letter: TopicConfig = TopicConfig(name="clicks-dead-letter", partitions=1)
     sequence_updates: TopicConfig = TopicConfig(name="sequence-updates", partitions=4)
+    model_versions: TopicConfig = TopicConfig(name="model-versions", partitions=1, configs={"cleanup.policy": "compact"})
 
     @model_validator(mode="after")
     def _distinct(self) -> TopicsConfig:
-        names = [self.clicks.name, self.recommendations.name, self.dead_letter.name, self.sequence_updates.name]
+        names = [self.clicks.name, self.recommendations.name, self.dead_letter.name, self.sequence_updates.name,
+                 self.model_versions.name]
         if len(set(names)) != len(names):
             raise ValueError(f"topic names must be distinct, got {names}")
         return self
 
     def all(self) -> list[TopicConfig]:
-        """All four topics (for creating them on the broker)."""
-        return [self.clicks, self.recommendations, self.dead_letter, self.sequence_updates]
+        """All topics (for creating them on the broker)."""
+        return [self.clicks, self.recommendations, self.dead_letter, self.sequence_updates, self.model_versions]
 
 
 class GroupsConfig(StrictModel):
@@ -139,6 +144,22 @@ class ScoringConfig(StrictModel):
     deduplicate_users: bool = True
 
 
+class ModelVersionsConfig(StrictModel):
+    """How a newly published model version reaches the score workers (``model_versions:`` section).
+
+    ``announce``: the fine-tune worker and ``adrec-stream model publish|rollback`` produce an announcement (version,
+    registry URL, sha256, published_ts) on ``topics.model_versions`` after each publish. ``follow``: every score
+    worker reads that topic without a consumer group (each sees every announcement) and switches to an announced
+    version at once. ``registry_poll``: score workers also check the registry every ``registry_poll_s`` seconds (the
+    fallback that makes a missed announcement converge; false: announcements only). Score workers never move to an
+    older version unless ``LATEST`` names it as a rollback.
+    """
+
+    announce: bool = True
+    follow: bool = True
+    registry_poll: bool = True
+
+
 class ReplayConfig(StrictModel):
     """Replaying a real interaction log as a click stream (``adrec-stream replay``)."""
 
@@ -160,6 +181,12 @@ class StreamConfig(StrictModel):
     ``finetune`` configures the fine-tune worker (:class:`~adrec_stream.incremental.config.FinetuneConfig`);
     ``ops`` the metrics / health endpoints, ``adrec-stream status`` and the dashboard
     (:class:`~adrec_stream.ops.config.OpsConfig`).
+    ``registry_dir``: the model registry, a folder (shared file system) or an fsspec URL (``s3://bucket/prefix``,
+    ``file:///mnt/models``; :func:`~adrec_stream.serving.registry.open_registry`); ``registry_cache_dir``: where
+    score and fine-tune workers keep verified downloads of a URL registry (None: ``<state_dir>/registry-cache``).
+    ``model_versions``: announcements of new versions (:class:`ModelVersionsConfig`). ``security``: TLS / SASL of
+    every Kafka client (:class:`~adrec_stream.broker.security.SecurityConfig`; credentials only from the
+    environment: a credential-like key anywhere in the file is refused).
     """
 
     bootstrap_servers: Annotated[str, Field(min_length=1)] = "127.0.0.1:9092"
@@ -173,7 +200,10 @@ class StreamConfig(StrictModel):
     state_dir: Annotated[str, Field(min_length=1)] = "var/state"
     store_lock_wait_s: NonNegFloat = 30.0
     registry_dir: Annotated[str, Field(min_length=1)] = "var/registry"
+    registry_cache_dir: str | None = None
     registry_poll_s: PosFloat = 5.0
+    model_versions: ModelVersionsConfig = ModelVersionsConfig()
+    security: SecurityConfig = SecurityConfig()
     window: PosInt = 200
     item_id_type: Literal["int", "str"] = "int"
     max_event_bytes: Annotated[int, Field(ge=64, le=16 * 1024 * 1024)] = 65536
@@ -182,6 +212,17 @@ class StreamConfig(StrictModel):
     scoring: ScoringConfig = ScoringConfig()
     finetune: FinetuneConfig = FinetuneConfig()
     ops: OpsConfig = OpsConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_credentials(cls, data: Any) -> Any:
+        found = find_credential_keys(data)
+        if found:
+            raise ValueError(f"{', '.join(found)}: credentials must not be written in the config file; put them in the "
+                             "environment variables named by security.username_env / password_env / "
+                             "ssl_key_password_env (default ADREC_KAFKA_SASL_USERNAME, ADREC_KAFKA_SASL_PASSWORD, "
+                             "ADREC_KAFKA_SSL_KEY_PASSWORD) or in files named by <NAME>_FILE, and remove the key")
+        return data
 
     @model_validator(mode="before")
     @classmethod
@@ -199,8 +240,13 @@ class StreamConfig(StrictModel):
 
     @property
     def bootstrap_list(self) -> list[str]:
-        """``bootstrap_servers`` split on commas, whitespace stripped."""
-        return [s.strip() for s in self.bootstrap_servers.split(",") if s.strip()]
+        """``bootstrap_servers`` split on commas, whitespace and listener schemes (``SASL_SSL://``) stripped."""
+        return [split_listener(s)[1] for s in self.bootstrap_servers.split(",") if s.strip()]
+
+    @property
+    def registry_cache(self) -> str:
+        """``registry_cache_dir``, or ``<state_dir>/registry-cache`` when unset."""
+        return self.registry_cache_dir or str(Path(self.state_dir) / "registry-cache")
 
     def check_model_len(self, max_len: int) -> None:
         """Check that the stored window covers a model's history length L.
@@ -221,6 +267,7 @@ class StreamConfig(StrictModel):
             host, sep, port = s.rpartition(":")
             if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
                 raise ValueError(f"bootstrap_servers entry {s!r} is not host:port")
+        check_listeners(self.bootstrap_servers, self.security, embedded=self.broker.embedded)
         return self
 
 

@@ -266,8 +266,11 @@ class OutputCollector:
     async def __aenter__(self) -> OutputCollector:
         from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: PLC0415
 
+        from adrec_stream.broker.security import security_of  # noqa: PLC0415
+
         t = self.scfg.topics
-        self.consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False, group_id=None,
+        self.consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap.split(","), **security_of(self.scfg).aiokafka(),
+                                         enable_auto_commit=False, group_id=None,
                                          fetch_max_wait_ms=self.fetch_max_wait_ms, auto_offset_reset="earliest",
                                          client_id=self.client_id)
         await self.consumer.start()

@@ -24,6 +24,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from adrec_stream.data.events import FieldError, Interaction, canonical_interaction
 from adrec_stream.errors import ConfigError, DataFileError
@@ -77,8 +78,10 @@ def select_clicks(interactions: Sequence, source_name: str, *, skip_fraction: fl
 
 async def produce_clicks(bootstrap: str, topic: str, clicks: Sequence[Interaction], *,
                          rate_per_s: float | None = None, linger_s: float = 0.005,
-                         progress: bool = True) -> ReplayResult:
+                         progress: bool = True, security: Any = None) -> ReplayResult:
     """Produce ``clicks`` in order (key = user id), paced at ``rate_per_s`` (None/0 = as fast as possible).
+
+    ``security``: a :class:`~adrec_stream.broker.security.KafkaSecurity` for TLS / SASL (None: PLAINTEXT).
 
     Waits for every delivery (acks=all) before returning. Pacing is absolute (event i is due at
     start + i/rate), so short stalls are caught up.
@@ -91,8 +94,9 @@ async def produce_clicks(bootstrap: str, topic: str, clicks: Sequence[Interactio
 
     from adrec_stream.errors import BrokerError  # noqa: PLC0415
 
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=int(linger_s * 1000), acks="all",
-                                max_batch_size=256 * 1024, client_id="adrec-replay")
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap.split(","), linger_ms=int(linger_s * 1000), acks="all",
+                                max_batch_size=256 * 1024, client_id="adrec-replay",
+                                **(security.aiokafka() if security is not None else {}))
     try:
         await producer.start()
     except Exception as err:  # noqa: BLE001
@@ -163,13 +167,16 @@ def run(args: argparse.Namespace) -> int:
     rate = None if args.as_fast_as_possible else (args.rate if args.rate is not None else cfg.replay.rate_per_s)
     if rate is not None and rate < 0:
         raise ConfigError(f"--rate must be > 0, got {rate}")
+    from adrec_stream.broker.security import security_of  # noqa: PLC0415
+
     bootstrap = effective_bootstrap(cfg)
+    security = security_of(cfg)
     # Create the clicks topic with its configured partition count before producing: a producer sending to a
     # missing topic makes many brokers (Tansu always, Kafka with auto.create.topics.enable) create it with
     # THEIR default partition count, which then disagrees with the keyed state of the ingest workers.
-    ensure_topics(bootstrap, [cfg.topics.clicks])
+    ensure_topics(bootstrap, [cfg.topics.clicks], security=security)
     res = asyncio.run(produce_clicks(bootstrap, cfg.topics.clicks.name, clicks,
-                                     rate_per_s=rate or None, progress=not args.no_progress))
+                                     rate_per_s=rate or None, progress=not args.no_progress, security=security))
     print(json.dumps({"sent": res.sent, "wall_s": round(res.wall_s, 3), "rate_per_s": round(res.rate_per_s, 1),
                       "first_event_id": res.first_event_id, "last_event_id": res.last_event_id,
                       "topic": cfg.topics.clicks.name}))

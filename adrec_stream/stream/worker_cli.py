@@ -86,7 +86,11 @@ def run_worker(cfg: StreamConfig, role: str, *, log_level: str = "INFO", hooks: 
     log = get_logger("adrec_stream.worker", role=role)
     # fail fast with a clear message when the cluster is unreachable; create missing topics (faust itself
     # is told not to declare topics, so partitions always come from the config)
-    ensure_topics(effective_bootstrap(cfg), cfg.topics.all())
+    from adrec_stream.broker.security import security_of  # noqa: PLC0415
+
+    security = security_of(cfg)  # credentials missing / unreadable: ConfigError (exit 2) before anything starts
+    log.info("kafka_security", **security.describe())
+    ensure_topics(effective_bootstrap(cfg), cfg.topics.all(), security=security)
     built = build_app(cfg, role, hooks=hooks)  # type: ignore[arg-type]
     worker = faust.Worker(built.app, loglevel=log_level if log_level != "INFO" else "WARNING", quiet=True,
                           override_logging=False, redirect_stdouts=False)

@@ -59,7 +59,8 @@ def broker(broker_config: BrokerConfig) -> Iterator[BrokerHandle]:
 def stream_config(broker: BrokerHandle, broker_config: BrokerConfig, tmp_path: Path) -> StreamConfig:
     """A StreamConfig on the session broker with unique topic names and state/registry under tmp_path.
 
-    The topics are created (clicks/sequence-updates/recommendations: 2 partitions, dead-letter: 1). The workers'
+    The topics are created (clicks/sequence-updates/recommendations: 2 partitions, dead-letter and model-versions: 1).
+    The workers'
     operations endpoints listen on free ports (``ops.ports.*: 0``; :meth:`Worker.ops_url` reads the port).
     """
     prefix = f"t{os.getpid()}-{next(_counter)}"
@@ -70,6 +71,7 @@ def stream_config(broker: BrokerHandle, broker_config: BrokerConfig, tmp_path: P
             "recommendations": {"name": f"{prefix}-recs", "partitions": 2},
             "dead_letter": {"name": f"{prefix}-dead", "partitions": 1},
             "sequence_updates": {"name": f"{prefix}-updates", "partitions": 2},
+            "model_versions": {"name": f"{prefix}-versions", "partitions": 1, "configs": {"cleanup.policy": "compact"}},
         },
         "groups": {"app": f"{prefix}-app", "ingest": f"{prefix}-ingest", "scoring": f"{prefix}-scoring",
                    "finetune": f"{prefix}-finetune"},
@@ -93,6 +95,19 @@ def write_stream_config(cfg: StreamConfig, path: Path) -> Path:
 
 
 TINY_VOCAB = [str(i) for i in range(1, 41)]  # raw item ids "1".."40" -> internal 1..40
+
+
+def tiny_checkpoint(path: Path, seed: int = 0) -> Path:
+    """Save an untrained tiny ADRec (the :data:`TINY_VOCAB` items, d=16, T=4, seeded) at ``path``; returns the path."""
+    import torch
+
+    from adrec_stream.model import ModelConfig, build_model, save_checkpoint
+
+    torch.manual_seed(seed)
+    mcfg = ModelConfig(hidden_size=16, max_len=10, num_heads=2, num_blocks=1, diffusion_steps=4)
+    counts = [0] + [len(TINY_VOCAB) - i for i in range(len(TINY_VOCAB))]
+    return save_checkpoint(path, build_model(len(TINY_VOCAB), mcfg).eval(), vocab=TINY_VOCAB,
+                           config=mcfg.model_dump(mode="json"), meta={"item_counts": counts})
 
 
 @pytest.fixture

@@ -8,8 +8,11 @@ can reach a score worker); it is how the first model of a deployment gets to the
 The registry is the stream config's ``registry_dir`` (``--config``, ``--set registry_dir=...``) or ``--registry
 DIR``. ``list`` prints one row per complete version (``--json``: a JSON list of
 :meth:`~adrec_stream.serving.registry.ModelRegistry.list_versions` rows); it never creates a missing registry.
-``rollback VERSION`` points ``LATEST`` at an older (or any existing) version; score workers pick it up at their
-next registry poll (``registry_poll_s``). A later publish (e.g. the next fine-tune round) moves ``LATEST`` to
+``rollback VERSION`` points ``LATEST`` at an older (or any existing) version (marked as a rollback, the only way
+score workers go back); score workers pick it up at once from the announcement, or at their next registry poll
+(``registry_poll_s``). ``publish`` and ``rollback`` announce the new ``LATEST`` on ``topics.model_versions``
+(:mod:`adrec_stream.serving.announce`) when the registry is the config's own and a broker answers; ``--no-announce``
+skips it. The registry may be a folder or an fsspec URL. A later publish (e.g. the next fine-tune round) moves ``LATEST`` to
 the new version again.
 
 Errors (missing registry folder, unknown version, empty registry) are
@@ -24,7 +27,7 @@ import re
 from typing import Any
 
 from adrec_stream.errors import CheckpointError
-from adrec_stream.serving.registry import ModelRegistry
+from adrec_stream.serving.registry import open_registry
 from adrec_stream.stream.worker_cli import add_common_config_arguments, load_from_args
 
 _VERSION_ARG = re.compile(r"[vV]?(\d+)")
@@ -33,10 +36,14 @@ _OLD_KEYS = ("serving", "old", "before", "parent")
 _NEW_KEYS = ("candidate", "new", "after")
 
 
-def _add_registry_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_registry_arguments(parser: argparse.ArgumentParser, *, announce: bool = False) -> None:
     parser.add_argument("--registry", default=None, metavar="DIR",
-                        help="registry folder (overrides registry_dir of the stream config)")
+                        help="registry folder or fsspec URL (overrides registry_dir of the stream config)")
     add_common_config_arguments(parser)
+    if announce:
+        parser.add_argument("--no-announce", action="store_true",
+                            help="do not announce the new LATEST on topics.model_versions (score workers then switch at "
+                                 "their next registry poll)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                        "registry_poll_s; the fine-tune worker starts its next round from it).")
     p_pub.add_argument("checkpoint", metavar="CHECKPOINT",
                        help="a checkpoint file or a folder holding model.pt (e.g. the --output of adrec-stream train)")
-    _add_registry_arguments(p_pub)
+    _add_registry_arguments(p_pub, announce=True)
     p_list = sub.add_parser("list", help="list the complete versions (LATEST marked with *)",
                             description="List the registry's complete versions, oldest first; * marks LATEST.")
     _add_registry_arguments(p_list)
@@ -57,7 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           description="Point LATEST at VERSION; score workers switch at their next registry poll. "
                                       "The next publish moves LATEST to the new version again.")
     p_rb.add_argument("version", metavar="VERSION", help="version number: 3, v3 or v000003")
-    _add_registry_arguments(p_rb)
+    _add_registry_arguments(p_rb, announce=True)
 
 
 def parse_version(text: str) -> int:
@@ -141,9 +148,13 @@ def run(args: argparse.Namespace) -> int:
             or (rollback) the registry has no version.
     """
     cfg = load_from_args(args)
+    location = args.registry or cfg.registry_dir
     if args.action == "publish":
-        return _publish(ModelRegistry(args.registry or cfg.registry_dir), args.checkpoint)
-    registry = ModelRegistry(args.registry or cfg.registry_dir, create=False)
+        registry = open_registry(location, cache_dir=cfg.registry_cache)
+        version = _publish(registry, args.checkpoint)
+        _announce(cfg, args, registry, version, rollback=False)
+        return 0
+    registry = open_registry(location, cache_dir=cfg.registry_cache, create=False)
     if args.action == "list":
         rows = registry.list_versions()
         if args.json:
@@ -161,11 +172,49 @@ def run(args: argparse.Namespace) -> int:
     print(f"LATEST -> v{version} (was v{before[0]}); score workers switch at their next batch once "
           f"{cfg.registry_poll_s:g} s (registry_poll_s) have passed; a running fine-tune worker starts its next "
           "round from this version and publishes over it")
+    _announce(cfg, args, registry, version, rollback=version < before[0])
     return 0
 
 
-def _publish(registry: ModelRegistry, checkpoint: str) -> int:
-    """Load ``checkpoint`` (refused with its CheckpointError if it does not), publish it, print one line."""
+def _announce(cfg: Any, args: argparse.Namespace, registry: Any, version: int, *, rollback: bool) -> bool:
+    """Announce ``version`` on ``topics.model_versions`` and print one line saying whether it was.
+
+    Only the stream config's own registry is announced (not one named by a different ``--registry``: the score
+    workers of that config do not read it), only with ``model_versions.announce`` and without ``--no-announce``, and
+    only when a bootstrap server accepts connections (checked first: no Kafka client retries against a stopped
+    cluster). A failure is one line, not an error: score workers still find the version by polling.
+    """
+    from adrec_stream.broker.admin import port_open  # noqa: PLC0415
+    from adrec_stream.broker.process import effective_bootstrap  # noqa: PLC0415
+    from adrec_stream.errors import AdrecStreamError  # noqa: PLC0415
+    from adrec_stream.serving.announce import Announcer  # noqa: PLC0415
+
+    if getattr(args, "no_announce", False) or not cfg.model_versions.announce:
+        return False
+    if args.registry is not None and args.registry != cfg.registry_dir:
+        return False
+    topic = cfg.topics.model_versions.name
+    bootstrap = effective_bootstrap(cfg)
+    hosts = [s.rpartition(":") for s in bootstrap.split(",")]
+    if not any(port_open(h, int(p), timeout=1.0) for h, _, p in hosts):
+        print(f"not announced on {topic}: no Kafka broker answers at {bootstrap}; score workers switch at their next "
+              "registry poll")
+        return False
+    announcer = Announcer(cfg)
+    try:
+        announcer.announce(registry, version, source="rollback" if rollback else "publish", rollback=rollback)
+    except AdrecStreamError as err:
+        print(f"not announced on {topic}: {err}")
+        return False
+    finally:
+        announcer.close()
+    print(f"announced v{version} on {topic} ({bootstrap}): score workers switch now")
+    return True
+
+
+def _publish(registry: Any, checkpoint: str) -> int:
+    """Load ``checkpoint`` (refused with its CheckpointError if it does not), publish it, print one line; returns the
+    new version."""
     from adrec_stream.model.checkpoint import load_checkpoint  # noqa: PLC0415 - torch only for this action
 
     ckpt = load_checkpoint(checkpoint)
@@ -173,4 +222,4 @@ def _publish(registry: ModelRegistry, checkpoint: str) -> int:
                                                 "published_from": str(ckpt.path.resolve())})
     print(f"published {ckpt.path} as v{version} of {registry.root} (LATEST -> v{version}; "
           f"{len(ckpt.vocab):,} items, model kind {ckpt.model.cfg.kind})")
-    return 0
+    return version

@@ -8,9 +8,11 @@ from noise and compared with every item embedding) and maps the top-k indices ba
 padding index is never returned. Users without a usable history get the popularity fallback (items
 ranked by ``meta["item_counts"]``, uniform if absent), marked ``fallback=True``.
 
-:class:`ReloadingRecommender` polls a :class:`~adrec_stream.serving.registry.ModelRegistry` and swaps in a
-new version when ``LATEST`` changes; a version that fails to load (``CheckpointError``: truncated,
-corrupted, incompatible) is logged, remembered and skipped while the previous model keeps serving.
+:class:`ReloadingRecommender` follows a model registry (local folder or fsspec URL): it swaps in a new version
+when one is announced (:mod:`adrec_stream.serving.announce`) or when a registry poll finds ``LATEST`` changed, never
+going back to an older version except a deliberate rollback; a version that fails to load (``CheckpointError``:
+truncated, corrupted, incompatible, wrong checksum) is logged, remembered and skipped while the previous model keeps
+serving.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from adrec_stream.data.batching import left_pad
 from adrec_stream.errors import CheckpointError
 from adrec_stream.logging import get_logger
 from adrec_stream.model.checkpoint import Checkpoint, load_checkpoint
-from adrec_stream.serving.registry import ModelRegistry
+from adrec_stream.serving.registry import AnyRegistry, FsspecRegistry, ModelRegistry, open_registry
 from adrec_stream.state.vocab import Vocabulary
 
 log = get_logger("adrec_stream.serving")
@@ -232,40 +234,55 @@ class Recommender:
 
 
 class ReloadingRecommender:
-    """A :class:`Recommender` that follows a :class:`ModelRegistry`'s ``LATEST`` version.
+    """A :class:`Recommender` that follows a model registry (:class:`ModelRegistry` or
+    :class:`~adrec_stream.serving.registry.FsspecRegistry`).
 
-    Every :meth:`recommend` call checks the registry at most once per ``poll_s`` seconds (a read of the
-    small ``LATEST`` file); when the current version differs from the one serving, it loads the new
-    checkpoint and swaps it in. A version that fails to load (``CheckpointError``) is logged as an error,
-    remembered (not retried unless its file changes) and the previous version keeps serving. Before any
-    version loads, every user gets an empty ``fallback=True`` recommendation (there is no vocabulary).
+    Two ways bring a new version in: an announcement (:meth:`announce`, called by the score worker's
+    :class:`~adrec_stream.serving.announce.VersionFollower` for every record of the model-versions topic) and the
+    registry poll: every :meth:`recommend` call checks the registry's current version at most once per ``poll_s``
+    seconds (``poll=False`` switches polling off; :meth:`check` still works). A version is loaded from the
+    registry (a URL registry downloads and checks it first) and swapped in; one that fails to load
+    (``CheckpointError``) is logged as an error, remembered (not retried unless its file / checksum changes) and
+    the previous version keeps serving. The serving version never goes down, except to the version that the
+    registry's ``LATEST`` names as a deliberate rollback. Before any version loads, every user gets an empty
+    ``fallback=True`` recommendation (there is no vocabulary).
 
     Args:
-        registry: the registry (or its root folder).
+        registry: the registry (or its folder / URL, :func:`~adrec_stream.serving.registry.open_registry`).
         poll_s: minimum seconds between registry checks (0 = every call).
+        poll: check the registry on :meth:`recommend` / :meth:`maybe_reload` at all.
         device: where to load models.
         **recommender_kwargs: passed to :class:`Recommender` (batch_size, max_len, deterministic, steps).
     """
 
+    #: seconds between retries of an announced version that the registry does not show yet
+    PENDING_RETRY_S = 1.0
+
     def __init__(
         self,
-        registry: ModelRegistry | str | Path,
+        registry: AnyRegistry | str | Path,
         poll_s: float = 5.0,
         *,
+        poll: bool = True,
         device: str = "cpu",
         **recommender_kwargs: Any,
     ) -> None:
-        self.registry = registry if isinstance(registry, ModelRegistry) else ModelRegistry(registry)
+        self.registry = registry if isinstance(registry, ModelRegistry | FsspecRegistry) else open_registry(registry)
         self.poll_s = float(poll_s)
+        self.poll = poll
         self.device = device
         self._kwargs = recommender_kwargs
         self._current: Recommender | None = None
-        self._refused: dict[int, tuple[int, int]] = {}
-        self._reload_lock = threading.Lock()
+        self._refused: dict[int, Any] = {}
+        self._reload_lock = threading.RLock()
         self._last_poll = float("-inf")
         self._warned_empty = False
+        self._warned_older: set[int] = set()
+        self._pending: tuple[int, str | None] | None = None  # announced, not visible in the registry yet
+        self._last_pending_try = float("-inf")
         self.reloads = 0
         self.refusals = 0
+        self.announcements = 0
         self.check()
 
     @property
@@ -279,46 +296,121 @@ class ReloadingRecommender:
         cur = self._current
         return cur.version if cur is not None else None
 
+    def _stamp(self, version: int) -> Any:
+        """What identifies the stored bytes of ``version`` (a refused version is retried only when it changes)."""
+        if isinstance(self.registry, ModelRegistry):
+            try:
+                st = self.registry.path(version).stat()
+                return st.st_size, st.st_mtime_ns
+            except OSError:
+                return -1, -1
+        info = self.registry.info(version) or {}
+        return info.get("sha256"), info.get("size")
+
+    def _older(self, version: int) -> bool:
+        """True (logged once per version) when ``version`` is below the serving one and is not a rollback."""
+        serving = self.version
+        if serving is None or version >= serving or self.registry.is_rollback(version):
+            return False
+        if version not in self._warned_older:
+            self._warned_older.add(version)
+            log.warning("older_model_version_ignored", version=version, serving_version=serving,
+                        hint="score workers never go back unless LATEST names the version as a rollback "
+                             "(adrec-stream model rollback)")
+        return True
+
+    def _load(self, version: int, *, via: str) -> bool:
+        """Load ``version`` from the registry and swap it in (caller holds the lock). True if swapped in."""
+        stamp = self._stamp(version)
+        if self._refused.get(version) == stamp:
+            return False
+        try:
+            path = self.registry.fetch(version)
+            rec = Recommender.from_checkpoint(path, version=version, device=self.device, **self._kwargs)
+        except CheckpointError as err:
+            self._refused[version] = stamp
+            self.refusals += 1
+            log.error("model_version_refused", version=version, path=str(self.registry.root), error=str(err),
+                      serving_version=self.version, via=via)
+            return False
+        previous = self.version
+        self._current = rec
+        self.reloads += 1
+        if self._pending is not None and self._pending[0] <= version:
+            self._pending = None
+        log.info("model_version_loaded", version=version, previous_version=previous, path=str(path),
+                 n_items=rec.n_items, via=via)
+        return True
+
     def check(self) -> bool:
         """Check the registry now; load and swap in a changed version. True if a new version was swapped in."""
         with self._reload_lock:
             self._last_poll = time.monotonic()
-            found = self.registry.latest()
-            if found is None:
+            version = self.registry.current_version()
+            if version is None:
                 if not self._warned_empty:
                     self._warned_empty = True
                     log.warning("no_model_in_registry", registry=str(self.registry.root),
                                 action="every user gets an empty fallback recommendation until a version appears",
                                 hint="adrec-stream model publish CHECKPOINT (e.g. the --output of adrec-stream train)")
                 return False
-            version, path = found
-            if version == self.version:
+            if version == self.version or self._older(version):
                 return False
-            try:
-                st = path.stat()
-                stamp = (st.st_size, st.st_mtime_ns)
-            except OSError:
-                stamp = (-1, -1)
-            if self._refused.get(version) == stamp:
+            if self._load(version, via="registry_poll"):
+                return True
+            if self._current is None:
+                # nothing serving yet and the current version cannot be loaded: the newest loadable older one
+                for older in reversed([v for v in self.registry.versions() if v < version]):
+                    if self._load(older, via="registry_poll"):
+                        return True
+            return False
+
+    def announce(self, version: int, *, sha256: str | None = None, registry_url: str | None = None,
+                 rollback: bool = False) -> bool:
+        """An announcement says ``version`` was published (or, ``rollback``, that ``LATEST`` moved back to it):
+        load it now from this recommender's registry. True if it was swapped in.
+
+        Ignored when it is the serving version, older (unless the registry's ``LATEST`` names it as a rollback) or
+        its ``sha256`` differs from the registry's manifest (logged as an error). A version the registry does not
+        show yet is retried by :meth:`maybe_reload` every :data:`PENDING_RETRY_S` seconds until it does.
+        ``registry_url`` is only compared with this recommender's registry for the log (a host may mount a shared
+        file system elsewhere; the checksum decides).
+        """
+        with self._reload_lock:
+            self.announcements += 1
+            if version == self.version or self._older(version):
                 return False
-            try:
-                rec = Recommender.from_checkpoint(path, version=version, device=self.device, **self._kwargs)
-            except CheckpointError as err:
-                self._refused[version] = stamp
-                self.refusals += 1
-                log.error("model_version_refused", version=version, path=str(path), error=str(err),
-                          serving_version=self.version)
+            if registry_url is not None and registry_url != self.registry.url:
+                log.info("announcement_from_other_registry_url", version=version, announced=registry_url,
+                         registry=self.registry.url, action="loading it from this worker's registry if the checksum "
+                                                            "matches")
+            info = self.registry.info(version)
+            if info is None:
+                if self._pending is None or self._pending[0] < version:
+                    self._pending = (version, sha256)
+                    log.info("announced_model_version_not_in_registry_yet", version=version,
+                             registry=str(self.registry.root), retry_s=self.PENDING_RETRY_S)
+                self._last_pending_try = time.monotonic()
                 return False
-            previous = self.version
-            self._current = rec
-            self.reloads += 1
-            log.info("model_version_loaded", version=version, previous_version=previous, path=str(path),
-                     n_items=rec.n_items)
-            return True
+            if sha256 is not None and info.get("sha256") != sha256:
+                if self._refused.get(version) != ("announced", sha256):
+                    self._refused[version] = ("announced", sha256)
+                    self.refusals += 1
+                    log.error("model_version_refused", version=version, path=str(self.registry.root), via="announcement",
+                              error=f"announced sha256 {sha256[:16]}... differs from the registry manifest's "
+                                    f"{str(info.get('sha256'))[:16]}...", serving_version=self.version)
+                return False
+            return self._load(version, via="announcement")
 
     def maybe_reload(self) -> bool:
-        """:meth:`check` if at least ``poll_s`` seconds passed since the last check."""
-        if time.monotonic() - self._last_poll >= self.poll_s:
+        """Retry an announced version not yet visible (every :data:`PENDING_RETRY_S` s); then, with ``poll``,
+        :meth:`check` if at least ``poll_s`` seconds passed since the last check."""
+        pending = self._pending
+        now = time.monotonic()
+        if pending is not None and now - self._last_pending_try >= self.PENDING_RETRY_S:
+            if self.announce(pending[0], sha256=pending[1]):
+                return True
+        if self.poll and now - self._last_poll >= self.poll_s:
             return self.check()
         return False
 

@@ -51,7 +51,7 @@ def test_cli_start_status_stop(tmp_path: Path, capsys):
         assert scfg.broker.port == 9092 and status["bootstrap"] != "127.0.0.1:9092"
         assert effective_bootstrap(scfg) == status["bootstrap"] == info["bootstrap"]
         assert status["topics"] == {"clicks": 3, "recommendations": 4, "clicks-dead-letter": 1,
-                                    "sequence-updates": 4}
+                                    "sequence-updates": 4, "model-versions": 1}
         with pytest.raises(BrokerError, match="already running"):
             broker_cli.run(argparse.Namespace(action="start", port=0, config=str(cfg_path)))
     finally:

@@ -2,7 +2,7 @@
 
 ``start`` launches Tansu in the background on ``broker.host`` (loopback) and the given port, writes the PID
 and log files under ``broker.data_dir`` (default ``./var/broker``), waits until it accepts connections and
-creates the four pipeline topics if absent. ``stop`` sends SIGTERM, then SIGKILL. ``status`` prints one
+creates the pipeline topics (``topics:`` of the config) if absent. ``stop`` sends SIGTERM, then SIGKILL. ``status`` prints one
 JSON object and exits 0 when the broker is reachable, :data:`EXIT_NOT_REACHABLE` (3) when it is not (usable
 as a health check in scripts). With ``broker.embedded: false`` start/stop refuse (nothing to manage) and status reports the
 external cluster's reachability and topics.

@@ -35,7 +35,7 @@ DEFAULT_STREAM_CONFIG = CONFIG_DIR / "stream.yaml"
 
 
 class TopicsConfig(StrictModel):
-    """The four topics of the pipeline.
+    """The topics of the pipeline.
 
     - ``clicks``: input, key = user id (UTF-8), value = JSON click (see :mod:`adrec_stream.stream.events`).
     - ``recommendations``: output, key = user id, value = JSON top-k list.

@@ -42,6 +42,7 @@ from adrec_stream.logging import get_logger
 from adrec_stream.model import SequenceModel, build_model
 from adrec_stream.runtime import resolve_device, seed_everything
 from adrec_stream.training.config import STAGES, ExperimentConfig
+from adrec_stream.training.distributed import DistContext, ShardLoss, shard_rows, shard_weights
 
 
 @dataclass
@@ -120,15 +121,28 @@ def _run_stage(
     history: list[dict[str, Any]],
     decay_only: Sequence[torch.nn.Parameter] = (),
     should_stop: Callable[[], bool] | None = None,
+    distributed: DistContext | None = None,
 ) -> _StageRun:
     """Train the parameters of ``model`` that require grad for ``epochs`` epochs (see module doc).
 
     ``decay_only``: parameters without gradient that are nevertheless in the optimiser with a zero gradient
     (``train.align_table: reference_decay``), so that weight decay alone moves them. The stage also ends
     between two steps once ``train.max_steps`` optimiser steps are done ("max_steps") or ``should_stop()``
-    returns True ("stopped"); the epoch then ends there (validated if validation data is given)."""
+    returns True ("stopped"); the epoch then ends there (validated if validation data is given).
+
+    ``distributed``: train data-parallel (:mod:`adrec_stream.training.distributed`): every rank cuts the same
+    global batches, trains on its shard through ``DistributedDataParallel``; stop requests and the time budget
+    are agreed by all ranks (any rank's request stops all at the same step); the logged losses are the global
+    batch's."""
     tc = exp.train
     params = [p for p in model.parameters() if p.requires_grad]
+    ddp = None
+    if distributed is not None:
+        from torch.nn.parallel import DistributedDataParallel  # noqa: PLC0415
+
+        # construction broadcasts rank 0's parameters: every rank starts from the same weights
+        ddp = DistributedDataParallel(ShardLoss(model), device_ids=[device.index] if device.type == "cuda" else None,
+                                      forward_sync_buffers=False)  # buffers are constants, synced at init
     opt = torch.optim.Adam(params + list(decay_only), lr=lr, weight_decay=tc.weight_decay)
     steps_per_epoch = math.ceil(len(windows) / tc.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -149,14 +163,21 @@ def _run_stage(
                               leave=False):
             if tc.max_steps is not None and steps >= tc.max_steps:
                 stop_reason = "max_steps"
-            elif should_stop is not None and should_stop():
-                stop_reason = "stopped"
+            else:
+                stop = should_stop is not None and should_stop()
+                if distributed is not None:
+                    stop = distributed.any(stop)  # every rank takes the same number of steps
+                if stop:
+                    stop_reason = "stopped"
             if stop_reason != "epochs":
                 break
             try:
                 with autocast_context(device, tc.amp):
-                    out = _optimizer_step(model, opt, params, hist.to(device), tgt.to(device), tc.max_grad_norm,
-                                          decay_only)
+                    if ddp is not None:
+                        out = _ddp_step(ddp, distributed, opt, params, hist, tgt, device, tc.max_grad_norm, decay_only)
+                    else:
+                        out = _optimizer_step(model, opt, params, hist.to(device), tgt.to(device), tc.max_grad_norm,
+                                              decay_only)
             except TrainingDivergedError as err:
                 raise TrainingDivergedError(f"stage {stage}, epoch {epoch}: {err}") from None
             _accumulate(sums, out)
@@ -167,6 +188,8 @@ def _run_stage(
                                "epoch_s": round(time.perf_counter() - t0, 3), "steps": n_batches}
         rec.update({k: v / max(n_batches, 1) for k, v in sums.items()})
         over_budget = tc.stage_time_budget_s is not None and time.perf_counter() - stage_t0 > tc.stage_time_budget_s
+        if distributed is not None:
+            over_budget = distributed.any(over_budget)
         if over_budget and stop_reason == "epochs":
             stop_reason = "time_budget"
         do_eval = val is not None and (epoch % tc.eval_every == 0 or epoch == epochs or stop_reason != "epochs")
@@ -273,6 +296,55 @@ def _optimizer_step(
     return out
 
 
+def _ddp_step(
+    ddp: torch.nn.Module,
+    dist_ctx: DistContext,
+    opt: torch.optim.Optimizer,
+    params: list[torch.nn.Parameter],
+    hist: torch.Tensor,
+    tgt: torch.Tensor,
+    device: torch.device,
+    max_grad_norm: float | None,
+    decay_only: Sequence[torch.nn.Parameter] = (),
+) -> dict[str, torch.Tensor]:
+    """One data-parallel update: this rank's shard of the global (B, L) batch through DDP (a
+    :class:`~adrec_stream.training.distributed.ShardLoss`), the non-finite check agreed by every rank BEFORE the
+    backward (a rank that skipped it would leave the others waiting in the gradient all-reduce), one backward
+    (DDP averages the gradients over the ranks), clipping (of the averaged, identical gradients), step.
+
+    A rank whose shard is empty (a last batch smaller than the world) runs one row with weight 0: it still takes
+    part in the all-reduce and adds nothing.
+
+    Returns:
+        {"loss", "ce", "mse"} of the GLOBAL batch (the single-process step's values up to float order).
+
+    Raises:
+        TrainingDivergedError: the loss is NaN or infinite on some rank (on every rank; no update is made).
+    """
+    rows = shard_rows(hist.shape[0], dist_ctx.rank, dist_ctx.world_size)
+    ce_w, mse_w = shard_weights(tgt, rows, dist_ctx.world_size)
+    if rows.numel() == 0:
+        rows, ce_w, mse_w = torch.zeros(1, dtype=torch.long), 0.0, 0.0
+    out = ddp(hist[rows].to(device), tgt[rows].to(device), ce_w, mse_w)
+    local = [float(out["loss"].detach()), float(out["ce"]), float(out["mse"])]
+    bad = not all(math.isfinite(v) for v in local)
+    sums = dist_ctx.all_reduce_sum([0.0 if bad else v for v in local] + [1.0 if bad else 0.0])
+    if sums[3] > 0:
+        raise TrainingDivergedError(
+            f"training diverged: the loss is not finite on {int(sums[3])} of {dist_ctx.world_size} ranks (this rank: "
+            f"{local[0]}); lower the learning rate (train.lr or train.<stage>_lr) or the initialisation scale"
+        )
+    opt.zero_grad(set_to_none=True)
+    out["loss"].backward()
+    if max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    for p in decay_only:
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    w = dist_ctx.world_size
+    return {k: torch.tensor(v / w) for k, v in zip(("loss", "ce", "mse"), sums[:3])}
+
+
 def _accumulate(sums: dict[str, float], out: dict[str, torch.Tensor]) -> None:
     """Add the batch's loss terms to the running sums (keys present in both)."""
     for k in sums:
@@ -316,6 +388,7 @@ def train_model(
     epochs: dict[str, int] | None = None,
     on_stage_end: StageCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
+    distributed: DistContext | None = None,
 ) -> TrainResult:
     """Train ADRec (three stages) or SASRec+ (one stage) on per-user training sequences.
 
@@ -345,6 +418,10 @@ def train_model(
             Align and finetune train the same model object in place: copy it to keep a stage's weights.
         should_stop: polled between two optimiser steps; True ends the stage in progress there (the
             streaming fine-tune worker's shutdown and its per-round time limit).
+        distributed: train data-parallel on the ranks of this process group (every rank calls ``train_model``
+            with the same arguments; :mod:`adrec_stream.training.distributed`): global batches of
+            ``train.batch_size`` windows, each rank training on ``batch_size / world_size`` of them, so the
+            steps and learning rate are the single-process ones. No validation data (``val``) then.
 
     Returns:
         :class:`TrainResult` of the whole call (history and epochs over all stages; model, best metric
@@ -352,12 +429,16 @@ def train_model(
 
     Raises:
         ConfigError: empty stage list, unknown stage or stage order, align without a pre-trained table,
-            a stage not applicable to the model kind, no training window, or a table of the wrong shape.
+            a stage not applicable to the model kind, no training window, a table of the wrong shape, or
+            validation data given to a distributed call.
         TrainingDivergedError: the loss became NaN or infinite (the message names the stage and epoch).
     """
     t_start = time.perf_counter()
     log = log if log is not None else get_logger("train")
     stages = check_stages(exp, stages)
+    if distributed is not None and val is not None:
+        raise ConfigError("validation (early stopping) is not supported in a distributed train_model call: pass "
+                          "val=None (the fine-tune round judges its candidate after training)")
     if "align" in stages and "pretrain" not in stages and pretrained_table is None:
         raise ConfigError("stage 'align' needs the stage-1 item table: run 'pretrain' first (or pass it)")
     dev = resolve_device(device)
@@ -386,7 +467,7 @@ def train_model(
                     _load_table(adrec, table)
             model = adrec
         last = _train_stage(model, windows, exp, stage, epochs=budgets[stage], val=val, device=dev,
-                            progress=progress, log=log, should_stop=should_stop)
+                            progress=progress, log=log, should_stop=should_stop, distributed=distributed)
         if stage == "pretrain":
             table = model.item_emb.weight.detach().clone()
         last = replace(last, wall_s=time.perf_counter() - t0, pretrained_table=table)
@@ -410,6 +491,7 @@ def _train_stage(
     progress: bool,
     log: Any,
     should_stop: Callable[[], bool] | None = None,
+    distributed: DistContext | None = None,
 ) -> TrainResult:
     """One stage on ``model`` (already on ``device``, seeded by the caller): set which parameters train
     (align freezes the item table, finetune unfreezes everything), run it, and return its result
@@ -428,7 +510,7 @@ def _train_stage(
                          val=val, device=device, progress=progress, log=log, rng=np.random.default_rng(tc.seed),
                          history=history,
                          decay_only=[table] if stage == "align" and tc.align_table == "reference_decay" else (),
-                         should_stop=should_stop)
+                         should_stop=should_stop, distributed=distributed)
     finally:
         if stage == "align":
             table.requires_grad_(True)

@@ -29,6 +29,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("adrec_stream.ops.status", "one snapshot of a running deployment: lag, throughput, model, quality"),
     "dashboard": ("adrec_stream.ops.dashboard", "live status page (throughput, latency, prequential NDCG@10)"),
     "model": ("adrec_stream.serving.model_cli", "publish a checkpoint to the model registry, list versions, roll back"),
+    "finetune-round": ("adrec_stream.incremental.round_cli",
+                       "one rank of a distributed fine-tune round (started by torchrun), or --follow on other hosts"),
 }
 
 

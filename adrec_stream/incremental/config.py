@@ -18,6 +18,40 @@ _NonNegFloat = Annotated[float, Field(strict=False, ge=0, allow_inf_nan=False)]
 _Fraction = Annotated[float, Field(strict=False, gt=0, lt=1)]
 
 
+class DistributedConfig(StrictModel):
+    """``finetune.distributed``: run each fine-tune round data-parallel under ``torchrun`` (docs/incremental.md).
+
+    ``nproc_per_node``: processes (ranks) on the fine-tune worker's host, one per GPU on CUDA; ``nnodes``: hosts
+    (the worker's host is node 0; the others run ``adrec-stream finetune-round --follow``). World size =
+    ``nproc_per_node · nnodes``; 1 (the default) = the round runs in the worker's process as before.
+    ``backend``: auto (nccl on CUDA, gloo on the CPU), gloo or nccl. ``master_addr`` / ``master_port``: where
+    rank 0's rendezvous listens when ``nnodes > 1`` (a single host uses ``torchrun --standalone``, which picks a
+    free local port). ``launch_timeout_s``: seconds the worker waits for a round's job beyond
+    ``finetune.max_seconds`` (process start-up, rendezvous, judging) before it ends the job; also the job's
+    collective timeout.
+
+    The round's global batch is ``finetune.batch_size`` windows (each rank trains on ``batch_size / world_size``
+    of them), so the number of steps and the learning rate are the single-process round's.
+    """
+
+    nproc_per_node: int = Field(1, ge=1)
+    nnodes: int = Field(1, ge=1)
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+    master_addr: str = Field("127.0.0.1", min_length=1)
+    master_port: int = Field(29500, ge=1, le=65535)
+    launch_timeout_s: _PosFloat = 300.0
+
+    @property
+    def world_size(self) -> int:
+        """Number of ranks (``nproc_per_node · nnodes``)."""
+        return self.nproc_per_node * self.nnodes
+
+    @property
+    def enabled(self) -> bool:
+        """Whether rounds run under torchrun (world size > 1)."""
+        return self.world_size > 1
+
+
 class FinetuneConfig(StrictModel):
     """When and how the fine-tune worker runs ADRec's stage 3 on fresh windows (see docs/incremental.md).
 
@@ -48,6 +82,8 @@ class FinetuneConfig(StrictModel):
         ``device``: auto (CUDA when present, else CPU), cpu, cuda[:N]; ``amp``: bf16 autocast on CUDA (no
         effect on CPU); ``threads``: torch CPU threads of the worker; ``nice``: added to the worker's CPU
         niceness at start (0-19; rounds then yield the CPU to ingest and score workers on the same host).
+    Scale-out:
+        ``distributed``: :class:`DistributedConfig` (several processes / GPUs / hosts per round).
     """
 
     interval_s: _PosFloat = 300.0
@@ -75,11 +111,23 @@ class FinetuneConfig(StrictModel):
     threads: int = Field(1, ge=1)
     nice: int = Field(10, ge=0, le=19)
     seed: int = 2025
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
 
     @model_validator(mode="after")
     def _check(self) -> FinetuneConfig:
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        d = self.distributed
+        if d.enabled:
+            if self.batch_size < d.world_size:
+                raise ValueError(f"batch_size ({self.batch_size}) must be at least the distributed world size "
+                                 f"({d.world_size} = nproc_per_node x nnodes): every rank trains on batch_size / "
+                                 "world_size windows of each step")
+            if d.backend == "nccl" and self.device == "cpu":
+                raise ValueError("distributed.backend nccl needs CUDA devices, but device is cpu: use gloo or auto")
+            if re.fullmatch(r"cuda:\d+", self.device):
+                raise ValueError(f"device {self.device!r} names one GPU, but a distributed round puts rank i on "
+                                 "cuda:<local rank i>: use device cuda or auto")
         if self.holdout_min_events > self.holdout_max_events:
             raise ValueError(f"holdout_min_events ({self.holdout_min_events}) must not exceed holdout_max_events "
                              f"({self.holdout_max_events})")

@@ -46,6 +46,7 @@ from adrec_stream.model import ModelConfig, SequenceModel
 from adrec_stream.model.base import EMB_INIT_STD
 from adrec_stream.state.vocab import Vocabulary
 from adrec_stream.training.config import ExperimentConfig, TrainConfig
+from adrec_stream.training.distributed import DistContext
 from adrec_stream.training.trainer import autocast_context, train_model
 
 #: batches of the training window on which the loss is measured before and after training (each probe is a
@@ -233,7 +234,7 @@ def probe_loss(model: SequenceModel, windows: Sequence[Sequence[int]], cfg: Fine
 
 def train_window(model: SequenceModel, sequences: Sequence[Sequence[int]], cfg: FinetuneConfig,
                  device: torch.device, *, should_stop: Callable[[], bool] | None = None,
-                 log: Any = None) -> TrainStats:
+                 log: Any = None, dist: DistContext | None = None) -> TrainStats:
     """Stage 3 on the round's sequences, in place, through the project's one stage loop
     (:func:`~adrec_stream.training.trainer.train_model` with ``stages=("finetune",)`` and the candidate as
     ``init_model``): every parameter, the model's loss, one backward per batch (step 3 of the module
@@ -246,6 +247,8 @@ def train_window(model: SequenceModel, sequences: Sequence[Sequence[int]], cfg: 
         device: where to train.
         should_stop: polled between steps (worker shutdown).
         log: structlog logger for the stage's epoch lines.
+        dist: train data-parallel on this process group (every rank calls this with the same sequences; the
+            ``max_seconds`` limit of any rank stops all of them at the same step).
 
     Returns:
         :class:`TrainStats`.
@@ -261,7 +264,8 @@ def train_window(model: SequenceModel, sequences: Sequence[Sequence[int]], cfg: 
 
     res = train_model([list(s) for s in sequences], model.n_items, stage3_experiment(cfg, model.cfg),
                       stages=("finetune",), init_model=model, device=str(device), progress=False,
-                      log=log if log is not None else get_logger("adrec_stream.finetune.train"), should_stop=stop)
+                      log=log if log is not None else get_logger("adrec_stream.finetune.train"), should_stop=stop,
+                      distributed=dist)
     last = res.history[-1] if res.history else {}
     reason = res.stop_reason
     if reason == "stopped" and not (should_stop is not None and should_stop()):
@@ -354,8 +358,13 @@ class RoundOutcome:
 
 def run_round(serving: SequenceModel, serving_vocab: Sequence[str], window: RoundWindow, cfg: FinetuneConfig,
               device: torch.device, *, should_stop: Callable[[], bool] | None = None,
-              log: Any = None) -> RoundOutcome:
+              log: Any = None, dist: DistContext | None = None) -> RoundOutcome:
     """Steps 2-4 of the module docstring on a built window; the serving model is not changed.
+
+    Distributed (``dist``): every rank calls this with the same serving model, vocabulary, window and settings;
+    stage 3 runs data-parallel (:func:`train_window`), and rank 0 alone measures the losses and judges the
+    held-out clicks, then broadcasts its verdict, so every rank returns the same ``accepted`` / ``reason`` /
+    metrics (and, in the candidate, the same weights).
 
     Args:
         serving: the serving model (copied; never modified).
@@ -365,6 +374,7 @@ def run_round(serving: SequenceModel, serving_vocab: Sequence[str], window: Roun
         device: where to train and evaluate.
         should_stop: polled between training steps (worker shutdown).
         log: structlog logger for the training stage's lines.
+        dist: the process group of a distributed round (None: this process alone).
 
     Returns:
         :class:`RoundOutcome`.
@@ -387,10 +397,12 @@ def run_round(serving: SequenceModel, serving_vocab: Sequence[str], window: Roun
         outcome.reason, outcome.candidate = "no_training_windows", None
         outcome.round_s = time.perf_counter() - t0
         return outcome
-    outcome.loss_before = probe_loss(candidate, windows, cfg, device)
+    main = dist is None or dist.is_main
+    if main:
+        outcome.loss_before = probe_loss(candidate, windows, cfg, device)
     try:
-        outcome.train = train_window(candidate, sequences, cfg, device, should_stop=should_stop, log=log)
-    except TrainingDivergedError as err:
+        outcome.train = train_window(candidate, sequences, cfg, device, should_stop=should_stop, log=log, dist=dist)
+    except TrainingDivergedError as err:  # distributed: raised on every rank (the check is collective)
         outcome.reason, outcome.error, outcome.candidate = "diverged", str(err), None
         outcome.round_s = time.perf_counter() - t0
         return outcome
@@ -400,21 +412,38 @@ def run_round(serving: SequenceModel, serving_vocab: Sequence[str], window: Roun
         outcome.candidate = None
         outcome.round_s = time.perf_counter() - t0
         return outcome
+    if main:
+        _judge(outcome, serving, serving_vocab, windows, cfg, device)
+    if dist is not None:
+        verdict = dist.broadcast_object({k: getattr(outcome, k) for k in _VERDICT} if main else None)
+        for k, v in verdict.items():
+            setattr(outcome, k, v)
+        if outcome.reason == "diverged":
+            outcome.candidate = None
+    outcome.round_s = time.perf_counter() - t0
+    return outcome
+
+
+#: the :class:`RoundOutcome` fields rank 0 decides and broadcasts in a distributed round
+_VERDICT = ("accepted", "reason", "error", "loss_before", "loss_after", "heldout_serving", "heldout_candidate")
+
+
+def _judge(outcome: RoundOutcome, serving: SequenceModel, serving_vocab: Sequence[str], windows: list[list[int]],
+           cfg: FinetuneConfig, device: torch.device) -> None:
+    """Step 4 on a trained candidate (in place): the divergence ratio of the window loss, then the held-out guard."""
+    candidate = outcome.candidate
     outcome.loss_after = probe_loss(candidate, windows, cfg, device)
     if not math.isfinite(outcome.loss_after) or outcome.loss_after > cfg.divergence_loss_ratio * outcome.loss_before:
         outcome.reason, outcome.candidate = "diverged", None
         outcome.error = (f"training diverged: the window's loss went from {outcome.loss_before:.4g} to "
                          f"{outcome.loss_after:.4g} (limit: x{cfg.divergence_loss_ratio:g}, "
                          "finetune.divergence_loss_ratio); lower finetune.lr")
-        outcome.round_s = time.perf_counter() - t0
-        return outcome
+        return
     # judge the held-out clicks whose history the serving model can read (both models see the same clicks)
     base = Vocabulary(serving_vocab)
-    judged = [bool(base.encode(u.items[:-1])) for u in window.holdout]
-    outcome.heldout_serving = heldout_metrics(serving, base, window.holdout, judged, cfg, device)
-    outcome.heldout_candidate = heldout_metrics(candidate, vocab, window.holdout, judged, cfg, device)
+    judged = [bool(base.encode(u.items[:-1])) for u in outcome.window.holdout]
+    outcome.heldout_serving = heldout_metrics(serving, base, outcome.window.holdout, judged, cfg, device)
+    outcome.heldout_candidate = heldout_metrics(candidate, outcome.vocab, outcome.window.holdout, judged, cfg, device)
     old, new = outcome.heldout_serving[GUARD_METRIC], outcome.heldout_candidate[GUARD_METRIC]
     outcome.accepted = new >= old - cfg.tolerance
     outcome.reason = "passed" if outcome.accepted else "heldout"
-    outcome.round_s = time.perf_counter() - t0
-    return outcome

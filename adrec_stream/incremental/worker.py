@@ -48,6 +48,7 @@ import numpy as np
 import torch
 
 from adrec_stream.errors import CheckpointError
+from adrec_stream.incremental.distributed import check_distributed, run_distributed_round
 from adrec_stream.incremental.round import GUARD_METRIC, RoundOutcome, build_window, run_round
 from adrec_stream.incremental.updates import BadUpdateError, UpdateTracker, parse_update
 from adrec_stream.logging import get_logger
@@ -147,14 +148,19 @@ class FinetuneWorker:
         device: overrides ``finetune.device`` ("auto", "cpu", "cuda", "cuda:N").
         hooks: test hooks (default: none).
 
+    Rounds run in this process, or, when ``finetune.distributed`` names more than one rank, as a torchrun job
+    (:mod:`adrec_stream.incremental.distributed`) whose accepted candidate this process publishes.
+
     Raises:
-        ConfigError: the device is unknown or CUDA was requested without CUDA.
+        ConfigError: the device is unknown or CUDA was requested without CUDA; ``finetune.distributed`` asks for
+            nccl without CUDA or for more ranks per host than it has GPUs.
     """
 
     def __init__(self, cfg: StreamConfig, *, device: str | None = None, hooks: FinetuneHooks | None = None) -> None:
         self.cfg = cfg
         self.fcfg = cfg.finetune
         self.device = resolve_device(device or self.fcfg.device)
+        check_distributed(self.fcfg, self.device)
         self.hooks = hooks or FinetuneHooks()
         self.topic = cfg.topics.sequence_updates.name
         self.registry = open_registry(cfg.registry_dir, cache_dir=cfg.registry_cache)
@@ -165,6 +171,7 @@ class FinetuneWorker:
         self._stop = threading.Event()
         self._rng = np.random.default_rng(self.fcfg.seed)
         self._candidate_dir = Path(cfg.state_dir) / "finetune" / "candidate"
+        self._round_dir = Path(cfg.state_dir) / "finetune" / "round"  # a distributed round's spec and outcome
         self._last_round = time.monotonic()
         self._consumed_at_round = 0
         self.metrics = WorkerMetrics("finetune", group=cfg.groups.finetune, recent_window_s=cfg.ops.recent_window_s)
@@ -244,8 +251,8 @@ class FinetuneWorker:
     def run_once(self) -> dict[str, Any]:
         """Run one round now from the registry's current version; returns the ``finetune_round`` record.
 
-        The record's ``status`` is "published", "rejected" (with ``reason``: diverged / heldout) or
-        "skipped" (no serving model, too few fresh clicks, or stopped).
+        The record's ``status`` is "published", "rejected" (with ``reason``: diverged / heldout /
+        distributed_failed) or "skipped" (no serving model, too few fresh clicks, or stopped).
         """
         self._last_round = time.monotonic()
         self._consumed_at_round = self.tracker.consumed
@@ -265,8 +272,12 @@ class FinetuneWorker:
                               min_round_events=self.fcfg.min_round_events, serving_version=parent_version)
         window = build_window(fresh, self.tracker.pool(cut), cut, self.fcfg, self._rng, max_len=parent.model.max_len)
         self.counters.rounds += 1
-        outcome = run_round(parent.model, parent.vocab, window, self.fcfg, self.device, should_stop=self._stop.is_set,
-                            log=self.log)
+        if self.fcfg.distributed.enabled:
+            outcome = run_distributed_round(path, parent.vocab, window, self.fcfg, self.device, self._round_dir,
+                                            should_stop=self._stop.is_set, log=self.log)
+        else:
+            outcome = run_round(parent.model, parent.vocab, window, self.fcfg, self.device,
+                                should_stop=self._stop.is_set, log=self.log)
         record = self._record(outcome, parent_version)
         if outcome.reason in ("stopped", "no_training_windows", "no_steps"):
             record.update(status="skipped", reason=outcome.reason)
@@ -311,6 +322,7 @@ class FinetuneWorker:
             f"heldout_{GUARD_METRIC}_candidate": _round(hc.get(GUARD_METRIC)),
             "heldout_HR@10_serving": _round(hs.get("HR@10")), "heldout_HR@10_candidate": _round(hc.get("HR@10")),
             "train_s": round(o.train.train_s, 3), "round_s": round(o.round_s, 3), "device": str(self.device),
+            "world_size": self.fcfg.distributed.world_size,
             "first_event_ts": bounds["first_event_ts"], "last_event_ts": bounds["last_event_ts"],
         }
 

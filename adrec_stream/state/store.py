@@ -13,9 +13,18 @@ producer keys clicks by user id so that one user's clicks share a partition.
 
 On-disk layout (raw bytes keys, format version 1):
 
-- ``s:<user_id>`` -> orjson ``[[item, ...], [ts, ...]]`` (raw item ids as strings, epoch seconds)
+- ``s:<user_id>`` -> orjson ``[[item, ...], [ts, ...], [topic, partition, offset]]`` (raw item ids as strings,
+  epoch seconds, the source record of the user's last applied click; entries of earlier builds have no third
+  element, and :meth:`SequenceStore.forget_offsets` sets it to null)
 - ``o:<topic>\\x00<partition>`` -> last applied offset as ASCII decimal
+- ``c:<changelog topic>\\x00<partition>`` -> next changelog offset to read: the store reflects every changelog
+  record below it (:mod:`adrec_stream.state.changelog`)
 - ``m:format`` -> ``1``
+
+Duplicates: a click is skipped when its offset is at or below the offset of its user's last applied click (same
+topic and partition), or - for a user without an entry, or one whose entry has no source - at or below the
+partition's applied offset. The per-user rule makes a store restored from a changelog whose last batch was only
+partly delivered exact: users whose record arrived skip the clicks it holds, the others re-apply theirs.
 
 A RocksDB directory can be open in one process only. Opening writes ``<path>.pid`` beside the DB; a
 second opener gets :class:`~adrec_stream.errors.StoreLockedError` naming the path and that PID. A
@@ -46,6 +55,7 @@ from adrec_stream.procs import pid_alive
 FORMAT_VERSION = b"1"
 _SEQ = b"s:"
 _OFF = b"o:"
+_CLOG = b"c:"
 _FORMAT_KEY = b"m:format"
 _LOCK_MSG = re.compile(r"/LOCK\b|lock hold by current process", re.IGNORECASE)
 #: Keys read per iterator pass in :meth:`SequenceStore.users` (the iterator is dropped between passes so
@@ -60,6 +70,31 @@ class SourceRecord(NamedTuple):
     partition: int
     offset: int
     event: Interaction | None
+
+
+#: Source of a user's last applied click: (topic, partition, offset); None = unknown (entry of an earlier build, or
+#: offsets forgotten after a broker reset); :data:`NO_ENTRY` = the user has no stored window.
+Source = tuple[str, int, int] | None
+NO_ENTRY: tuple[str, int, int] = ("", -1, -1)
+#: (items, event times, source) of one user, as held in memory.
+Entry = tuple[list[str], list[float], Source]
+
+
+class StorePlan(NamedTuple):
+    """What :meth:`SequenceStore.apply` would write for a batch (see :meth:`SequenceStore.plan`).
+
+    Attributes:
+        updates: one :class:`SequenceUpdate` per click that would be applied, in input order.
+        windows: user -> (items, event times (s), source (topic, partition, offset)) after the batch, for every user
+            with an applied click.
+        offsets: (topic, partition) -> the partition's applied offset after the batch (partitions that advance).
+        fresh: number of records that would be applied (clicks and dead letters).
+    """
+
+    updates: list
+    windows: dict[str, Entry]
+    offsets: dict[tuple[str, int], int]
+    fresh: int
 
 
 class SequenceUpdate(NamedTuple):
@@ -86,8 +121,13 @@ def _read_owner(path: Path) -> dict | None:
     return data if isinstance(data, dict) and isinstance(data.get("pid"), int) else None
 
 
-def _offset_key(topic: str, partition: int) -> bytes:
-    return _OFF + topic.encode("utf-8") + b"\x00" + str(partition).encode("ascii")
+def _offset_key(topic: str, partition: int, prefix: bytes = _OFF) -> bytes:
+    return prefix + topic.encode("utf-8") + b"\x00" + str(partition).encode("ascii")
+
+
+def _encode_entry(entry: Entry) -> bytes:
+    items, ts, src = entry
+    return orjson.dumps([items, ts, None if src is None or src == NO_ENTRY else list(src)])
 
 
 class SequenceStore:
@@ -119,7 +159,7 @@ class SequenceStore:
             raise ValueError(f"cache_users must be >= 0, got {cache_users}")
         self.path = Path(path)
         self.window = window
-        self._cache: OrderedDict[str, tuple[list[str], list[float]]] = OrderedDict()
+        self._cache: OrderedDict[str, Entry] = OrderedDict()
         self._cache_size = cache_users
         self._lock = threading.RLock()
         self._db: Rdict | None = None
@@ -148,6 +188,7 @@ class SequenceStore:
                     "use a new state_dir or rebuild the state by replaying the clicks topic"
                 )
             self._offsets = self._load_offsets()
+            self._changelog_pos = self._load_offsets(_CLOG)
             self._write_pid_file()
         except BaseException:
             self._db.close()
@@ -208,32 +249,33 @@ class SequenceStore:
         return self._db
 
     # ----------------------------------------------------------------- encoding
-    def _decode_entry(self, raw: bytes | None) -> tuple[list[str], list[float]]:
+    def _decode_entry(self, raw: bytes | None) -> Entry:
         if raw is None:
-            return [], []
-        items, ts = orjson.loads(raw)
+            return [], [], NO_ENTRY
+        items, ts, *rest = orjson.loads(raw)
+        src = tuple(rest[0]) if rest and rest[0] is not None else None
         if len(items) > self.window:
             items, ts = items[-self.window :], ts[-self.window :]
-        return items, ts
+        return items, ts, src
 
-    def _load_offsets(self) -> dict[tuple[str, int], int]:
+    def _load_offsets(self, prefix: bytes = _OFF) -> dict[tuple[str, int], int]:
         out: dict[tuple[str, int], int] = {}
         db = self._open_db()
         it = db.iter()
         try:
-            it.seek(_OFF)
+            it.seek(prefix)
             while it.valid():
                 k = it.key()
-                if not k.startswith(_OFF):
+                if not k.startswith(prefix):
                     break
-                topic, _, part = k[len(_OFF) :].rpartition(b"\x00")
+                topic, _, part = k[len(prefix) :].rpartition(b"\x00")
                 out[(topic.decode("utf-8"), int(part))] = int(it.value())
                 it.next()
         finally:
             del it
         return out
 
-    def _remember(self, user: str, entry: tuple[list[str], list[float]]) -> None:
+    def _remember(self, user: str, entry: Entry) -> None:
         if not self._cache_size:
             return
         self._cache[user] = entry
@@ -241,9 +283,9 @@ class SequenceStore:
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
 
-    def _load_many(self, users: Sequence[str], *, copy: bool) -> dict[str, tuple[list[str], list[float]]]:
-        """Windows of ``users`` from the LRU cache or one RocksDB multi-get (copies if ``copy``)."""
-        out: dict[str, tuple[list[str], list[float]]] = {}
+    def _load_many(self, users: Sequence[str], *, copy: bool) -> dict[str, Entry]:
+        """Entries of ``users`` from the LRU cache or one RocksDB multi-get (copies if ``copy``)."""
+        out: dict[str, Entry] = {}
         missing: list[str] = []
         for u in users:
             hit = self._cache.get(u)
@@ -251,13 +293,13 @@ class SequenceStore:
                 missing.append(u)
             else:
                 self._cache.move_to_end(u)
-                out[u] = (list(hit[0]), list(hit[1])) if copy else hit
+                out[u] = (list(hit[0]), list(hit[1]), hit[2]) if copy else hit
         if missing:
             raws = self._open_db().get([_SEQ + u.encode("utf-8") for u in missing])
             for u, raw in zip(missing, raws):
                 entry = self._decode_entry(raw)
                 if raw is not None:
-                    self._remember(u, (list(entry[0]), list(entry[1])) if copy else entry)
+                    self._remember(u, (list(entry[0]), list(entry[1]), entry[2]) if copy else entry)
                 out[u] = entry
         return out
 
@@ -266,45 +308,58 @@ class SequenceStore:
         """Ingest one WriteBatch atomically (separate method so that tests can inject a failure)."""
         self._open_db().write(wb, self._write_opts)
 
-    def _plan(
-        self, records: Sequence[SourceRecord]
-    ) -> tuple[int, dict[tuple[str, int], int], dict[str, tuple[list[str], list[float]]], list[SequenceUpdate]]:
+    def _plan(self, records: Sequence[SourceRecord]) -> StorePlan:
         """What :meth:`apply` would do, computed on copies (the store and its cache are not changed).
-
-        Returns:
-            (number of records above their partition's applied offset, the new last applied offset per
-            (topic, partition), the new (items, timestamps) entry of every touched user, the updates).
 
         Raises:
             ValueError: a record has a negative offset or partition.
         """
-        pending_off: dict[tuple[str, int], int] = {}
-        fresh: list[SourceRecord] = []
         for r in records:
             if r.offset < 0 or r.partition < 0:
                 raise ValueError(f"record {r.topic}:{r.partition}:{r.offset} has a negative partition/offset")
+        users = list(dict.fromkeys(r.event.user_id for r in records if r.event is not None))
+        seqs = self._load_many(users, copy=True)
+        pending_off: dict[tuple[str, int], int] = {}
+        windows: dict[str, Entry] = {}
+        updates: list[SequenceUpdate] = []
+        fresh = 0
+        w = self.window
+        for r in records:
             tp = (r.topic, r.partition)
             last = pending_off.get(tp, self._offsets.get(tp))
-            if last is not None and r.offset <= last:
-                continue
-            pending_off[tp] = r.offset
-            fresh.append(r)
-        users = list(dict.fromkeys(r.event.user_id for r in fresh if r.event is not None))
-        seqs = self._load_many(users, copy=True)
-        updates: list[SequenceUpdate] = []
-        w = self.window
-        for r in fresh:
             ev = r.event
+            src = seqs[ev.user_id][2] if ev is not None else None
+            if src is not None and src != NO_ENTRY and (src[0], src[1]) == tp:
+                dup = r.offset <= src[2]  # the user's own last applied click (exact after a partial restore)
+            else:
+                dup = last is not None and r.offset <= last
+            if dup:
+                continue
+            fresh += 1
+            if last is None or r.offset > last:
+                pending_off[tp] = r.offset
             if ev is None:
                 continue
-            items, ts = seqs[ev.user_id]
+            items, ts, _ = seqs[ev.user_id]
             items.append(ev.item_id)
             ts.append(ev.ts)
             if len(items) > w:
                 del items[: len(items) - w]
                 del ts[: len(ts) - w]
+            seqs[ev.user_id] = windows[ev.user_id] = (items, ts, (r.topic, r.partition, r.offset))
             updates.append(SequenceUpdate(ev.user_id, list(items), ev, r.partition, r.offset))
-        return len(fresh), pending_off, seqs, updates
+        return StorePlan(updates, windows, pending_off, fresh)
+
+    def plan(self, records: Sequence[SourceRecord]) -> StorePlan:
+        """What :meth:`apply` would write for ``records`` now (updates, windows after the batch, offsets), without
+        writing anything: the ingest handler publishes the updates and the changelog records from it first.
+
+        Raises:
+            StoreError: the store is closed. ValueError: a negative offset or partition.
+        """
+        with self._lock:
+            self._open_db()
+            return self._plan(records)
 
     def preview(self, records: Sequence[SourceRecord]) -> list[SequenceUpdate]:
         """The updates :meth:`apply` would return for ``records`` now, without writing anything.
@@ -315,18 +370,18 @@ class SequenceStore:
         Raises:
             StoreError: the store is closed. ValueError: a negative offset or partition.
         """
-        with self._lock:
-            self._open_db()
-            return self._plan(records)[3]
+        return self.plan(records).updates
 
-    def apply(self, records: Sequence[SourceRecord]) -> list[SequenceUpdate]:
+    def apply(self, records: Sequence[SourceRecord],
+              changelog_position: tuple[str, int, int] | None = None) -> list[SequenceUpdate]:
         """Apply consumed records in order, atomically, skipping already applied offsets.
 
         For each record whose offset is above the stored last applied offset of its (topic, partition):
         append ``event.item_id`` (and ``event.ts``) to the user's window, trim it to ``window`` items,
         and advance the partition's offset; an ``event`` of None only advances the offset (dead letters).
         All changes go into one RocksDB WriteBatch; if writing it fails nothing is changed, neither the
-        sequences nor the offsets.
+        sequences nor the offsets. ``changelog_position`` (changelog topic, partition, next offset): also store
+        that the changelog records of this batch, up to that offset, are reflected (same WriteBatch).
 
         Returns:
             One :class:`SequenceUpdate` per applied click, in input order (skipped records give none).
@@ -338,14 +393,17 @@ class SequenceStore:
         """
         with self._lock:
             self._open_db()
-            n_fresh, pending_off, seqs, updates = self._plan(records)
+            updates, seqs, pending_off, n_fresh = self._plan(records)
             if not n_fresh:
                 return []
             wb = WriteBatch(raw_mode=True)
             for u, entry in seqs.items():
-                wb.put(_SEQ + u.encode("utf-8"), orjson.dumps(entry))
+                wb.put(_SEQ + u.encode("utf-8"), _encode_entry(entry))
             for (topic, part), off in pending_off.items():
                 wb.put(_offset_key(topic, part), str(off).encode("ascii"))
+            if changelog_position is not None:
+                ctopic, cpart, cnext = changelog_position
+                wb.put(_offset_key(ctopic, cpart, _CLOG), str(cnext).encode("ascii"))
             try:
                 self._write_batch(wb)
             except Exception as err:
@@ -355,9 +413,49 @@ class SequenceStore:
                     "stored offsets"
                 ) from err
             self._offsets.update(pending_off)
+            if changelog_position is not None:
+                self._changelog_pos[changelog_position[:2]] = changelog_position[2]
             for u, entry in seqs.items():
                 self._remember(u, entry)
             return updates
+
+    def apply_changelog(self, windows: dict[str, Entry], offsets: dict[tuple[str, int], int],
+                        changelog_position: tuple[str, int, int]) -> None:
+        """Write restored state in ONE WriteBatch: user windows (replacing the stored ones), applied offsets and the
+        changelog position (changelog topic, partition, next offset to read).
+
+        Used by the changelog restore and the standby replicas (:mod:`adrec_stream.state.changelog`): the
+        changelog holds whole windows, so applying a record again is harmless.
+
+        Raises:
+            StoreError: the write failed (nothing changed) or the store is closed.
+        """
+        with self._lock:
+            self._open_db()
+            wb = WriteBatch(raw_mode=True)
+            for u, entry in windows.items():
+                wb.put(_SEQ + u.encode("utf-8"), _encode_entry(entry))
+            for (topic, part), off in offsets.items():
+                wb.put(_offset_key(topic, part), str(off).encode("ascii"))
+            ctopic, cpart, cnext = changelog_position
+            wb.put(_offset_key(ctopic, cpart, _CLOG), str(cnext).encode("ascii"))
+            try:
+                self._write_batch(wb)
+            except Exception as err:
+                raise StoreError(f"write of {len(windows)} restored windows to the sequence store {self.path} "
+                                 f"failed: {err}; nothing was written; restart the worker to restore again") from err
+            self._offsets.update(offsets)
+            self._changelog_pos[(ctopic, cpart)] = cnext
+            for u, entry in windows.items():
+                self._cache.pop(u, None)
+                self._remember(u, (list(entry[0])[-self.window :], list(entry[1])[-self.window :], entry[2]))
+
+    def changelog_position(self, topic: str, partition: int) -> int | None:
+        """Next offset of changelog (topic, partition) to read: every record below it is reflected here (None:
+        nothing read or written yet, restore from the beginning)."""
+        with self._lock:
+            self._open_db()
+            return self._changelog_pos.get((topic, partition))
 
     def forget_offsets(self, topic: str, partitions: Iterable[int] | None = None) -> None:
         """Drop stored offsets of ``topic`` (all partitions, or the given ones); sequences are kept.
@@ -376,6 +474,25 @@ class SequenceStore:
             self._write_batch(wb)
             for tp in keys:
                 del self._offsets[tp]
+            # the users' own last offsets refer to the old log too: drop them (rare: a full scan, in chunks)
+            gone = set(keys)
+            chunk: list[str] = []
+            for u in [*self.users(), None]:
+                if u is not None:
+                    chunk.append(u)
+                if chunk and (u is None or len(chunk) >= _SCAN_CHUNK):
+                    wb = WriteBatch(raw_mode=True)
+                    stale = {}
+                    for v, (items, ts, src) in self._load_many(chunk, copy=True).items():
+                        if src is not None and src != NO_ENTRY and (src[0], src[1]) in gone:
+                            stale[v] = (items, ts, None)
+                            wb.put(_SEQ + v.encode("utf-8"), _encode_entry(stale[v]))
+                    if stale:
+                        self._write_batch(wb)
+                        for v, entry in stale.items():
+                            self._cache.pop(v, None)
+                            self._remember(v, entry)
+                    chunk = []
 
     # ----------------------------------------------------------------- reads
     def applied_offset(self, topic: str, partition: int) -> int | None:
@@ -398,7 +515,7 @@ class SequenceStore:
         """The user's raw item ids and their event times (epoch seconds), oldest first (fresh lists)."""
         with self._lock:
             self._open_db()
-            return self._load_many([user_id], copy=True)[user_id]
+            return self._load_many([user_id], copy=True)[user_id][:2]
 
     def sequences(self, user_ids: Sequence[str]) -> list[list[str]]:
         """Windows of many users (cache, then one RocksDB multi-get), in the order given ([] for unknown)."""

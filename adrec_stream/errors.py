@@ -35,3 +35,11 @@ class StoreError(AdrecStreamError):
 
 class TrainingDivergedError(AdrecStreamError):
     """The training loss became NaN or infinite (learning rate or initialisation scale too large)."""
+
+
+class RestoreTimeoutError(StoreError):
+    """A partition's sequence store was not restored from its changelog within ``state.restore_timeout_s``."""
+
+
+class PartitionCountChangedError(AdrecStreamError):
+    """The clicks topic's partition count differs from the one the stored state was built with."""

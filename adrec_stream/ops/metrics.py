@@ -57,6 +57,8 @@ METRIC_HELP: dict[str, str] = {
     "adrec_duplicates_skipped": "Re-delivered clicks skipped because their effect was already stored",
     "adrec_sequence_updates_published": "Sequence updates sent to the sequence-updates topic",
     "adrec_store_size_bytes": "Bytes on disk of the sequence store of a clicks partition open in this worker",
+    "adrec_changelog_restored_records": "Changelog records read to restore assigned partitions' stores",
+    "adrec_changelog_restore_seconds": "Wall seconds of the last changelog restore of an assigned partition",
     "adrec_recommendations": "Recommendation records sent to the recommendations topic",
     "adrec_recommendation_fallbacks": "Recommendations served by the fallback (no model yet, unknown history)",
     "adrec_users_scored": "Distinct user windows run through the model (below recommendations when de-duplicated)",
@@ -220,6 +222,7 @@ class WorkerMetrics:
         Gauge("adrec_events_last_minute_per_second", h["adrec_events_last_minute_per_second"],
               registry=r).set_function(self.recent_events.per_second)
         self.applied = self.dead_lettered = self.duplicates = self.updates_published = None
+        self.restored_records = self.restore_seconds = None
         self.recommendations = self.fallbacks = self.users_scored = self.latency = None
         self.recent_latency: RecentValues | None = None
         self.serving_version = self.serving_published_ts = self.reloads = self.refusals = None
@@ -240,6 +243,10 @@ class WorkerMetrics:
         self.duplicates = Counter("adrec_duplicates_skipped", h["adrec_duplicates_skipped"], registry=r)
         self.updates_published = Counter("adrec_sequence_updates_published", h["adrec_sequence_updates_published"],
                                          registry=r)
+        self.restored_records = Counter("adrec_changelog_restored_records", h["adrec_changelog_restored_records"],
+                                        registry=r)
+        self.restore_seconds = Gauge("adrec_changelog_restore_seconds", h["adrec_changelog_restore_seconds"],
+                                     registry=r)
         for reason in ("tombstone", "empty_key"):
             self.skipped.labels(reason)  # known reasons are exported from the start (0), so rate() sees them
         r.register(_ScrapeTimeCollector(self._store_sizes))
@@ -338,6 +345,11 @@ class WorkerMetrics:
         if delta > 0:
             (counter.labels(*labels) if labels else counter).inc(delta)
             self._synced[key] = int(total)
+
+    def observe_restore(self, records: int, seconds: float) -> None:
+        """Ingest: one partition store restored from the changelog (``records`` read in ``seconds`` s)."""
+        self.restored_records.inc(records)
+        self.restore_seconds.set(seconds)
 
     def observe_batch(self, n_records: int, seconds: float) -> None:
         """One handler batch of ``n_records`` records that took ``seconds``: the batch histograms and the recent

@@ -13,8 +13,8 @@ Routing: the producer keys clicks by user id, so a user's clicks (and window) li
 partitioner (murmur2 of the key, sign bit cleared, modulo the partition count). Anything that writes or reads
 state outside the worker (the demo's bootstrap, tests) routes with that function.
 
-Across hosts, per-partition stores are NOT enough: a new owner on another host sees none of this state
-unless ``state_dir`` is a shared persistent volume (or a changelog topic restores it; not implemented).
+Across hosts, per-partition stores are not enough by themselves: a new owner on another host restores a moved
+partition's store from the compacted changelog topic (:mod:`adrec_stream.state.changelog`) before applying clicks.
 """
 
 from __future__ import annotations
@@ -171,6 +171,14 @@ class PartitionStores:
                     raise StoreLockedError(f"{err} [waited {self.lock_wait_s:g} s for the lock "
                                            "(stream config: store_lock_wait_s)]") from None
                 await asyncio.sleep(LOCK_RETRY_INTERVAL_S)
+
+    def open_nowait(self, topic: str, partition: int) -> SequenceStore:
+        """Open (or return the already open) store of (topic, partition) without waiting for a held lock.
+
+        Raises:
+            StoreLockedError: another process holds it. StoreError: cannot be opened.
+        """
+        return self._open_once(topic, partition)
 
     def _open_once(self, topic: str, partition: int) -> SequenceStore:
         store = self.get(topic, partition)

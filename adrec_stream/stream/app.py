@@ -12,7 +12,11 @@
   batch's open then fails with a clear :class:`~adrec_stream.errors.StoreLockedError`) and closed when the
   partition is revoked (faust calls the
   revocation handler after the events in flight were processed). Ingest workers on one host sharing
-  ``state_dir`` therefore hand partitions over WITH their state.
+  ``state_dir`` therefore hand partitions over WITH their state; across hosts an assigned partition's store is
+  first restored from the changelog topic (:mod:`adrec_stream.state.changelog`), and with
+  ``state.standby_replicas`` the worker tails the changelog of the partitions it does not own. A change of the
+  clicks topic's partition count (seen at an assignment, a record, or the check every
+  ``state.partition_check_interval_s``) stops the worker with one error line (exit 2).
 - Score worker (group ``groups.scoring``): stateless; batches of sequence updates go to
   :class:`~adrec_stream.stream.score.ScoreHandler`, which runs the model in a thread (heartbeats continue) and
   publishes one recommendation per update; then the batch is acknowledged. Score workers on many hosts share the
@@ -33,15 +37,19 @@ last committed offset. Records are sent with the app's producer directly
 from __future__ import annotations
 
 import asyncio
+import functools
+import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from adrec_stream.broker.process import effective_bootstrap
 from adrec_stream.broker.security import security_of
-from adrec_stream.errors import StoreLockedError
+from adrec_stream.errors import PartitionCountChangedError, RestoreTimeoutError, StoreLockedError
 from adrec_stream.evaluation.prequential import OnlinePrequential
 from adrec_stream.logging import drop_tracebacks_from_now_on, get_logger
+from adrec_stream.state.changelog import StandbyReplicas, hold_state_dir, make_consumer, partition_count_error
 from adrec_stream.state.partitioned import PartitionStores
 from adrec_stream.stream.compat import consumer_timing, install_faust_compat, register_timing
 from adrec_stream.stream.config import StreamConfig
@@ -53,6 +61,8 @@ from adrec_stream.stream.worker_ops import FaustOps, faust_highwater
 
 #: Exit code of a worker whose agent crashed (the supervisor - demo, systemd - restarts it).
 EXIT_AGENT_CRASHED = 3
+#: Errors that stop a worker as one clear line (operations problems, not bugs): no traceback, exit 2.
+ONE_LINE_ERRORS = (StoreLockedError, PartitionCountChangedError, RestoreTimeoutError)
 
 Role = Literal["ingest", "score"]
 
@@ -117,7 +127,8 @@ def _raw_topic(app: Any, name: str, partitions: int) -> Any:
                      key_serializer="raw", value_serializer="raw")
 
 
-def build_app(cfg: StreamConfig, role: Role, *, hooks: WorkerHooks | None = None) -> WorkerApp:
+def build_app(cfg: StreamConfig, role: Role, *, hooks: WorkerHooks | None = None,
+              expected_partitions: int | None = None) -> WorkerApp:
     """Build the Faust app of one worker role, its handler wired to one agent.
 
     Args:
@@ -125,6 +136,8 @@ def build_app(cfg: StreamConfig, role: Role, *, hooks: WorkerHooks | None = None
         role: "ingest" or "score".
         hooks: test-only fault injection (:class:`~adrec_stream.stream.handler_support.WorkerHooks`); None in
             production.
+        expected_partitions: ingest: the clicks partition count the state was built with
+            (:func:`~adrec_stream.state.changelog.check_partition_count`); None: not checked.
 
     Returns:
         A :class:`WorkerApp`. A partition store still locked by another process after ``store_lock_wait_s``
@@ -133,6 +146,7 @@ def build_app(cfg: StreamConfig, role: Role, *, hooks: WorkerHooks | None = None
 
     Raises:
         StoreError: ingest role, ``state_dir/sequences`` holds the single-store layout of an earlier build.
+        ConfigError: ingest with ``state.standby_replicas``, another ingest worker uses the same ``state_dir``.
     """
     import mode  # noqa: PLC0415
 
@@ -154,7 +168,7 @@ def build_app(cfg: StreamConfig, role: Role, *, hooks: WorkerHooks | None = None
         log.info("partitions_assigned", role=role, partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in assigned))
 
     def _failed(err: BaseException) -> None:
-        if isinstance(err, StoreLockedError):
+        if isinstance(err, ONE_LINE_ERRORS):
             # an operations problem, not a bug: no traceback in the log (faust logs agent crashes with one);
             # `adrec-stream worker` prints the error as one line and exits 2
             stats.failed = err
@@ -166,15 +180,66 @@ def build_app(cfg: StreamConfig, role: Role, *, hooks: WorkerHooks | None = None
 
     if role == "ingest":
         stores = make_stores(cfg, hooks)
+        bootstrap = effective_bootstrap(cfg)
+        timing = consumer_timing(cfg)
+
+        changelog_security = security_of(cfg).aiokafka()
+
+        def changelog_consumer(purpose: str) -> Any:
+            return make_consumer(bootstrap, client_id=f"{cfg.client_id}-{purpose}",
+                                 fetch_max_wait_s=timing.fetch_max_wait_s, request_timeout_s=cfg.consumer.request_timeout_s,
+                                 security=changelog_security)
+
         handler = IngestHandler(cfg, stores, publisher, stats, highwater=lambda tn, p: faust_highwater(app, tn, p),
-                                hooks=hooks, metrics=ops.metrics)
+                                hooks=hooks, metrics=ops.metrics, restore_consumer=lambda: changelog_consumer("restore"),
+                                expected_partitions=expected_partitions)
         ops.readiness.add("stores", handler.stores_check)
         ops.metrics.watch_stores(lambda: [(tn, p, stores.path(tn, p)) for tn, p in stores.open_partitions()])
+        standby = None
+        if cfg.state.standby_replicas and cfg.state.changelog:
+            hold_state_dir(cfg.state_dir)
+            standby = StandbyReplicas(stores, lambda: changelog_consumer("standby"), changelog=t.changelog.name,
+                                      clicks_topic=t.clicks.name, partitions=t.clicks.partitions,
+                                      chunk_records=cfg.state.restore_chunk_records)
+
+        def _fatal(err: BaseException) -> None:
+            # stop the whole worker (not only the agent): a graceful SIGTERM to ourselves, so that stores close and
+            # the group is left cleanly; run_worker then raises the error as one line (exit 2)
+            if stats.failed is None:
+                stats.failed = err
+                log.error("partition_count_changed", error=str(err))
+                drop_tracebacks_from_now_on()
+                os.kill(os.getpid(), signal.SIGTERM)
 
         @app.on_partitions_assigned.connect
         async def _own(sender: Any, assigned: Any, **_: Any) -> None:
-            handler.assign(tp.partition for tp in assigned if tp.topic == t.clicks.name)
+            owned = sorted(tp.partition for tp in assigned if tp.topic == t.clicks.name)
+            if expected_partitions is not None and owned and owned[-1] >= expected_partitions:
+                _fatal(partition_count_error(t.clicks.name, expected_partitions, owned[-1] + 1,
+                                             f"partition {owned[-1]} was assigned"))
+                return
+            if standby is not None:
+                standby.set_owned(owned)  # before the restores start: the standby never writes an owned store again
+                if not getattr(standby, "started", False):
+                    standby.started = True
+                    ops.spawn(standby.run())
+            handler.assign(owned)
             ops.spawn(handler.open_owned_stores())
+
+        if expected_partitions is not None:
+            @app.timer(interval=cfg.state.partition_check_interval_s)
+            async def _check_partitions() -> None:
+                from adrec_stream.broker.admin import list_topics  # noqa: PLC0415
+
+                try:
+                    counts = await asyncio.get_running_loop().run_in_executor(
+                        None, functools.partial(list_topics, bootstrap, security=security_of(cfg)))
+                    now = counts.get(t.clicks.name)
+                except Exception as err:  # noqa: BLE001 - broker briefly unreachable: the next check decides
+                    log.warning("partition_check_failed", error=str(err)[:300])
+                    return
+                if now is not None and now != expected_partitions:
+                    _fatal(partition_count_error(t.clicks.name, expected_partitions, now, "periodic metadata check"))
 
         @app.on_partitions_revoked.connect
         async def _revoked(sender: Any, revoked: Any, **_: Any) -> None:

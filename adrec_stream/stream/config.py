@@ -34,6 +34,11 @@ NonNegFloat = Annotated[float, Field(strict=False, ge=0)]
 DEFAULT_STREAM_CONFIG = CONFIG_DIR / "stream.yaml"
 
 
+#: Topic-level configs of the changelog topic: compacted, so it keeps the latest window of every user (Tansu
+#: 0.6.0 accepts and ignores them; a restore reads to the end either way).
+CHANGELOG_TOPIC_CONFIG = {"cleanup.policy": "compact"}
+
+
 class TopicsConfig(StrictModel):
     """The topics of the pipeline.
 
@@ -43,6 +48,13 @@ class TopicsConfig(StrictModel):
     - ``sequence_updates``: per-user window after each applied click (feeds scoring / fine-tuning).
     - ``model_versions``: one announcement per published model version (key = registry URL, compacted; read by
       every score worker without a consumer group, :mod:`adrec_stream.serving.announce`).
+    - ``changelog``: compacted changelog of the ingest workers' state, key = user id, value = the user's window
+      after a batch and the source offset (:mod:`adrec_stream.state.changelog`); co-partitioned with ``clicks``
+      (changelog partition p holds the state of clicks partition p). Left out, it is ``<clicks name>-changelog``
+      with the clicks topic's partition count and ``cleanup.policy=compact``.
+
+    Raises (as ConfigError when loaded): names not distinct, or a changelog whose partition count differs from
+    the clicks topic's.
     """
 
     clicks: TopicConfig = TopicConfig(name="clicks", partitions=4)
@@ -50,18 +62,50 @@ class TopicsConfig(StrictModel):
     dead_letter: TopicConfig = TopicConfig(name="clicks-dead-letter", partitions=1)
     sequence_updates: TopicConfig = TopicConfig(name="sequence-updates", partitions=4)
     model_versions: TopicConfig = TopicConfig(name="model-versions", partitions=1, configs={"cleanup.policy": "compact"})
+    changelog: TopicConfig | None = None
 
     @model_validator(mode="after")
     def _distinct(self) -> TopicsConfig:
+        if self.changelog is None:
+            # derived from the clicks topic, so that it is co-partitioned by construction (and a per-test clicks
+            # name gives a per-test changelog)
+            self.changelog = TopicConfig(name=f"{self.clicks.name}-changelog", partitions=self.clicks.partitions,
+                                         configs=dict(CHANGELOG_TOPIC_CONFIG))
         names = [self.clicks.name, self.recommendations.name, self.dead_letter.name, self.sequence_updates.name,
-                 self.model_versions.name]
+                 self.model_versions.name, self.changelog.name]
         if len(set(names)) != len(names):
             raise ValueError(f"topic names must be distinct, got {names}")
+        if self.changelog.partitions != self.clicks.partitions:
+            raise ValueError(f"topics.changelog must have the clicks topic's partition count ({self.clicks.partitions}, "
+                             f"got {self.changelog.partitions}): changelog partition p holds the state of clicks "
+                             "partition p")
         return self
 
     def all(self) -> list[TopicConfig]:
         """All topics (for creating them on the broker)."""
-        return [self.clicks, self.recommendations, self.dead_letter, self.sequence_updates, self.model_versions]
+        assert self.changelog is not None  # set by the validator
+        return [self.clicks, self.recommendations, self.dead_letter, self.sequence_updates, self.model_versions, self.changelog]
+
+
+class StateConfig(StrictModel):
+    """The ingest workers' state beyond the local stores: changelog, restore, standby replicas, partition-count guard.
+
+    - ``changelog``: write every change of a stored window to ``topics.changelog`` before the store write (off:
+      state lives on local disk only; a partition that moves to another host starts empty).
+    - ``restore_timeout_s``: a newly assigned partition's store must be restored from the changelog within this
+      many seconds, else the worker stops with :class:`~adrec_stream.errors.RestoreTimeoutError` (exit 2).
+    - ``restore_chunk_records``: changelog records per RocksDB WriteBatch during a restore (bounds memory).
+    - ``standby_replicas``: keep warm copies of the partitions this worker does not own by tailing their changelog
+      partitions, so a failover restores only the tail. Needs one ingest worker per ``state_dir`` (per host).
+    - ``partition_check_interval_s``: seconds between two checks of the clicks topic's partition count (a change
+      stops the worker: users would move to other partitions).
+    """
+
+    changelog: bool = True
+    restore_timeout_s: PosFloat = 300.0
+    restore_chunk_records: Annotated[int, Field(ge=1, le=1_000_000)] = 5000
+    standby_replicas: bool = False
+    partition_check_interval_s: PosFloat = 10.0
 
 
 class GroupsConfig(StrictModel):
@@ -177,7 +221,8 @@ class StreamConfig(StrictModel):
     ids that are not decimal integers (e.g. "12a"); "str" accepts any non-empty string.
     ``state_dir`` holds one sequence store per clicks partition (``sequences/<topic>-<partition>``); ingest
     workers on one host share it. ``store_lock_wait_s``: how long an ingest worker that was assigned a
-    partition waits for the previous owner to release that partition's store before failing.
+    partition waits for the previous owner to release that partition's store before failing. ``state``: changelog,
+    restore, standby replicas and the partition-count guard (:class:`StateConfig`).
     ``finetune`` configures the fine-tune worker (:class:`~adrec_stream.incremental.config.FinetuneConfig`);
     ``ops`` the metrics / health endpoints, ``adrec-stream status`` and the dashboard
     (:class:`~adrec_stream.ops.config.OpsConfig`).
@@ -199,6 +244,7 @@ class StreamConfig(StrictModel):
     replay: ReplayConfig = ReplayConfig()
     state_dir: Annotated[str, Field(min_length=1)] = "var/state"
     store_lock_wait_s: NonNegFloat = 30.0
+    state: StateConfig = StateConfig()
     registry_dir: Annotated[str, Field(min_length=1)] = "var/registry"
     registry_cache_dir: str | None = None
     registry_poll_s: PosFloat = 5.0

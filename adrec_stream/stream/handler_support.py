@@ -31,11 +31,21 @@ class ConsumedRecord(NamedTuple):
 
 
 class Publisher(Protocol):
-    """Sends one record to a topic; the returned awaitable completes when the broker acknowledged it."""
+    """Sends one record to a topic; the returned awaitable completes when the broker acknowledged it (its result has
+    the record's ``partition`` and ``offset``, like aiokafka's RecordMetadata)."""
 
-    async def send(self, topic: str, key: bytes | None, value: bytes) -> Awaitable[Any]:
-        """Queue ``value`` for ``topic`` (partitioned by ``key``); await the result for the delivery."""
+    async def send(self, topic: str, key: bytes | None, value: bytes, partition: int | None = None) -> Awaitable[Any]:
+        """Queue ``value`` for ``topic`` (partitioned by ``key``, or to ``partition``); await the result for the
+        delivery."""
         ...
+
+
+class Delivered(NamedTuple):
+    """Where a :class:`MemoryPublisher` record went (the attributes of aiokafka's RecordMetadata that are used)."""
+
+    topic: str
+    partition: int
+    offset: int
 
 
 class ProducerPublisher:
@@ -48,9 +58,9 @@ class ProducerPublisher:
     def __init__(self, producer: Any) -> None:
         self.producer = producer
 
-    async def send(self, topic: str, key: bytes | None, value: bytes) -> Awaitable[Any]:
-        """``producer.send(topic, key, value)`` with the default partitioner, no timestamp, no headers."""
-        return await self.producer.send(topic, key, value, None, None, None)
+    async def send(self, topic: str, key: bytes | None, value: bytes, partition: int | None = None) -> Awaitable[Any]:
+        """``producer.send(topic, key, value, partition)`` (None: the default partitioner), no timestamp, no headers."""
+        return await self.producer.send(topic, key, value, partition, None, None)
 
 
 class MemoryPublisher:
@@ -59,16 +69,23 @@ class MemoryPublisher:
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes | None, bytes]] = []
+        self.partitions: list[int | None] = []
         self.fail_with: BaseException | None = None
+        self._next: dict[tuple[str, int], int] = {}
 
-    async def send(self, topic: str, key: bytes | None, value: bytes) -> Awaitable[Any]:
-        """Record the message; the returned future is already resolved (or failed with ``fail_with``)."""
+    async def send(self, topic: str, key: bytes | None, value: bytes, partition: int | None = None) -> Awaitable[Any]:
+        """Record the message; the returned future is already resolved with a :class:`Delivered` (partition
+        ``partition`` or 0, offsets counted per topic and partition), or failed with ``fail_with``."""
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
         if self.fail_with is not None:
             fut.set_exception(self.fail_with)
         else:
             self.sent.append((topic, key, value))
-            fut.set_result(None)
+            self.partitions.append(partition)
+            tp = (topic, partition or 0)
+            offset = self._next.get(tp, 0)
+            self._next[tp] = offset + 1
+            fut.set_result(Delivered(topic, partition or 0, offset))
         return fut
 
     def values(self, topic: str) -> list[bytes]:
@@ -76,14 +93,15 @@ class MemoryPublisher:
         return [v for t, _, v in self.sent if t == topic]
 
 
-async def delivered(futures: Sequence[Awaitable[Any]]) -> None:
-    """Wait until every delivery in ``futures`` is acknowledged.
+async def delivered(futures: Sequence[Awaitable[Any]]) -> list[Any]:
+    """Wait until every delivery in ``futures`` is acknowledged; returns their results (record metadata) in order.
 
     Raises:
         Exception: the first failed delivery's error (the batch must then not be acknowledged).
     """
     if futures:
-        await asyncio.gather(*futures)
+        return list(await asyncio.gather(*futures))
+    return []
 
 
 #: role -> ({WorkerStats field: WorkerMetrics counter}, {WorkerStats reason dict: counter labelled by reason}),
@@ -119,6 +137,7 @@ class WorkerStats:
     batches: int = 0
     write_retries: int = 0
     broker_resets: int = 0
+    changelog_records: int = 0
     batch_s_total: float = 0.0
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
     skip_reasons: dict[str, int] = field(default_factory=dict)

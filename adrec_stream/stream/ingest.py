@@ -10,14 +10,22 @@ At-least-once with exact state. For each batch taken from the clicks topic:
 3. Per partition, the partition's :class:`~adrec_stream.state.store.SequenceStore` previews the update of every
    click not yet applied (records at or below the stored applied offset are re-deliveries and are skipped), and
    those sequence updates are published.
-4. Once every delivery (dead letters and updates) is acknowledged, each partition's records go to
-   :meth:`SequenceStore.apply`: one RocksDB WriteBatch holding the appends and the partition's last applied offset.
+4. Once every delivery (dead letters and updates) is acknowledged, and ``state.changelog`` is on, each partition's
+   changed windows go to its changelog partition (explicit partition = the clicks partition), then - once those are
+   acknowledged - the partition's offset marker (:mod:`adrec_stream.state.changelog`).
+5. Then each partition's records go to :meth:`SequenceStore.apply`: one RocksDB WriteBatch holding the appends,
+   the partition's last applied offset and the changelog position after the marker.
    A failed write (nothing applied) is retried ``batch.store_write_attempts`` times, then the batch fails.
-5. :meth:`IngestHandler.handle` returns the partitions whose effects are stored; only their records may be
+6. :meth:`IngestHandler.handle` returns the partitions whose effects are stored; only their records may be
    acknowledged, so the committed offset never passes a click whose effect is not stored.
 
 Publishing before storing makes the sequence updates at-least-once (a crash between the delivery and the write
 re-publishes them with the same ``event_id``) instead of losing them.
+
+Before the first batch of a newly assigned partition is applied (or right after the assignment), the partition's
+store is opened and restored from the changelog (:meth:`IngestHandler.prepare`; ``changelog_restored`` is logged).
+A record of a partition at or above the clicks partition count the state was built with stops the worker
+(:class:`~adrec_stream.errors.PartitionCountChangedError`) before anything of it is applied.
 
 Broker reset: when a partition delivers records at or below the stored applied offset although the partition's
 log end (the fetch high watermark) is not above that offset, the broker lost its log (embedded memory broker
@@ -41,6 +49,14 @@ import orjson
 
 from adrec_stream.errors import StoreError
 from adrec_stream.logging import get_logger
+from adrec_stream.state.changelog import (
+    MARKER_KEY,
+    RestoreResult,
+    marker_value,
+    partition_count_error,
+    restore_partition,
+    window_value,
+)
 from adrec_stream.state.partitioned import PartitionStores
 from adrec_stream.state.store import SequenceStore, SequenceUpdate, SourceRecord
 from adrec_stream.stream.config import StreamConfig
@@ -75,6 +91,9 @@ class IngestHandler:
         hooks: test-only fault injection (off by default).
         metrics: the worker's :class:`~adrec_stream.ops.metrics.WorkerMetrics` (role "ingest"); ``stats`` is
             mirrored into it after every batch (None: no metrics).
+        restore_consumer: returns an unstarted aiokafka consumer for changelog restores
+            (:func:`~adrec_stream.state.changelog.make_consumer`); None: stores are not restored (unit tests).
+        expected_partitions: the clicks partition count the state was built with (None: not checked).
 
     Call :meth:`assign` / :meth:`revoke` from the consumer's rebalance callbacks, :meth:`handle` per batch;
     :meth:`open_owned_stores` may open the stores right after an assignment (readiness: :meth:`stores_check`).
@@ -82,8 +101,14 @@ class IngestHandler:
 
     def __init__(self, cfg: StreamConfig, stores: PartitionStores, publisher: Publisher, stats: WorkerStats, *,
                  highwater: Callable[[str, int], int | None] = lambda topic, partition: None,
-                 hooks: WorkerHooks | None = None, metrics: Any = None) -> None:
+                 hooks: WorkerHooks | None = None, metrics: Any = None,
+                 restore_consumer: Callable[[], Any] | None = None, expected_partitions: int | None = None) -> None:
         self.cfg, self.stores, self.publisher, self.stats = cfg, stores, publisher, stats
+        self.restore_consumer = restore_consumer
+        self.expected_partitions = expected_partitions
+        self.changelog = cfg.topics.changelog.name if cfg.state.changelog else None
+        self.restores: list[RestoreResult] = []
+        self._prepared: dict[int, asyncio.Future] = {}
         self.highwater = highwater
         self.hooks = hooks or WorkerHooks()
         self.metrics = metrics
@@ -107,7 +132,47 @@ class IngestHandler:
         self.owned.difference_update(parts)
         for p in parts:
             self.open_errors.pop(p, None)
+            task = self._prepared.pop(p, None)
+            if task is not None and not task.done():
+                task.cancel()  # a restore of a partition that moved on: the next owner restores it
         return self.stores.close((self.clicks_topic, p) for p in parts)
+
+    async def prepare(self, partition: int) -> SequenceStore:
+        """The open store of an owned clicks partition, restored from the changelog first (once per assignment;
+        concurrent callers share the one restore).
+
+        Raises:
+            StoreLockedError: the store stayed locked by another process (``store_lock_wait_s``).
+            RestoreTimeoutError: the restore did not finish within ``state.restore_timeout_s``.
+            StoreError: the store cannot be opened, or a changelog record is not of this format.
+        """
+        task = self._prepared.get(partition)
+        if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
+            task = self._prepared[partition] = asyncio.ensure_future(self._prepare(partition))
+        store = await asyncio.shield(task)
+        if store.closed:  # revoked and assigned again since: open and restore anew
+            self._prepared.pop(partition, None)
+            return await self.prepare(partition)
+        return store
+
+    async def _prepare(self, partition: int) -> SequenceStore:
+        store = await self.stores.open_async(self.clicks_topic, partition)
+        if self.changelog is None or self.restore_consumer is None:
+            return store
+        consumer = self.restore_consumer()
+        await consumer.start()
+        try:
+            result = await restore_partition(
+                store, consumer, changelog=self.changelog, clicks_topic=self.clicks_topic, partition=partition,
+                timeout_s=self.cfg.state.restore_timeout_s, chunk_records=self.cfg.state.restore_chunk_records,
+                progress=lambda p: self.log.info("changelog_restore_progress", changelog=self.changelog, **p))
+        finally:
+            await consumer.stop()
+        self.restores.append(result)
+        self.log.info("changelog_restored", topic=self.clicks_topic, changelog=self.changelog, **result.as_log())
+        if self.metrics is not None and hasattr(self.metrics, "observe_restore"):
+            self.metrics.observe_restore(result.records, result.seconds)
+        return store
 
     async def open_owned_stores(self) -> list[int]:
         """Open the store of every owned partition now instead of at its first record (so ``/readyz`` can say the
@@ -122,7 +187,7 @@ class IngestHandler:
         topic, opened = self.clicks_topic, []
         for p in sorted(self.owned):
             try:
-                await self.stores.open_async(topic, p)
+                await self.prepare(p)
             except StoreError as err:
                 self.open_errors[p] = str(err)
                 self.log.warning("store_open_failed", topic=topic, partition=p, error=str(err)[:300])
@@ -165,8 +230,12 @@ class IngestHandler:
         dl_futures: list = []
         dropped = 0
         owned = self.owned
+        limit = self.expected_partitions
         for msg in records:
             part = msg.partition
+            if limit is not None and part >= limit:
+                raise partition_count_error(self.clicks_topic, limit, part + 1, "a record of partition "
+                                            f"{part} arrived")
             if part not in owned:
                 dropped += 1
                 continue
@@ -189,23 +258,25 @@ class IngestHandler:
             self.log.warning("records_of_revoked_partition_dropped", count=dropped)
         work = []
         for part, recs in groups.items():
-            store = await self.stores.open_async(recs[0].topic, part)
+            store = await self.prepare(part)
             self._reconcile_broker_reset(store, recs[0].topic, part, recs)
-            work.append((part, store, recs, store.preview(recs)))
+            work.append((part, store, recs, store.plan(recs)))
         now = time.time()
         futures = []
         topic = cfg.topics.sequence_updates.name
         send = self.publisher.send
-        for _, _, _, preview in work:
-            for u in preview:
+        for _, _, _, plan in work:
+            for u in plan.updates:
                 futures.append(await send(topic, u.user_id.encode(),
                                           update_value(u, produced.get((u.partition, u.offset)), now)))
         await delivered(dl_futures)  # dead letters are out before their offsets count as applied
         await delivered(futures)
         stats.published += len(futures)
+        positions = await self._publish_changelog(work) if self.changelog is not None else {}
         done: set[int] = set()
-        for part, store, recs, preview in work:
-            applied = await self._apply_with_retry(store, recs)
+        for part, store, recs, plan in work:
+            preview = plan.updates
+            applied = await self._apply_with_retry(store, recs, positions.get(part))
             if applied is None:
                 self.log.warning("partition_revoked_before_write", partition=part, records=len(recs))
                 continue  # not acked: the new owner applies (and re-publishes, same event_id) these
@@ -219,6 +290,32 @@ class IngestHandler:
         stats.end_batch(len(records), time.perf_counter() - t0, self.metrics)
         self.hooks.after_batch(stats)
         return done
+
+    async def _publish_changelog(self, work: list) -> dict[int, tuple[str, int, int]]:
+        """Write the batch's state changes to the changelog (windows, then the offset markers; each step
+        acknowledged before the next, see :mod:`adrec_stream.state.changelog`).
+
+        Returns:
+            clicks partition -> (changelog topic, partition, next changelog offset) for the store write.
+        """
+        changelog, send, clicks = self.changelog, self.publisher.send, self.clicks_topic
+        windows = []
+        for part, _, _, plan in work:
+            for user, entry in plan.windows.items():
+                windows.append(await send(changelog, user.encode("utf-8"), window_value(entry), part))
+        await delivered(windows)
+        markers = []
+        for part, _, _, plan in work:
+            off = plan.offsets.get((clicks, part))
+            if off is not None:  # something of this partition is applied by this batch
+                markers.append((part, await send(changelog, MARKER_KEY, marker_value(clicks, part, off), part)))
+        meta = await delivered([f for _, f in markers])
+        self.stats.changelog_records += len(windows) + len(markers)
+        out = {}
+        for (part, _), m in zip(markers, meta):
+            if m is not None and getattr(m, "offset", None) is not None:
+                out[part] = (changelog, part, int(m.offset) + 1)
+        return out
 
     def _reconcile_broker_reset(self, store: SequenceStore, topic: str, part: int, records: list) -> None:
         """Forget the stored offset of a partition whose log restarted below it (see the module docstring)."""
@@ -237,15 +334,17 @@ class IngestHandler:
                             "recreated); records produced while it was down or lost with it are not recovered")
         store.forget_offsets(topic, [part])
 
-    async def _apply_with_retry(self, store: SequenceStore, records: list) -> list | None:
-        """``store.apply(records)`` with in-place retries; None if the store was closed by a revocation."""
+    async def _apply_with_retry(self, store: SequenceStore, records: list,
+                                changelog_position: tuple[str, int, int] | None = None) -> list | None:
+        """``store.apply(records, changelog_position)`` with in-place retries; None if the store was closed by a
+        revocation."""
         attempts = self.cfg.batch.store_write_attempts
         for attempt in range(1, attempts + 1):
             self.hooks.before_write(records)
             if store.closed:
                 return None
             try:
-                return store.apply(records)
+                return store.apply(records, changelog_position)
             except StoreError as err:
                 if store.closed:
                     return None

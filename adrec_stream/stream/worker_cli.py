@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 
 from adrec_stream.config import parse_overrides
-from adrec_stream.errors import ConfigError, StoreLockedError
+from adrec_stream.errors import ConfigError
 from adrec_stream.stream.config import DEFAULT_STREAM_CONFIG, StreamConfig, load_stream_config
 from adrec_stream.stream.handler_support import WorkerHooks
 
@@ -62,6 +62,10 @@ def run_worker(cfg: StreamConfig, role: str, *, log_level: str = "INFO", hooks: 
     Raises:
         StoreLockedError: ingest, a partition's sequence store stayed held by another process for
             ``store_lock_wait_s`` (the CLI prints it as one line naming the path and PID, exit 2).
+        PartitionCountChangedError: ingest, the clicks topic's partition count differs from the one the state was
+            built with, at start or while running (one line, exit 2).
+        RestoreTimeoutError: ingest, an assigned partition was not restored from the changelog within
+            ``state.restore_timeout_s`` (one line, exit 2).
         BrokerError: the cluster is unreachable.
         ConfigError: the operations endpoint's port cannot be bound (in use).
         UndecodableBatchError: a record batch of a topic the worker reads could not be decoded (the CLI prints it
@@ -71,7 +75,7 @@ def run_worker(cfg: StreamConfig, role: str, *, log_level: str = "INFO", hooks: 
 
     from adrec_stream.logging import get_logger  # noqa: PLC0415
     from adrec_stream.ops.http import serve_ops  # noqa: PLC0415
-    from adrec_stream.stream.app import EXIT_AGENT_CRASHED, build_app  # noqa: PLC0415
+    from adrec_stream.stream.app import EXIT_AGENT_CRASHED, ONE_LINE_ERRORS, build_app  # noqa: PLC0415
     from adrec_stream.stream.undecodable import first_undecodable  # noqa: PLC0415
 
     try:
@@ -91,7 +95,8 @@ def run_worker(cfg: StreamConfig, role: str, *, log_level: str = "INFO", hooks: 
     security = security_of(cfg)  # credentials missing / unreadable: ConfigError (exit 2) before anything starts
     log.info("kafka_security", **security.describe())
     ensure_topics(effective_bootstrap(cfg), cfg.topics.all(), security=security)
-    built = build_app(cfg, role, hooks=hooks)  # type: ignore[arg-type]
+    expected = check_clicks_partitions(cfg) if role == "ingest" else None
+    built = build_app(cfg, role, hooks=hooks, expected_partitions=expected)  # type: ignore[arg-type]
     worker = faust.Worker(built.app, loglevel=log_level if log_level != "INFO" else "WARNING", quiet=True,
                           override_logging=False, redirect_stdouts=False)
     worker.spinner = None  # no terminal escape codes in the JSON log stream
@@ -108,14 +113,40 @@ def run_worker(cfg: StreamConfig, role: str, *, log_level: str = "INFO", hooks: 
             server.stop()
     stats = built.stats
     log.info("worker_stopped", **stats.as_dict(), failed=repr(stats.failed) if stats.failed else None)
-    if isinstance(stats.failed, StoreLockedError):
-        raise stats.failed  # a partition's store stayed locked: one clear line, exit 2
+    if isinstance(stats.failed, ONE_LINE_ERRORS):
+        raise stats.failed  # store locked, restore timed out, partition count changed: one clear line, exit 2
     undecodable = first_undecodable()
     if undecodable is not None:
         raise undecodable  # the consumer could not decode a batch: one clear line, exit 2
     if stats.failed is not None:
         return EXIT_AGENT_CRASHED
     return code
+
+
+def check_clicks_partitions(cfg: StreamConfig) -> int:
+    """The clicks topic's partition count on the cluster, checked against the count recorded in ``state_dir`` (and
+    recorded there at the first start) and against the changelog topic's count.
+
+    Raises:
+        PartitionCountChangedError: the count differs from the recorded one, or the changelog topic is not
+            co-partitioned with the clicks topic.
+        BrokerError: the cluster is unreachable.
+    """
+    from adrec_stream.broker.admin import list_topics  # noqa: PLC0415
+    from adrec_stream.broker.process import effective_bootstrap  # noqa: PLC0415
+    from adrec_stream.broker.security import security_of  # noqa: PLC0415
+    from adrec_stream.errors import PartitionCountChangedError  # noqa: PLC0415
+    from adrec_stream.state.changelog import check_partition_count  # noqa: PLC0415
+
+    t = cfg.topics
+    counts = list_topics(effective_bootstrap(cfg), security=security_of(cfg))
+    n = counts[t.clicks.name]
+    if cfg.state.changelog and counts.get(t.changelog.name, n) != n:
+        raise PartitionCountChangedError(
+            f"changelog topic {t.changelog.name!r} has {counts[t.changelog.name]} partitions, clicks topic "
+            f"{t.clicks.name!r} {n}: changelog partition p must hold the state of clicks partition p; recreate the "
+            "changelog topic with the clicks topic's partition count (its state is lost) or restore the clicks topic")
+    return check_partition_count(cfg.state_dir, t.clicks.name, n)
 
 
 def run(args: argparse.Namespace) -> int:

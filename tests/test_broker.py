@@ -50,8 +50,9 @@ def test_cli_start_status_stop(tmp_path: Path, capsys):
         scfg = StreamConfig.model_validate(yaml.safe_load(cfg_path.read_text()))
         assert scfg.broker.port == 9092 and status["bootstrap"] != "127.0.0.1:9092"
         assert effective_bootstrap(scfg) == status["bootstrap"] == info["bootstrap"]
+        # the changelog follows the clicks topic's partition count (co-partitioned)
         assert status["topics"] == {"clicks": 3, "recommendations": 4, "clicks-dead-letter": 1,
-                                    "sequence-updates": 4, "model-versions": 1}
+                                    "sequence-updates": 4, "model-versions": 1, "clicks-changelog": 3}
         with pytest.raises(BrokerError, match="already running"):
             broker_cli.run(argparse.Namespace(action="start", port=0, config=str(cfg_path)))
     finally:

@@ -150,7 +150,7 @@ def test_partition_state_follows_its_partition_to_other_hosts(stream_config, spa
         first = next(r for r in restores if r["partition"] == p and r["records"] > 0)
         assert first["from_offset"] == 0 and first["restored_offset"] > 0
         assert first["applied_offset"] == a_applied[p]  # >= the committed offset - 1: nothing re-applied
-        assert first["users"] > 0 and first["changelog"] == cfg.topics.changelog.name
+        assert first["users"] > 0 and first["changelog"] == cfg.topics.changelog_topic.name
     stats = [last_log_event(w.log(), "worker_stopped") for w in (b, c_w)]
     summary = [(r["partition"], r["records"], r["users"], r["restored_offset"], r["applied_offset"], r["seconds"])
                for r in restores]

@@ -80,7 +80,7 @@ async def _restore(cfg, store: SequenceStore, **kw):
                              request_timeout_s=30)
     await consumer.start()
     try:
-        return await restore_partition(store, consumer, changelog=cfg.topics.changelog.name,
+        return await restore_partition(store, consumer, changelog=cfg.topics.changelog_topic.name,
                                        clicks_topic=cfg.topics.clicks.name, partition=0,
                                        timeout_s=kw.pop("timeout_s", 30), chunk_records=kw.pop("chunk_records", 7), **kw)
     finally:
@@ -92,7 +92,7 @@ def test_missing_store_then_behind_store_restore_from_the_changelog(stream_confi
     """Store missing: restored from the beginning, equal to the writer's store (windows, event times, applied offset
     past a dead-lettered last record, changelog position). Store behind: only the new records are read."""
     cfg = stream_config
-    topic, changelog = cfg.topics.clicks.name, cfg.topics.changelog.name
+    topic, changelog = cfg.topics.clicks.name, cfg.topics.changelog_topic.name
     first = [_records(topic, 0, 20), _records(topic, 20, 20), _records(topic, 40, 21, bad_last=True)]
     asyncio.run(_ingest(cfg, tmp_path / "writer", first))
     writer_path = tmp_path / "writer" / "sequences" / f"{topic}-0"
@@ -133,7 +133,7 @@ def test_restore_that_runs_out_of_time_fails_with_a_clear_error(stream_config, t
     with SequenceStore(tmp_path / "restored", window=cfg.window) as r:
         with pytest.raises(RestoreTimeoutError, match=r"did not finish within 5 s \(state.restore_timeout_s\)"):
             asyncio.run(_restore(cfg, r, timeout_s=5, clock=lambda: 10.0 * next(ticks)))
-        assert r.changelog_position(cfg.topics.changelog.name, 0) is None  # nothing half-written
+        assert r.changelog_position(cfg.topics.changelog_topic.name, 0) is None  # nothing half-written
         assert list(r.users()) == []
 
 

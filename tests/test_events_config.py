@@ -20,7 +20,8 @@ def test_shipped_yaml_matches_documented_defaults():
     assert (cfg.consumer.rebalance_timeout_s, cfg.consumer.fetch_max_wait_s) == (6.0, 0.02)
     assert [t.name for t in cfg.topics.all()] == ["clicks", "recommendations", "clicks-dead-letter", "sequence-updates",
                                                  "model-versions", "clicks-changelog"]
-    assert cfg.topics.changelog.partitions == 4 and cfg.topics.changelog.configs == {"cleanup.policy": "compact"}
+    assert cfg.topics.changelog_topic.partitions == 4
+    assert cfg.topics.changelog_topic.configs == {"cleanup.policy": "compact"}
     assert cfg.topics.clicks.partitions == 4
     assert (cfg.window, cfg.item_id_type, cfg.max_event_bytes, cfg.top_k) == (200, "int", 65536, 10)
     # the YAML spells every default out: the file and the model agree

@@ -198,7 +198,7 @@ def build_app(cfg: StreamConfig, role: Role, *, hooks: WorkerHooks | None = None
         standby = None
         if cfg.state.standby_replicas and cfg.state.changelog:
             hold_state_dir(cfg.state_dir)
-            standby = StandbyReplicas(stores, lambda: changelog_consumer("standby"), changelog=t.changelog.name,
+            standby = StandbyReplicas(stores, lambda: changelog_consumer("standby"), changelog=t.changelog_topic.name,
                                       clicks_topic=t.clicks.name, partitions=t.clicks.partitions,
                                       chunk_records=cfg.state.restore_chunk_records)
 

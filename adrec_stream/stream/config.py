@@ -50,8 +50,9 @@ class TopicsConfig(StrictModel):
       every score worker without a consumer group, :mod:`adrec_stream.serving.announce`).
     - ``changelog``: compacted changelog of the ingest workers' state, key = user id, value = the user's window
       after a batch and the source offset (:mod:`adrec_stream.state.changelog`); co-partitioned with ``clicks``
-      (changelog partition p holds the state of clicks partition p). Left out, it is ``<clicks name>-changelog``
-      with the clicks topic's partition count and ``cleanup.policy=compact``.
+      (changelog partition p holds the state of clicks partition p). Left out (null), it is
+      ``<clicks name>-changelog`` with the clicks topic's partition count and ``cleanup.policy=compact``; read it
+      as :attr:`changelog_topic`.
 
     Raises (as ConfigError when loaded): names not distinct, or a changelog whose partition count differs from
     the clicks topic's.
@@ -66,25 +67,29 @@ class TopicsConfig(StrictModel):
 
     @model_validator(mode="after")
     def _distinct(self) -> TopicsConfig:
-        if self.changelog is None:
-            # derived from the clicks topic, so that it is co-partitioned by construction (and a per-test clicks
-            # name gives a per-test changelog)
-            self.changelog = TopicConfig(name=f"{self.clicks.name}-changelog", partitions=self.clicks.partitions,
-                                         configs=dict(CHANGELOG_TOPIC_CONFIG))
         names = [self.clicks.name, self.recommendations.name, self.dead_letter.name, self.sequence_updates.name,
-                 self.model_versions.name, self.changelog.name]
+                 self.model_versions.name, self.changelog_topic.name]
         if len(set(names)) != len(names):
             raise ValueError(f"topic names must be distinct, got {names}")
-        if self.changelog.partitions != self.clicks.partitions:
+        if self.changelog_topic.partitions != self.clicks.partitions:
             raise ValueError(f"topics.changelog must have the clicks topic's partition count ({self.clicks.partitions}, "
-                             f"got {self.changelog.partitions}): changelog partition p holds the state of clicks "
+                             f"got {self.changelog_topic.partitions}): changelog partition p holds the state of clicks "
                              "partition p")
         return self
 
+    @property
+    def changelog_topic(self) -> TopicConfig:
+        """``changelog`` if set, else derived from the clicks topic (``<clicks name>-changelog``, its partition count,
+        ``cleanup.policy=compact``), so that it stays co-partitioned when only the clicks topic is changed."""
+        if self.changelog is not None:
+            return self.changelog
+        return TopicConfig(name=f"{self.clicks.name}-changelog", partitions=self.clicks.partitions,
+                           configs=dict(CHANGELOG_TOPIC_CONFIG))
+
     def all(self) -> list[TopicConfig]:
         """All topics (for creating them on the broker)."""
-        assert self.changelog is not None  # set by the validator
-        return [self.clicks, self.recommendations, self.dead_letter, self.sequence_updates, self.model_versions, self.changelog]
+        return [self.clicks, self.recommendations, self.dead_letter, self.sequence_updates, self.model_versions,
+                self.changelog_topic]
 
 
 class StateConfig(StrictModel):

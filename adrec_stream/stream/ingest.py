@@ -106,7 +106,7 @@ class IngestHandler:
         self.cfg, self.stores, self.publisher, self.stats = cfg, stores, publisher, stats
         self.restore_consumer = restore_consumer
         self.expected_partitions = expected_partitions
-        self.changelog = cfg.topics.changelog.name if cfg.state.changelog else None
+        self.changelog = cfg.topics.changelog_topic.name if cfg.state.changelog else None
         self.restores: list[RestoreResult] = []
         self._prepared: dict[int, asyncio.Future] = {}
         self.highwater = highwater

@@ -141,9 +141,9 @@ def check_clicks_partitions(cfg: StreamConfig) -> int:
     t = cfg.topics
     counts = list_topics(effective_bootstrap(cfg), security=security_of(cfg))
     n = counts[t.clicks.name]
-    if cfg.state.changelog and counts.get(t.changelog.name, n) != n:
+    if cfg.state.changelog and counts.get(t.changelog_topic.name, n) != n:
         raise PartitionCountChangedError(
-            f"changelog topic {t.changelog.name!r} has {counts[t.changelog.name]} partitions, clicks topic "
+            f"changelog topic {t.changelog_topic.name!r} has {counts[t.changelog_topic.name]} partitions, clicks topic "
             f"{t.clicks.name!r} {n}: changelog partition p must hold the state of clicks partition p; recreate the "
             "changelog topic with the clicks topic's partition count (its state is lost) or restore the clicks topic")
     return check_partition_count(cfg.state_dir, t.clicks.name, n)

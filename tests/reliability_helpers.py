@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections import defaultdict
 
@@ -147,3 +148,13 @@ def kill9_after(bootstrap: str, topic: str, n: int, proc, timeout_s: float = 120
         return seen
     finally:
         consumer.close()
+
+
+def assigned_partitions(log_text: str) -> list[list[int]]:
+    """Clicks partitions of every ``partitions_assigned`` event in a worker log, in order."""
+    out = []
+    for ln in log_text.splitlines():
+        if '"event": "partitions_assigned"' in ln:
+            ev = json.loads(ln[ln.index("{"):])
+            out.append(sorted(int(p.rsplit(":", 1)[1]) for p in ev["partitions"]))
+    return out

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import last_log_event
-from reliability_helpers import click_records, produce_to, wait_committed
+from reliability_helpers import assigned_partitions, click_records, produce_to, wait_committed
 
 from adrec_stream.broker.process import effective_bootstrap
 from adrec_stream.data.events import Interaction, read_interactions
@@ -31,15 +31,6 @@ FIRST_PART = 1200
 def _ml100k_clicks() -> list:
     rows = read_interactions(ML100K)[:N_CLICKS]  # sorted by time
     return [Interaction(r.user_id, r.item_id, r.ts, f"ml100k-{i}") for i, r in enumerate(rows)]
-
-
-def _assigned(log_text: str) -> list[list[int]]:
-    out = []
-    for ln in log_text.splitlines():
-        if '"event": "partitions_assigned"' in ln:
-            ev = json.loads(ln[ln.index("{"):])
-            out.append(sorted(int(p.rsplit(":", 1)[1]) for p in ev["partitions"]))
-    return out
 
 
 def _events(log_text: str, event: str) -> list[dict]:
@@ -69,14 +60,15 @@ def _wait_all_assigned(workers: list, n_parts: int, timeout_s: float = 60.0) -> 
     while time.time() < deadline:
         owners: dict[int, object] = {}
         for w in workers:
-            assigned = _assigned(w.log())
+            assigned = assigned_partitions(w.log())
             for p in assigned[-1] if assigned else []:
                 owners[p] = w
-        if sorted(owners) == list(range(n_parts)) and all(_assigned(w.log()) and _assigned(w.log())[-1] for w in workers):
+        latest = [assigned_partitions(w.log())[-1:] for w in workers]
+        if sorted(owners) == list(range(n_parts)) and all(last and last[0] for last in latest):
             return owners
         time.sleep(0.2)
     raise AssertionError(f"partitions not split between {len(workers)} workers within {timeout_s} s: "
-                         + str([_assigned(w.log())[-1:] for w in workers]))
+                         + str([assigned_partitions(w.log())[-1:] for w in workers]))
 
 
 @pytest.mark.parametrize("how", ["kill9", "sigterm"])

@@ -9,13 +9,12 @@ partition's windows from the state A stored.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 
 import pytest
 from conftest import consume, last_log_event
-from reliability_helpers import by_event_id, expected_windows, store_contents
+from reliability_helpers import assigned_partitions, by_event_id, expected_windows, store_contents
 
 from adrec_stream.broker.process import effective_bootstrap
 from adrec_stream.data.events import Interaction
@@ -91,16 +90,6 @@ def _wait(cond, timeout_s: float, what: str) -> None:
         time.sleep(0.1)
 
 
-def _assigned(log_text: str) -> list[list[int]]:
-    """Clicks partitions of every ``partitions_assigned`` event in a worker log, in order."""
-    out = []
-    for ln in log_text.splitlines():
-        if '"event": "partitions_assigned"' in ln:
-            ev = json.loads(ln[ln.index("{"):])
-            out.append(sorted(int(p.rsplit(":", 1)[1]) for p in ev["partitions"]))
-    return out
-
-
 def test_second_worker_joins_then_first_is_terminated_exactly_once(stream_config, spawn_worker):
     """Scenario 4: no crash (B alive, A exits 0), every click applied exactly once (per-user windows equal the
     in-order computation), every click has >= 1 sequence update and duplicates carry the same event_id and
@@ -113,18 +102,18 @@ def test_second_worker_joins_then_first_is_terminated_exactly_once(stream_config
 
     a = spawn_worker("ingest", cfg)
     a.wait_for('"partitions_assigned"', timeout_s=60)
-    assert _assigned(a.log())[-1] == list(range(n_parts))
+    assert assigned_partitions(a.log())[-1] == list(range(n_parts))
     producer = _PacedProducer(bootstrap, topic, clicks)
     producer.start()
     _wait(lambda: producer.sent >= 400, 30, "400 clicks produced")
 
     b = spawn_worker("ingest", cfg)  # same state_dir, while clicks flow
     b.wait_for('"partitions_assigned"', timeout_s=60)
-    _wait(lambda: len(_assigned(a.log())) >= 2 and _assigned(a.log())[-1] and _assigned(b.log())[-1], 60,
-          "the rebalance to split the partitions between A and B")
+    _wait(lambda: len(assigned_partitions(a.log())) >= 2 and assigned_partitions(a.log())[-1]
+          and assigned_partitions(b.log())[-1], 60, "the rebalance to split the partitions between A and B")
     sent_at_join = producer.sent
     producer.rebalanced.set()  # back to the full rate
-    a_parts, b_parts = _assigned(a.log())[-1], _assigned(b.log())[-1]
+    a_parts, b_parts = assigned_partitions(a.log())[-1], assigned_partitions(b.log())[-1]
     assert sorted(a_parts + b_parts) == list(range(n_parts))  # split, no partition owned twice
     assert sent_at_join < REST_FROM, "the rebalance happened after the first part was produced: not while clicks flowed"
 
@@ -133,7 +122,7 @@ def test_second_worker_joins_then_first_is_terminated_exactly_once(stream_config
     t_term = time.time()
     assert a.stop(timeout_s=30) == 0  # SIGTERM: clean exit, its partitions move to B
     assert b.proc.poll() is None
-    _wait(lambda: _assigned(b.log())[-1] == list(range(n_parts)), 60, "B to own every partition")
+    _wait(lambda: assigned_partitions(b.log())[-1] == list(range(n_parts)), 60, "B to own every partition")
     producer.rest.set()  # produce the rest
     producer.join(60)
     assert producer.error is None and producer.sent == N_CLICKS

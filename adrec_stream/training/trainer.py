@@ -286,14 +286,21 @@ def _optimizer_step(
             f"training diverged: the loss is {float(out['loss'].detach())}; lower the learning rate (train.lr or "
             "train.<stage>_lr) or the initialisation scale (train.pretrain_init_std, model.init_std)"
         )
+    _backward_and_step(opt, out["loss"], params, max_grad_norm, decay_only)
+    return out
+
+
+def _backward_and_step(opt: torch.optim.Optimizer, loss: torch.Tensor, params: list[torch.nn.Parameter],
+                       max_grad_norm: float | None, decay_only: Sequence[torch.nn.Parameter]) -> None:
+    """Backward of ``loss``, optional gradient-norm clipping, zero gradients for ``decay_only`` (the reference's
+    stage-2 table: weight decay only), optimiser step."""
     opt.zero_grad(set_to_none=True)
-    out["loss"].backward()
+    loss.backward()
     if max_grad_norm is not None:
         torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     for p in decay_only:
         p.grad = torch.zeros_like(p)
     opt.step()
-    return out
 
 
 def _ddp_step(
@@ -334,13 +341,7 @@ def _ddp_step(
             f"training diverged: the loss is not finite on {int(sums[3])} of {dist_ctx.world_size} ranks (this rank: "
             f"{local[0]}); lower the learning rate (train.lr or train.<stage>_lr) or the initialisation scale"
         )
-    opt.zero_grad(set_to_none=True)
-    out["loss"].backward()
-    if max_grad_norm is not None:
-        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-    for p in decay_only:
-        p.grad = torch.zeros_like(p)
-    opt.step()
+    _backward_and_step(opt, out["loss"], params, max_grad_norm, decay_only)
     w = dist_ctx.world_size
     return {k: torch.tensor(v / w) for k, v in zip(("loss", "ce", "mse"), sums[:3])}
 

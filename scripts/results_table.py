@@ -42,8 +42,9 @@ def _seeds(text: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    summary, _, usage = __doc__.partition("\n\n")
+    ap = argparse.ArgumentParser(description=summary,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=usage)
     ap.add_argument("command", choices=["run", "plan", "table"])
     ap.add_argument("rows", nargs="*", metavar="ROW", help="row names (default: every row of the rows file)")
     ap.add_argument("--seeds", type=_seeds, default=list(DEFAULT_SEEDS), help="comma-separated (default 2025,1,2)")
@@ -53,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=Path, default=ROOT / "runs/results", help="run folders (default runs/results)")
     ap.add_argument("--results", type=Path, default=ROOT / "var/results/rows.jsonl")
     args = ap.parse_args(argv)
+    # paths given on the command line are relative to the caller's directory, not to ROOT
+    for key in ("rows_file", "data_root", "runs", "results"):
+        setattr(args, key, getattr(args, key).resolve())
     os.chdir(ROOT)  # the rows' --config paths are relative to the repository root
     try:
         if args.command == "table":

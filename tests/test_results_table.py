@@ -116,3 +116,13 @@ def test_a_tiny_row_trains_evaluates_and_resumes_without_retraining(tmp_path):
     table = subprocess.run([sys.executable, str(ROOT / "scripts/results_table.py"), "table", "--results",
                             str(results)], capture_output=True, text=True, check=True).stdout
     assert f"{100 * first['test']['NDCG@10']:.2f} ± 0.00" in table and "| 1 (3) |" in table
+
+
+def test_script_paths_are_relative_to_the_callers_directory_and_help_says_the_summary_once(tmp_path):
+    script = str(ROOT / "scripts/results_table.py")
+    (tmp_path / "mine.jsonl").write_text("")
+    done = subprocess.run([sys.executable, script, "table", "--results", "missing.jsonl"], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and str(tmp_path / "missing.jsonl") in done.stderr  # not ROOT/missing.jsonl
+    helped = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, check=True).stdout
+    assert helped.count("Regenerate the results table") == 1 and "results_table.py plan ROW" in helped

@@ -285,6 +285,12 @@ def test_huge_integer_ids_are_refused():
     # orjson reads integers beyond 64 bits as floats: refused like any float id
     assert _reason(b'{"user_id":99999999999999999999999,"item_id":1,"ts":1}').reason == "bad_user_id"
     assert _reason(b'{"user_id":"u","item_id":18446744073709551615,"ts":1}').reason == "bad_item_id"
+    # ... and the detail says so, instead of "is a float; send an integer" to a producer that sent one
+    user = _reason(b'{"user_id":99999999999999999999999,"item_id":1,"ts":1}').detail
+    item = _reason(b'{"user_id":"u","item_id":12345678901234567890123,"ts":1}').detail
+    assert "beyond 64 bits" in user and "JSON string" in user
+    assert "beyond 64 bits" in item and "19" in item
+    assert "is a float" in _reason(b'{"user_id":"u","item_id":12.5,"ts":1}').detail
 
 
 def test_bad_item_id_type_is_a_caller_error():

@@ -124,11 +124,19 @@ def _short(value: Any, limit: int = 40) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _beyond_64_bits(value: Any) -> bool:
+    """A float that is an integer beyond 64 bits: what JSON parsers (orjson) make of such an integer literal."""
+    return isinstance(value, float) and math.isfinite(value) and value.is_integer() and abs(value) >= 2**63
+
+
 def _plain_id(value: Any, reason: str) -> str:
     if isinstance(value, bool):
         raise FieldError(reason, f"{value!r} is a boolean, expected a string or integer")
     if isinstance(value, int):
         return str(value)
+    if _beyond_64_bits(value):
+        raise FieldError(reason, f"{_short(value)}: an integer beyond 64 bits is read as a float and refused; "
+                                 "send such an id as a JSON string")
     if not isinstance(value, str):
         raise FieldError(reason, f"{_short(value)} is a {type(value).__name__}, expected a string or integer")
     if not value:
@@ -176,6 +184,9 @@ def canonical_item_id(value: Any, item_id_type: str = "int") -> str:
         if value >= 10**19:
             raise FieldError("bad_item_id", f"{_short(value)} has more than 19 digits")
         return str(value)
+    if _beyond_64_bits(value):
+        raise FieldError("bad_item_id", f"{_short(value)}: an integer beyond 64 bits (item ids have at most 19 "
+                                        "digits with item_id_type int)")
     if isinstance(value, float):
         raise FieldError("bad_item_id", f"{_short(value)} is a float; send an integer or a string of digits")
     if not isinstance(value, str):

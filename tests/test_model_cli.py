@@ -80,12 +80,19 @@ def test_list_json(registry, capsys):
 def test_rollback_moves_latest_and_says_so(registry, capsys):
     assert main(["model", "rollback", "v1", "--registry", str(registry.root)]) == 0
     out, _ = capsys.readouterr()
-    assert out.startswith("LATEST -> v1 (was v3); score workers switch at their next batch once 5 s (registry_poll_s) ")
+    assert out.startswith("LATEST -> v1 (was v3); a running fine-tune worker starts its next round from this version")
+    # --registry other than the config's: one line says it was not announced and how workers still switch
+    assert f"not announced on model-versions: --registry {registry.root} is not the config's registry_dir" in out
     assert registry.pointer() == 1 and registry.latest() == (1, registry.path(1))
     assert load_checkpoint(registry.latest()[1]).model.n_items == 40
     # registry from the config (--set), poll interval from the config
-    assert main(["model", "rollback", "2", "--set", f"registry_dir={registry.root}", "--set", "registry_poll_s=2"]) == 0
-    assert capsys.readouterr().out.startswith("LATEST -> v2 (was v1); score workers switch at their next batch once 2 s ")
+    assert main(["model", "rollback", "2", "--set", f"registry_dir={registry.root}", "--set", "registry_poll_s=2",
+                 "--no-announce"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("LATEST -> v2 (was v1); ")
+    assert ("not announced on model-versions (--no-announce); score workers switch at their next batch once 2 s "
+            "(registry_poll_s) have passed") in out
+    assert out.count("\n") == 2 and "switch now" not in out  # no line contradicting another
     assert main(["model", "list", "--registry", str(registry.root), "--json"]) == 0
     assert [r["latest"] for r in json.loads(capsys.readouterr().out)] == [False, True, False, False]
 
@@ -139,3 +146,13 @@ def test_publish_adds_a_loadable_checkpoint_and_refuses_a_broken_one(tmp_path, c
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "cannot read checkpoint" in err
     assert reg.versions() == [1]
+
+
+def test_memory_registry_is_refused_by_the_command_line(tmp_path, capsys):
+    """memory:// ends with the process: `model publish` used to report a version that `model list` never found."""
+    mcfg = ModelConfig(hidden_size=16, max_len=10, num_heads=2, num_blocks=1, diffusion_steps=4)
+    path = save_checkpoint(tmp_path / "run" / "model.pt", build_model(40, mcfg).eval(), vocab=VOCAB, config={})
+    for argv in (["publish", str(path)], ["list"], ["rollback", "1"]):
+        assert main(["model", *argv, "--registry", "memory://reg"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "memory:// lives only inside one process" in err and "file://" in err

@@ -26,7 +26,7 @@ import json
 import re
 from typing import Any
 
-from adrec_stream.errors import CheckpointError
+from adrec_stream.errors import CheckpointError, ConfigError
 from adrec_stream.serving.registry import open_registry
 from adrec_stream.stream.worker_cli import add_common_config_arguments, load_from_args
 
@@ -51,8 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     p_pub = sub.add_parser("publish", help="add a trained checkpoint as the next version (and LATEST)",
                            description="Check that CHECKPOINT loads, then add it to the registry as the next version "
-                                       "and point LATEST at it (score workers take it at their next batch after "
-                                       "registry_poll_s; the fine-tune worker starts its next round from it).")
+                                       "and point LATEST at it, announced on topics.model_versions when the registry is "
+                                       "the config's (score workers switch at once; otherwise at their next registry "
+                                       "poll, registry_poll_s); the fine-tune worker starts its next round from it.")
     p_pub.add_argument("checkpoint", metavar="CHECKPOINT",
                        help="a checkpoint file or a folder holding model.pt (e.g. the --output of adrec-stream train)")
     _add_registry_arguments(p_pub, announce=True)
@@ -61,7 +62,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add_registry_arguments(p_list)
     p_list.add_argument("--json", action="store_true", help="print a JSON list of versions instead of a table")
     p_rb = sub.add_parser("rollback", help="point LATEST at an existing version",
-                          description="Point LATEST at VERSION; score workers switch at their next registry poll. "
+                          description="Point LATEST at VERSION, announced like publish (score workers switch at once, "
+                                      "or at their next registry poll without an announcement). "
                                       "The next publish moves LATEST to the new version again.")
     p_rb.add_argument("version", metavar="VERSION", help="version number: 3, v3 or v000003")
     _add_registry_arguments(p_rb, announce=True)
@@ -149,6 +151,9 @@ def run(args: argparse.Namespace) -> int:
     """
     cfg = load_from_args(args)
     location = args.registry or cfg.registry_dir
+    if str(location).startswith("memory://"):
+        raise ConfigError(f"model registry {location}: memory:// lives only inside one process, so what this command "
+                          "writes is gone when it exits; use a folder or a shared URL (file://, s3://, ...)")
     if args.action == "publish":
         registry = open_registry(location, cache_dir=cfg.registry_cache)
         version = _publish(registry, args.checkpoint)
@@ -169,9 +174,8 @@ def run(args: argparse.Namespace) -> int:
     if before is None:
         raise CheckpointError(f"registry {registry.root} has no complete version: nothing to roll back to")
     registry.set_latest(version)
-    print(f"LATEST -> v{version} (was v{before[0]}); score workers switch at their next batch once "
-          f"{cfg.registry_poll_s:g} s (registry_poll_s) have passed; a running fine-tune worker starts its next "
-          "round from this version and publishes over it")
+    print(f"LATEST -> v{version} (was v{before[0]}); a running fine-tune worker starts its next round from this "
+          "version and publishes over it")
     _announce(cfg, args, registry, version, rollback=version < before[0])
     return 0
 
@@ -189,22 +193,32 @@ def _announce(cfg: Any, args: argparse.Namespace, registry: Any, version: int, *
     from adrec_stream.errors import AdrecStreamError  # noqa: PLC0415
     from adrec_stream.serving.announce import Announcer  # noqa: PLC0415
 
+    topic = cfg.topics.model_versions.name
+    if cfg.model_versions.registry_poll:
+        poll = (f"score workers switch at their next batch once {cfg.registry_poll_s:g} s (registry_poll_s) have "
+                "passed")
+    else:
+        poll = ("registry polling is off (model_versions.registry_poll: false): score workers switch only when they "
+                "restart or a later version is announced")
     if getattr(args, "no_announce", False) or not cfg.model_versions.announce:
+        why = "--no-announce" if getattr(args, "no_announce", False) else "model_versions.announce: false"
+        print(f"not announced on {topic} ({why}); {poll}")
         return False
     if args.registry is not None and args.registry != cfg.registry_dir:
+        print(f"not announced on {topic}: --registry {args.registry} is not the config's registry_dir "
+              f"({cfg.registry_dir}), which its score workers read; score workers reading {args.registry} switch at "
+              "their next registry poll (pass --config with that registry_dir to announce)")
         return False
-    topic = cfg.topics.model_versions.name
     bootstrap = effective_bootstrap(cfg)
     hosts = [s.rpartition(":") for s in bootstrap.split(",")]
     if not any(port_open(h, int(p), timeout=1.0) for h, _, p in hosts):
-        print(f"not announced on {topic}: no Kafka broker answers at {bootstrap}; score workers switch at their next "
-              "registry poll")
+        print(f"not announced on {topic}: no Kafka broker answers at {bootstrap}; {poll}")
         return False
     announcer = Announcer(cfg)
     try:
         announcer.announce(registry, version, source="rollback" if rollback else "publish", rollback=rollback)
     except AdrecStreamError as err:
-        print(f"not announced on {topic}: {err}")
+        print(f"not announced on {topic}: {err}; {poll}")
         return False
     finally:
         announcer.close()

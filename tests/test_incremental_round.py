@@ -9,7 +9,7 @@ import torch
 
 from adrec_stream.errors import ConfigError
 from adrec_stream.incremental.config import FinetuneConfig
-from adrec_stream.incremental.round import build_window, grow_vocabulary, holdout_size, run_round
+from adrec_stream.incremental.round import build_window, grow_vocabulary, holdout_size, run_round, train_window
 from adrec_stream.incremental.updates import (
     BadUpdateError,
     SequenceUpdateRecord,
@@ -162,6 +162,19 @@ def test_a_round_whose_time_limit_ends_before_the_first_step_publishes_nothing()
     o = run_round(_model(), VOCAB, w, cfg, torch.device("cpu"))
     assert o.reason == "no_steps" and not o.accepted and o.candidate is None
     assert o.train.steps == 0 and o.train.stop_reason == "max_seconds"
+
+
+def test_an_epoch_stopped_before_its_first_step_does_not_report_a_zero_loss():
+    """The demo's fine-tune round on a loaded machine: 1 step in epoch 1, stopped at the start of epoch 2; its log
+    line said "train_loss": 0.0 (the empty epoch's record) instead of the loss of the step it made."""
+    cfg = FinetuneConfig(min_round_events=20, epochs=3, batch_size=1024, max_seconds=60)
+    ups = updates_from_clicks(_cycle_clicks(30, 12), window=20, n_partitions=2)
+    w = build_window(ups, [], {}, cfg, np.random.default_rng(0), max_len=10)
+    polls = iter([False])
+    seqs = [[int(i) for i in s] for s in w.sequences]  # raw ids 1..40 = internal ids here
+    stats = train_window(_model(), seqs, cfg, torch.device("cpu"), should_stop=lambda: next(polls, True))
+    assert stats.steps == 1 and stats.stop_reason == "stopped"
+    assert 1.0 < stats.loss < 20.0 and stats.ce > 0
 
 
 def test_candidate_worse_than_serving_on_holdout_is_rejected():

@@ -266,7 +266,8 @@ def train_window(model: SequenceModel, sequences: Sequence[Sequence[int]], cfg: 
                       stages=("finetune",), init_model=model, device=str(device), progress=False,
                       log=log if log is not None else get_logger("adrec_stream.finetune.train"), should_stop=stop,
                       distributed=dist)
-    last = res.history[-1] if res.history else {}
+    # the last epoch that trained: an epoch cut off before its first step has no loss (its record says 0.0)
+    last = next((h for h in reversed(res.history) if h.get("steps")), {})
     reason = res.stop_reason
     if reason == "stopped" and not (should_stop is not None and should_stop()):
         reason = "max_seconds"

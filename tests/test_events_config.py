@@ -64,6 +64,8 @@ def test_explicit_bootstrap_wins_and_compat_follows_embedded():
         ({"topics.clicks.name": "bad name!"}, "topics.clicks.name"),
         ({"windw": 10}, "unknown key"),
         ({"window": "200"}, "window"),  # strict: no str -> int coercion
+        # standby replicas tail the changelog: with it off they were silently not started
+        ({"state.standby_replicas": True, "state.changelog": False}, "standby_replicas: true tails the changelog"),
     ],
 )
 def test_invalid_values_raise_config_error(overrides, message):

@@ -112,6 +112,13 @@ class StateConfig(StrictModel):
     standby_replicas: bool = False
     partition_check_interval_s: PosFloat = 10.0
 
+    @model_validator(mode="after")
+    def _check(self) -> StateConfig:
+        if self.standby_replicas and not self.changelog:
+            raise ValueError("standby_replicas: true tails the changelog topic, which changelog: false turns off; "
+                             "set changelog: true, or standby_replicas: false")
+        return self
+
 
 class GroupsConfig(StrictModel):
     """Consumer group ids (the Faust app id is the group of its agents)."""

@@ -197,3 +197,28 @@ def test_probe_exit_code_rules() -> None:
 def test_bad_endpoint_and_port_arguments_are_usage_errors(args: list[str], message: str) -> None:
     out = subprocess.run([sys.executable, "-m", "adrec_stream.cli", *args], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_status_refuses_missing_sasl_credentials_like_every_client_and_survives_a_closed_pipe(
+        deployment: FakeDeployment, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """SASL without credentials used to be swallowed: the snapshot printed "dead-letter topic holds -" and no
+    reason; `status | head -1` ended in a BrokenPipeError traceback."""
+    from adrec_stream.cli import main
+
+    for name in ("ADREC_KAFKA_SASL_USERNAME", "ADREC_KAFKA_SASL_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name + "_FILE", raising=False)
+    sasl = ["--set", "broker.embedded=false", "--set", "bootstrap_servers=127.0.0.1:1", "--set",
+            "security.security_protocol=SASL_PLAINTEXT", "--set", "security.sasl_mechanism=PLAIN",
+            "--endpoint", deployment.endpoints[0]]
+    assert main(["status", *sasl]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "ADREC_KAFKA_SASL_PASSWORD" in err and "--no-broker" in err
+    assert main(["status", "--no-broker", *sasl]) == 0  # the workers' endpoints need no credentials
+    capsys.readouterr()
+    _fill(deployment)
+    args = [sys.executable, "-m", "adrec_stream.cli", "status", "--no-broker", "--endpoint", deployment.endpoints[0]]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the snapshot is printed
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141 and "Traceback" not in stderr

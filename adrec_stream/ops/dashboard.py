@@ -27,7 +27,7 @@ from adrec_stream.argtypes import host_port, tcp_port
 from adrec_stream.errors import ConfigError
 from adrec_stream.logging import get_logger
 from adrec_stream.ops.http import make_ops_server, url_host
-from adrec_stream.ops.status import collect_status
+from adrec_stream.ops.status import check_broker_security, collect_status
 from adrec_stream.stream.config import StreamConfig
 
 log = get_logger("adrec_stream.dashboard")
@@ -157,6 +157,8 @@ def run(args: argparse.Namespace) -> int:
     from adrec_stream.stream.worker_cli import load_from_args  # noqa: PLC0415
 
     cfg = load_from_args(args)
+    if not args.no_broker:
+        check_broker_security(cfg)
     dash = Dashboard(cfg, args.endpoint, with_broker=not args.no_broker)
     port = dash.start(args.bind, args.port)
     url = f"http://{url_host(args.bind or cfg.ops.bind)}:{port}/"

@@ -40,6 +40,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from adrec_stream.argtypes import host_port
+from adrec_stream.errors import ConfigError
 from adrec_stream.stream.config import StreamConfig
 
 
@@ -321,9 +322,26 @@ def run(args: argparse.Namespace) -> int:
     from adrec_stream.stream.worker_cli import load_from_args  # noqa: PLC0415
 
     cfg = load_from_args(args)
+    if not args.no_broker:
+        check_broker_security(cfg)
     st = collect_status(cfg, args.endpoint, with_broker=not args.no_broker)
     print(json.dumps(st) if args.json else render_text(st), flush=True)
     return probe_exit_code(st["workers"], explicit=bool(args.endpoint or cfg.ops.endpoints))
+
+
+def check_broker_security(cfg: StreamConfig) -> None:
+    """Resolve the config's TLS / SASL settings as every client does (credentials from the environment), so that a
+    missing credential is the one-line refusal of every other command, not a silent ``-`` for the dead-letter topic.
+
+    Raises:
+        ConfigError: the settings or credentials are refused; the message adds ``--no-broker``.
+    """
+    from adrec_stream.broker.security import security_of  # noqa: PLC0415
+
+    try:
+        security_of(cfg)
+    except ConfigError as err:
+        raise ConfigError(f"{err} (or pass --no-broker to read only the workers' endpoints)") from None
 
 
 def probe_exit_code(workers: list[dict[str, Any]], *, explicit: bool) -> int:

@@ -164,6 +164,10 @@ def format_validation_error(err: ValidationError, source: str, overridden: Itera
         section_check = isinstance(e.get("input"), dict)  # a check across a section's keys (model validator)
         if section_check:
             msg = msg.removeprefix("Value error, ")
+        if loc == "<root>":  # a check across the whole config: its message names the keys
+            where = f"{source} with --set {', '.join(sorted(overridden))}" if overridden else source
+            lines.append(f"{where}: {msg}")
+            continue
         from_set = loc in overridden or (section_check and any(k.startswith(loc + ".") for k in overridden))
         where = f"{source} (value from --set)" if from_set else source
         got = "" if section_check else f" (got {e.get('input')!r})"

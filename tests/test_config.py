@@ -130,3 +130,21 @@ def test_set_values_get_the_same_checks_and_a_non_utf8_config_is_named(tmp_path:
     cfg_path.write_bytes(b"window: 10\nbroker:\n  name: caf\xe9\n")
     with pytest.raises(ConfigError, match=rf"^{cfg_path}: not UTF-8 text at byte 30; save the config as UTF-8$"):
         load_config(cfg_path, _Root)
+
+
+def test_whole_config_checks_name_the_set_keys_instead_of_root(tmp_path: Path) -> None:
+    """A check across the whole stream config (credential keys, listener vs protocol) read
+    "stream.yaml: <root>: ..." even when the offending values came from --set."""
+    from adrec_stream.stream.config import load_stream_config
+
+    with pytest.raises(ConfigError) as info:
+        load_stream_config(overrides={"security.security_protocol": "SSL", "broker.embedded": False,
+                                      "bootstrap_servers": "PLAINTEXT://127.0.0.1:9092"})
+    msg = str(info.value)
+    assert "<root>" not in msg
+    assert "stream.yaml with --set bootstrap_servers, broker.embedded, security.security_protocol: " in msg
+    cfg_path = tmp_path / "s.yaml"
+    cfg_path.write_text("password: hunter2\n")
+    with pytest.raises(ConfigError) as info:
+        load_stream_config(cfg_path)
+    assert str(info.value).startswith(f"{cfg_path}: password: credentials must not be written")

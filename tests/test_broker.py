@@ -46,6 +46,12 @@ def test_cli_start_status_stop(tmp_path: Path, capsys):
         assert broker_cli.run(argparse.Namespace(action="status", port=None, config=str(cfg_path))) == 0
         status = json.loads(capsys.readouterr().out)
         assert status["running"] is True and status["reachable"] is True and status["pid"] == pid
+        # --set like every other command (it was "unrecognized arguments"): another pid file, no broker there
+        other = str(tmp_path / "other" / "tansu.pid")
+        sets = [f"broker.data_dir={tmp_path / 'other'}", f"broker.pid_file={other}", "broker.port=1"]
+        assert broker_cli.run(argparse.Namespace(action="status", port=None, config=str(cfg_path),
+                                                 set=sets)) == broker_cli.EXIT_NOT_REACHABLE
+        assert json.loads(capsys.readouterr().out)["pid_file"] == other
         # clients of the same config find the broker started on a free port (no --set broker.port needed)
         scfg = StreamConfig.model_validate(yaml.safe_load(cfg_path.read_text()))
         assert scfg.broker.port == 9092 and status["bootstrap"] != "127.0.0.1:9092"

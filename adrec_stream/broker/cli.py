@@ -17,6 +17,7 @@ import time
 from adrec_stream.broker.admin import ensure_topics, list_topics, port_open
 from adrec_stream.broker.process import effective_bootstrap, running_broker, start_broker, stop_broker
 from adrec_stream.broker.security import security_of
+from adrec_stream.config import parse_overrides
 from adrec_stream.errors import BrokerError
 from adrec_stream.stream.config import DEFAULT_STREAM_CONFIG, StreamConfig, load_stream_config
 
@@ -25,17 +26,19 @@ EXIT_NOT_REACHABLE = 3
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Register ``action``, ``--port`` and ``--config``."""
+    """Register ``action``, ``--port``, ``--config`` and ``--set`` (as the other commands have it)."""
     parser.add_argument("action", choices=["start", "stop", "status"], help="what to do")
     parser.add_argument("--port", type=int, default=None,
                         help="listener port for start (default broker.port from the config; 0 = any free port)")
     parser.add_argument("--config", default=str(DEFAULT_STREAM_CONFIG), help="stream config YAML")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set broker.data_dir=var/broker2 (repeatable)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Execute the action; prints JSON. Returns 0, or :data:`EXIT_NOT_REACHABLE` for ``status`` of a broker that
     does not answer (``stop`` is idempotent: ``"stopped": false`` and 0 when none ran)."""
-    cfg = load_stream_config(args.config)
+    cfg = load_stream_config(args.config, parse_overrides(getattr(args, "set", [])))
     if args.action == "status":
         status = broker_status(cfg)
         print(json.dumps(status))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import math
 import sys
+from typing import Any
 
 import structlog
 
@@ -27,6 +29,22 @@ def _stderr_logger_factory(*_args) -> _StderrLogger:
     return _StderrLogger()
 
 
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def finite_json_values(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """structlog processor: NaN and ±inf (a diverged loss, an empty window's metric) become null, nested too, so
+    every line stays strict JSON (``NaN`` / ``Infinity`` are not JSON and break ``jq`` and most log shippers)."""
+    return _finite(event_dict)
+
+
 def configure_logging(level: str = "INFO", json: bool = True) -> None:
     """Configure structlog to write one JSON object per line to stderr.
 
@@ -48,6 +66,7 @@ def configure_logging(level: str = "INFO", json: bool = True) -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            *([finite_json_values] if json else []),
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),

@@ -90,12 +90,38 @@ def _pointer_text(version: int, newest: int | None) -> str:
     return f"{version} rollback\n" if newest is not None and version < newest else f"{version}\n"
 
 
-def _sha256(path: Path) -> str:
+def _sha256_of(fh: Any) -> str:
+    """Hex SHA-256 of an open binary file, read in 1 MiB chunks."""
     h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
+    for chunk in iter(lambda: fh.read(1 << 20), b""):
+        h.update(chunk)
     return h.hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as fh:
+        return _sha256_of(fh)
+
+
+def _checkpoint_file(checkpoint_path: str | Path) -> Path:
+    """The checkpoint file to publish: ``checkpoint_path`` itself, or ``model.pt`` inside it when it is a folder.
+
+    Raises:
+        CheckpointError: no such file.
+    """
+    src = Path(checkpoint_path)
+    if src.is_dir():
+        src = src / CHECKPOINT_NAME
+    if not src.is_file():
+        raise CheckpointError(f"cannot publish {src}: no such checkpoint file (save one with save_checkpoint first)")
+    return src
+
+
+def _version_info(version: int, checkpoint_path: str | Path, size: int, digest: str, meta_json: str) -> dict[str, Any]:
+    """A version's manifest (``version.json`` / ``manifest.json``): number, publish time (epoch s), source path,
+    checkpoint size (bytes) and SHA-256, and the caller's meta."""
+    return {"version": version, "published_at": time.time(), "source": str(Path(checkpoint_path).resolve()),
+            "size": size, "sha256": digest, "meta": json.loads(meta_json)}
 
 
 class _RegistryReads:
@@ -114,6 +140,27 @@ class _RegistryReads:
     def is_valid(self, version: int) -> bool:
         """True if the version is complete (manifest readable, checkpoint present with the recorded size)."""
         return self.info(version) is not None
+
+    def _require_valid(self, version: int) -> None:
+        """Raises CheckpointError naming the valid versions unless ``version`` is complete."""
+        if not self.is_valid(version):
+            raise CheckpointError(f"registry {self.root}: version {version} is missing or incomplete; valid versions: "
+                                  f"{self.versions()}")
+
+    def _prune_plan(self, keep: int) -> list[int]:
+        """The versions :meth:`prune` deletes: all but the newest ``keep`` and the one ``LATEST`` names, ascending.
+
+        Raises:
+            ValueError: ``keep < 1``.
+        """
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1, got {keep}")
+        all_versions = self._all_versions()
+        protect = set(all_versions[-keep:])
+        current = self.pointer()
+        if current is not None:
+            protect.add(current)
+        return [v for v in all_versions if v not in protect]
 
     def versions(self) -> list[int]:
         """Complete versions, ascending."""
@@ -372,11 +419,7 @@ class ModelRegistry(_RegistryReads):
             CheckpointError: the checkpoint file does not exist.
             TypeError: ``meta`` is not JSON-serialisable.
         """
-        src = Path(checkpoint_path)
-        if src.is_dir():
-            src = src / CHECKPOINT_NAME
-        if not src.is_file():
-            raise CheckpointError(f"cannot publish {src}: no such checkpoint file (save one with save_checkpoint first)")
+        src = _checkpoint_file(checkpoint_path)
         meta_json = json.dumps(meta or {})  # TypeError early, before anything is written
         self.clean_staging()
         stage = self.root / f".stage-{os.getpid()}-{uuid.uuid4().hex}"
@@ -397,14 +440,7 @@ class ModelRegistry(_RegistryReads):
             with self._locked():
                 existing = self._all_versions()
                 version = (existing[-1] + 1) if existing else 1
-                info = {
-                    "version": version,
-                    "published_at": time.time(),
-                    "source": str(Path(checkpoint_path).resolve()),
-                    "size": size,
-                    "sha256": digest,
-                    "meta": json.loads(meta_json),
-                }
+                info = _version_info(version, checkpoint_path, size, digest, meta_json)
                 (stage / INFO_NAME).write_text(json.dumps(info, indent=1))
                 _fsync_dir(stage)
                 os.rename(stage, self.version_dir(version))
@@ -427,10 +463,7 @@ class ModelRegistry(_RegistryReads):
             CheckpointError: the version does not exist or is incomplete.
         """
         with self._locked():
-            if not self.is_valid(version):
-                raise CheckpointError(
-                    f"registry {self.root}: version {version} is missing or incomplete; valid versions: {self.versions()}"
-                )
+            self._require_valid(version)
             self._write_pointer(version)
 
     def prune(self, keep: int = 5) -> list[int]:
@@ -443,15 +476,8 @@ class ModelRegistry(_RegistryReads):
         Raises:
             ValueError: ``keep < 1``.
         """
-        if keep < 1:
-            raise ValueError(f"keep must be >= 1, got {keep}")
         with self._locked():
-            all_versions = self._all_versions()
-            protect = set(all_versions[-keep:])
-            current = self.pointer()
-            if current is not None:
-                protect.add(current)
-            doomed = [v for v in all_versions if v not in protect]
+            doomed = self._prune_plan(keep)
             for v in doomed:
                 shutil.rmtree(self.version_dir(v), ignore_errors=True)
             return doomed
@@ -641,14 +667,11 @@ class FsspecRegistry(_RegistryReads):
         info = self.info(version)
         if info is None:
             return False
-        h = hashlib.sha256()
         try:
             with self.fs.open(self._vkey(version, CHECKPOINT_NAME), "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
+                return _sha256_of(fh) == info.get("sha256")
         except OSError:
             return False
-        return h.hexdigest() == info.get("sha256")
 
     # ------------------------------------------------------------------ writes
     def _create_exclusive(self, key: str, data: bytes) -> bool:
@@ -712,11 +735,7 @@ class FsspecRegistry(_RegistryReads):
                 could be reserved in :data:`CLAIM_ATTEMPTS` tries.
             TypeError: ``meta`` is not JSON-serialisable.
         """
-        src = Path(checkpoint_path)
-        if src.is_dir():
-            src = src / CHECKPOINT_NAME
-        if not src.is_file():
-            raise CheckpointError(f"cannot publish {src}: no such checkpoint file (save one with save_checkpoint first)")
+        src = _checkpoint_file(checkpoint_path)
         meta_json = json.dumps(meta or {})
         size, digest = src.stat().st_size, _sha256(src)
         claim = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "ts": time.time()}).encode()
@@ -736,8 +755,7 @@ class FsspecRegistry(_RegistryReads):
                 raise CheckpointError(f"registry {self._url}: upload of version {version} is incomplete; try again")
             if before_commit is not None:
                 before_commit(self._vkey(version))
-            info = {"version": version, "published_at": time.time(), "source": str(Path(checkpoint_path).resolve()),
-                    "size": size, "sha256": digest, "meta": json.loads(meta_json)}
+            info = _version_info(version, checkpoint_path, size, digest, meta_json)
             self.fs.pipe_file(self._vkey(version, MANIFEST_NAME), json.dumps(info, indent=1).encode())
         except BaseException:
             try:
@@ -756,10 +774,7 @@ class FsspecRegistry(_RegistryReads):
         Raises:
             CheckpointError: the version does not exist or is incomplete.
         """
-        if not self.is_valid(version):
-            raise CheckpointError(
-                f"registry {self._url}: version {version} is missing or incomplete; valid versions: {self.versions()}"
-            )
+        self._require_valid(version)
         self._write_pointer(version)
 
     def prune(self, keep: int = 5) -> list[int]:
@@ -772,14 +787,7 @@ class FsspecRegistry(_RegistryReads):
         Raises:
             ValueError: ``keep < 1``.
         """
-        if keep < 1:
-            raise ValueError(f"keep must be >= 1, got {keep}")
-        all_versions = self._all_versions()
-        protect = set(all_versions[-keep:])
-        current = self.pointer()
-        if current is not None:
-            protect.add(current)
-        doomed = [v for v in all_versions if v not in protect]
+        doomed = self._prune_plan(keep)
         for v in doomed:
             try:
                 self.fs.rm_file(self._vkey(v, MANIFEST_NAME))

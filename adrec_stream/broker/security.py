@@ -45,6 +45,16 @@ CREDENTIAL_KEY = re.compile(r"(^|_)(password|passwd|pass|secret|username|user|to
                             re.IGNORECASE)
 
 
+
+def uses_tls(protocol: str) -> bool:
+    """True for the Kafka security protocols that encrypt the connection: SSL and SASL_SSL."""
+    return protocol in ("SSL", "SASL_SSL")
+
+
+def uses_sasl(protocol: str) -> bool:
+    """True for the Kafka security protocols that authenticate with SASL: SASL_PLAINTEXT and SASL_SSL."""
+    return protocol.startswith("SASL_")
+
 class SecurityConfig(StrictModel):
     """How clients authenticate to and encrypt their connections with the cluster (``security:`` section).
 
@@ -71,12 +81,12 @@ class SecurityConfig(StrictModel):
     @property
     def tls(self) -> bool:
         """True for SSL and SASL_SSL."""
-        return self.security_protocol in ("SSL", "SASL_SSL")
+        return uses_tls(self.security_protocol)
 
     @property
     def sasl(self) -> bool:
         """True for SASL_PLAINTEXT and SASL_SSL."""
-        return self.security_protocol.startswith("SASL_")
+        return uses_sasl(self.security_protocol)
 
     @model_validator(mode="after")
     def _check(self) -> SecurityConfig:
@@ -195,12 +205,12 @@ class KafkaSecurity:
     @property
     def tls(self) -> bool:
         """True for SSL and SASL_SSL."""
-        return self.protocol in ("SSL", "SASL_SSL")
+        return uses_tls(self.protocol)
 
     @property
     def sasl(self) -> bool:
         """True for SASL_PLAINTEXT and SASL_SSL."""
-        return self.protocol.startswith("SASL_")
+        return uses_sasl(self.protocol)
 
     def describe(self) -> dict[str, Any]:
         """What may be logged: protocol, mechanism, file paths, where each credential came from (never a secret)."""

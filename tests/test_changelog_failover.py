@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -54,21 +55,25 @@ def _single_worker_windows(clicks: list, n_parts: int, window: int) -> dict[str,
 
 
 def _wait_all_assigned(workers: list, n_parts: int, timeout_s: float = 60.0) -> dict[int, object]:
-    import time
-
     deadline = time.time() + timeout_s
     while time.time() < deadline:
-        owners: dict[int, object] = {}
-        for w in workers:
-            assigned = assigned_partitions(w.log())
-            for p in assigned[-1] if assigned else []:
-                owners[p] = w
-        latest = [assigned_partitions(w.log())[-1:] for w in workers]
+        latest = [assigned_partitions(w.log())[-1:] for w in workers]  # [] or [the last assignment]
+        owners = {p: w for w, last in zip(workers, latest, strict=True) for p in (last[0] if last else [])}
         if sorted(owners) == list(range(n_parts)) and all(last and last[0] for last in latest):
             return owners
         time.sleep(0.2)
     raise AssertionError(f"partitions not split between {len(workers)} workers within {timeout_s} s: "
                          + str([assigned_partitions(w.log())[-1:] for w in workers]))
+
+
+def _hosts_a_and_b(spawn_worker, cfg, dirs: dict, n_parts: int) -> tuple:
+    """Ingest workers A then B on their own state_dirs (two hosts), once the group split the partitions between
+    them: (a, b, A's partitions, ascending)."""
+    a = spawn_worker("ingest", cfg, "--set", f"state_dir={dirs['a']}")
+    a.wait_for('"partitions_assigned"', timeout_s=60)
+    b = spawn_worker("ingest", cfg, "--set", f"state_dir={dirs['b']}")
+    owners = _wait_all_assigned([a, b], n_parts)
+    return a, b, sorted(p for p, w in owners.items() if w is a)
 
 
 @pytest.mark.parametrize("how", ["kill9", "sigterm"])
@@ -87,11 +92,7 @@ def test_partition_state_follows_its_partition_to_other_hosts(stream_config, spa
     assert max(per_user.values()) <= cfg.window  # whole histories are compared: a duplicate would show
     dirs = {name: tmp_path / f"host-{name}" for name in "abc"}
 
-    a = spawn_worker("ingest", cfg, "--set", f"state_dir={dirs['a']}")
-    a.wait_for('"partitions_assigned"', timeout_s=60)
-    b = spawn_worker("ingest", cfg, "--set", f"state_dir={dirs['b']}")
-    owners = _wait_all_assigned([a, b], n_parts)
-    a_parts = sorted(p for p, w in owners.items() if w is a)
+    a, b, a_parts = _hosts_a_and_b(spawn_worker, cfg, dirs, n_parts)
     assert a_parts and len(a_parts) < n_parts
 
     produce_to(bootstrap, topic, click_records(clicks[:FIRST_PART]), None)
@@ -160,11 +161,7 @@ def test_standby_replica_makes_the_failover_restore_only_the_tail(stream_config,
     topic, n_parts = cfg.topics.clicks.name, cfg.topics.clicks.partitions
     clicks = _ml100k_clicks()
     dirs = {name: tmp_path / f"host-{name}" for name in "ab"}
-    a = spawn_worker("ingest", cfg, "--set", f"state_dir={dirs['a']}")
-    a.wait_for('"partitions_assigned"', timeout_s=60)
-    b = spawn_worker("ingest", cfg, "--set", f"state_dir={dirs['b']}")
-    owners = _wait_all_assigned([a, b], n_parts)
-    a_parts = sorted(p for p, w in owners.items() if w is a)
+    a, b, a_parts = _hosts_a_and_b(spawn_worker, cfg, dirs, n_parts)
 
     twin = spawn_worker("ingest", cfg, "--set", f"state_dir={dirs['b']}")  # same "host" as B
     assert twin.proc.wait(60) == 2

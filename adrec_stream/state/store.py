@@ -308,6 +308,21 @@ class SequenceStore:
         """Ingest one WriteBatch atomically (separate method so that tests can inject a failure)."""
         self._open_db().write(wb, self._write_opts)
 
+    @staticmethod
+    def _state_batch(windows: dict[str, Entry], offsets: dict[tuple[str, int], int],
+                     changelog_position: tuple[str, int, int] | None) -> WriteBatch:
+        """ONE WriteBatch holding user windows, applied offsets and (optionally) the changelog position (changelog
+        topic, partition, next offset)."""
+        wb = WriteBatch(raw_mode=True)
+        for u, entry in windows.items():
+            wb.put(_SEQ + u.encode("utf-8"), _encode_entry(entry))
+        for (topic, part), off in offsets.items():
+            wb.put(_offset_key(topic, part), str(off).encode("ascii"))
+        if changelog_position is not None:
+            ctopic, cpart, cnext = changelog_position
+            wb.put(_offset_key(ctopic, cpart, _CLOG), str(cnext).encode("ascii"))
+        return wb
+
     def _plan(self, records: Sequence[SourceRecord]) -> StorePlan:
         """What :meth:`apply` would do, computed on copies (the store and its cache are not changed).
 
@@ -396,16 +411,8 @@ class SequenceStore:
             updates, seqs, pending_off, n_fresh = self._plan(records)
             if not n_fresh:
                 return []
-            wb = WriteBatch(raw_mode=True)
-            for u, entry in seqs.items():
-                wb.put(_SEQ + u.encode("utf-8"), _encode_entry(entry))
-            for (topic, part), off in pending_off.items():
-                wb.put(_offset_key(topic, part), str(off).encode("ascii"))
-            if changelog_position is not None:
-                ctopic, cpart, cnext = changelog_position
-                wb.put(_offset_key(ctopic, cpart, _CLOG), str(cnext).encode("ascii"))
             try:
-                self._write_batch(wb)
+                self._write_batch(self._state_batch(seqs, pending_off, changelog_position))
             except Exception as err:
                 raise StoreError(
                     f"write of {n_fresh} records to the sequence store {self.path} failed: {err}; nothing "
@@ -432,15 +439,9 @@ class SequenceStore:
         """
         with self._lock:
             self._open_db()
-            wb = WriteBatch(raw_mode=True)
-            for u, entry in windows.items():
-                wb.put(_SEQ + u.encode("utf-8"), _encode_entry(entry))
-            for (topic, part), off in offsets.items():
-                wb.put(_offset_key(topic, part), str(off).encode("ascii"))
             ctopic, cpart, cnext = changelog_position
-            wb.put(_offset_key(ctopic, cpart, _CLOG), str(cnext).encode("ascii"))
             try:
-                self._write_batch(wb)
+                self._write_batch(self._state_batch(windows, offsets, changelog_position))
             except Exception as err:
                 raise StoreError(f"write of {len(windows)} restored windows to the sequence store {self.path} "
                                  f"failed: {err}; nothing was written; restart the worker to restore again") from err

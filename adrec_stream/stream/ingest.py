@@ -170,7 +170,7 @@ class IngestHandler:
             await consumer.stop()
         self.restores.append(result)
         self.log.info("changelog_restored", topic=self.clicks_topic, changelog=self.changelog, **result.as_log())
-        if self.metrics is not None and hasattr(self.metrics, "observe_restore"):
+        if self.metrics is not None:
             self.metrics.observe_restore(result.records, result.seconds)
         return store
 

@@ -121,6 +121,16 @@ class _Chunk:
     def write(self, store: SequenceStore, changelog: str, partition: int, next_offset: int) -> None:
         store.apply_changelog(self.windows, self.offsets, (changelog, partition, next_offset))
 
+    @classmethod
+    def write_records(cls, store: SequenceStore, changelog: str, partition: int, batch: list) -> _Chunk:
+        """Decode a fetched batch of changelog partition ``partition`` and write it to ``store`` in one WriteBatch
+        that also moves the store's changelog position past the batch."""
+        chunk = cls()
+        for r in batch:
+            chunk.add(r.key, r.value)
+        chunk.write(store, changelog, partition, batch[-1].offset + 1)
+        return chunk
+
 
 # ------------------------------------------------------------------------------------------------------ restore
 @dataclass
@@ -235,11 +245,8 @@ async def restore_partition(store: SequenceStore, consumer: Any, *, changelog: s
                 position = target
                 break
         if batch:
-            chunk = _Chunk()
-            for r in batch:
-                chunk.add(r.key, r.value)
+            chunk = _Chunk.write_records(store, changelog, partition, batch)
             position = batch[-1].offset + 1
-            chunk.write(store, changelog, partition, position)
             records += chunk.records
             users += len(chunk.windows)
         else:
@@ -332,11 +339,7 @@ class StandbyReplicas:
                     store = self._store(tp.partition)
                     if store is None:
                         continue
-                    chunk = _Chunk()
-                    for r in batch:
-                        chunk.add(r.key, r.value)
-                    chunk.write(store, self.changelog, tp.partition, batch[-1].offset + 1)
-                    self.records += chunk.records
+                    self.records += _Chunk.write_records(store, self.changelog, tp.partition, batch).records
         finally:
             await consumer.stop()
 

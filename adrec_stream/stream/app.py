@@ -183,7 +183,8 @@ def build_app(cfg: StreamConfig, role: Role, *, hooks: WorkerHooks | None = None
         bootstrap = effective_bootstrap(cfg)
         timing = consumer_timing(cfg)
 
-        changelog_security = security_of(cfg).aiokafka()
+        security = security_of(cfg)  # credentials resolved once (env / files), not at every consumer or check
+        changelog_security = security.aiokafka()
 
         def changelog_consumer(purpose: str) -> Any:
             return make_consumer(bootstrap, client_id=f"{cfg.client_id}-{purpose}",
@@ -196,6 +197,7 @@ def build_app(cfg: StreamConfig, role: Role, *, hooks: WorkerHooks | None = None
         ops.readiness.add("stores", handler.stores_check)
         ops.metrics.watch_stores(lambda: [(tn, p, stores.path(tn, p)) for tn, p in stores.open_partitions()])
         standby = None
+        standby_started = False
         if cfg.state.standby_replicas and cfg.state.changelog:
             hold_state_dir(cfg.state_dir)
             standby = StandbyReplicas(stores, lambda: changelog_consumer("standby"), changelog=t.changelog_topic.name,
@@ -213,6 +215,7 @@ def build_app(cfg: StreamConfig, role: Role, *, hooks: WorkerHooks | None = None
 
         @app.on_partitions_assigned.connect
         async def _own(sender: Any, assigned: Any, **_: Any) -> None:
+            nonlocal standby_started
             owned = sorted(tp.partition for tp in assigned if tp.topic == t.clicks.name)
             if expected_partitions is not None and owned and owned[-1] >= expected_partitions:
                 _fatal(partition_count_error(t.clicks.name, expected_partitions, owned[-1] + 1,
@@ -220,8 +223,8 @@ def build_app(cfg: StreamConfig, role: Role, *, hooks: WorkerHooks | None = None
                 return
             if standby is not None:
                 standby.set_owned(owned)  # before the restores start: the standby never writes an owned store again
-                if not getattr(standby, "started", False):
-                    standby.started = True
+                if not standby_started:
+                    standby_started = True
                     ops.spawn(standby.run())
             handler.assign(owned)
             ops.spawn(handler.open_owned_stores())
@@ -233,7 +236,7 @@ def build_app(cfg: StreamConfig, role: Role, *, hooks: WorkerHooks | None = None
 
                 try:
                     counts = await asyncio.get_running_loop().run_in_executor(
-                        None, functools.partial(list_topics, bootstrap, security=security_of(cfg)))
+                        None, functools.partial(list_topics, bootstrap, security=security))
                     now = counts.get(t.clicks.name)
                 except Exception as err:  # noqa: BLE001 - broker briefly unreachable: the next check decides
                     log.warning("partition_check_failed", error=str(err)[:300])

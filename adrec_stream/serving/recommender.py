@@ -282,7 +282,6 @@ class ReloadingRecommender:
         self._last_pending_try = float("-inf")
         self.reloads = 0
         self.refusals = 0
-        self.announcements = 0
         self.check()
 
     @property
@@ -295,17 +294,6 @@ class ReloadingRecommender:
         """Registry version serving now, or None."""
         cur = self._current
         return cur.version if cur is not None else None
-
-    def _stamp(self, version: int) -> Any:
-        """What identifies the stored bytes of ``version`` (a refused version is retried only when it changes)."""
-        if isinstance(self.registry, ModelRegistry):
-            try:
-                st = self.registry.path(version).stat()
-                return st.st_size, st.st_mtime_ns
-            except OSError:
-                return -1, -1
-        info = self.registry.info(version) or {}
-        return info.get("sha256"), info.get("size")
 
     def _older(self, version: int) -> bool:
         """True (logged once per version) when ``version`` is below the serving one and is not a rollback."""
@@ -321,7 +309,7 @@ class ReloadingRecommender:
 
     def _load(self, version: int, *, via: str) -> bool:
         """Load ``version`` from the registry and swap it in (caller holds the lock). True if swapped in."""
-        stamp = self._stamp(version)
+        stamp = self.registry.stamp(version)  # a refused version is retried only when its stored bytes change
         if self._refused.get(version) == stamp:
             return False
         try:
@@ -377,7 +365,6 @@ class ReloadingRecommender:
         file system elsewhere; the checksum decides).
         """
         with self._reload_lock:
-            self.announcements += 1
             if version == self.version or self._older(version):
                 return False
             if registry_url is not None and registry_url != self.registry.url:

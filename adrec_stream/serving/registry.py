@@ -482,6 +482,15 @@ class ModelRegistry(_RegistryReads):
                 shutil.rmtree(self.version_dir(v), ignore_errors=True)
             return doomed
 
+    def stamp(self, version: int) -> tuple[int, int]:
+        """What identifies the stored bytes of ``version`` without reading them: (size, mtime in ns); (-1, -1) when
+        the file is missing."""
+        try:
+            st = self.path(version).stat()
+        except OSError:
+            return -1, -1
+        return st.st_size, st.st_mtime_ns
+
     def verify(self, version: int) -> bool:
         """True if the stored checkpoint's SHA-256 still matches the one recorded at publish time."""
         info = self.info(version)
@@ -661,6 +670,12 @@ class FsspecRegistry(_RegistryReads):
     def path(self, version: int) -> Path:
         """Local (verified, cached) checkpoint path of ``version``: :meth:`fetch`."""
         return self.fetch(version)
+
+    def stamp(self, version: int) -> tuple[Any, Any]:
+        """What identifies the stored bytes of ``version`` without downloading them: the manifest's (sha256, size);
+        (None, None) without a manifest."""
+        info = self.info(version) or {}
+        return info.get("sha256"), info.get("size")
 
     def verify(self, version: int) -> bool:
         """True if the stored checkpoint's SHA-256 matches its manifest (downloads it again, bypassing the cache)."""

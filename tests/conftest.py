@@ -192,6 +192,20 @@ def spawn_worker(tmp_path: Path) -> Iterator:
               *events[-60:], sep="\n", file=sys.stderr)
 
 
+def click_producer(bootstrap: str, **overrides):
+    """A kafka-python producer for test clicks: acks=all, linger 5 ms, NOT idempotent (``overrides`` win).
+
+    Not idempotent because a Tansu memory broker restarted empty has forgotten every producer id: an idempotent
+    kafka-python producer then fails every later send with ``UnknownError`` (error -1 on its InitProducerId or
+    produce; seen in CI after ``restart_broker_empty``). The pipeline deduplicates clicks by ``event_id``, so a
+    test client, like a user's click producer, needs no broker-side idempotence.
+    """
+    from kafka import KafkaProducer
+
+    return KafkaProducer(**{"bootstrap_servers": bootstrap, "acks": "all", "linger_ms": 5,
+                            "enable_idempotence": False, **overrides})
+
+
 #: attempts per record in :func:`send_checked` (a failed delivery is re-sent, never silently dropped)
 SEND_ATTEMPTS = 8
 
@@ -221,9 +235,7 @@ def send_checked(producer, topic: str, records: list[tuple[bytes | None, bytes |
 
 def produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes | None]]) -> None:
     """Produce (key, value) records in order (one producer, acks=all), flush and check every delivery."""
-    from kafka import KafkaProducer
-
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    producer = click_producer(bootstrap)
     try:
         send_checked(producer, topic, records)
     finally:

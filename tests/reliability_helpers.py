@@ -7,7 +7,7 @@ import time
 from collections import defaultdict
 
 import orjson
-from conftest import send_checked
+from conftest import click_producer, send_checked
 
 from adrec_stream.data.events import Interaction
 from adrec_stream.state.partitioned import read_all
@@ -22,12 +22,9 @@ def produce_to(bootstrap: str, topic: str, records: list[tuple[bytes | None, byt
 
     ``retries_s`` > 0 keeps retrying sends for that long (producing while the broker is down).
     """
-    from kafka import KafkaProducer
-
     extra = {"retries": 1_000_000, "retry_backoff_ms": 200, "delivery_timeout_ms": int(retries_s * 1000),
-             "request_timeout_ms": 5000, "max_in_flight_requests_per_connection": 1,
-             "enable_idempotence": False} if retries_s else {}
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, **extra)
+             "request_timeout_ms": 5000, "max_in_flight_requests_per_connection": 1} if retries_s else {}
+    producer = click_producer(bootstrap, **extra)
     try:
         send_checked(producer, topic, records, partition, flush_s=max(30.0, retries_s + 10))
     finally:

@@ -13,7 +13,7 @@ from collections import Counter
 
 import orjson
 import pytest
-from conftest import REPO_ROOT, consume, send_checked, write_stream_config
+from conftest import REPO_ROOT, click_producer, consume, send_checked, write_stream_config
 
 from adrec_stream.broker.process import effective_bootstrap
 from adrec_stream.data.events import Interaction
@@ -57,9 +57,7 @@ def _counting(monkeypatch: pytest.MonkeyPatch, direction: str) -> Counter:
 
 def _produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]], codec: str | None,
              partition: int | None = None) -> None:
-    from kafka import KafkaProducer
-
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, compression_type=codec)
+    producer = click_producer(bootstrap, compression_type=codec)
     try:
         send_checked(producer, topic, records, partition)
     finally:

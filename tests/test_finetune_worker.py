@@ -83,10 +83,9 @@ def test_new_items_enter_the_model_and_the_scorer_swaps_once(stream_config, tiny
     stop = threading.Event()
 
     def trickle() -> None:
-        from conftest import send_checked
-        from kafka import KafkaProducer
+        from conftest import click_producer, send_checked
 
-        producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+        producer = click_producer(bootstrap)
         try:
             for c in _new_item_clicks(ROUND_EVENTS - 20, start=ROUND_EVENTS):
                 if stop.is_set():

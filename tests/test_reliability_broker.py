@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import consume, last_log_event
+from conftest import click_producer, consume, last_log_event
 from reliability_helpers import (
     by_event_id,
     click_records,
@@ -58,12 +58,9 @@ def _run_broker_reset(cfg, private_broker, spawn_worker, outage_s: float, produc
     during = _clicks(10, 40)
     producer = None
     if produce_during_outage:  # connected before the outage, sends while the broker is down, retrying
-        from kafka import KafkaProducer
-
-        producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", retries=1_000_000, retry_backoff_ms=250,
-                                 request_timeout_ms=5000, delivery_timeout_ms=int((outage_s + 60) * 1000),
-                                 max_in_flight_requests_per_connection=1, reconnect_backoff_max_ms=2000,
-                                 enable_idempotence=False)  # the restarted broker forgot producer ids
+        producer = click_producer(bootstrap, retries=1_000_000, retry_backoff_ms=250, request_timeout_ms=5000,
+                                  delivery_timeout_ms=int((outage_s + 60) * 1000), linger_ms=0,
+                                  max_in_flight_requests_per_connection=1, reconnect_backoff_max_ms=2000)
         assert producer.partitions_for(topic)
     stop_broker(private_broker)
     futures = [producer.send(topic, key=k, value=v) for k, v in click_records(during)] if producer else []
@@ -103,3 +100,39 @@ def test_broker_down_60s_while_producing_with_retries(stream_config, private_bro
     delivered and applied, the worker keeps running, and the committed offsets reach the log end (lag 0)."""
     cfg = stream_config.model_copy(update={"broker": private_broker, "window": 100})
     _run_broker_reset(cfg, private_broker, spawn_worker, outage_s=60.0, produce_during_outage=True)
+
+
+def test_announcer_and_click_producers_survive_an_empty_restart(stream_config, private_broker, tiny_registry):
+    """A long-lived Announcer (the fine-tune worker keeps one) and a test click producer deliver after the broker
+    restarted empty, and an announcement that failed while the broker was down does not spoil the next one.
+    Before the fix both used idempotent kafka-python producers, which fail every send once the broker forgot their
+    producer id (``UnknownError``, error -1: the CI failure of the 60 s outage scenario)."""
+    from adrec_stream.errors import BrokerError
+    from adrec_stream.serving.announce import Announcer, parse_announcement
+    from adrec_stream.serving.registry import ModelRegistry
+
+    cfg = stream_config.model_copy(update={"broker": private_broker})
+    bootstrap, clicks = cfg.broker.address, cfg.topics.clicks.name
+    ensure_topics(bootstrap, cfg.topics.all())
+    registry = ModelRegistry(cfg.registry_dir)
+    announcer = Announcer(cfg, timeout_s=3.0)
+    producer = click_producer(bootstrap)
+    try:
+        assert announcer.announce(registry, 1, source="before")["version"] == 1
+        producer.send(clicks, key=b"u0", value=b"{}").get(10)
+        restart_broker_empty(private_broker, private_broker.port, 1.0, cfg.topics.all())
+        sent = [producer.send(clicks, key=b"u%d" % i, value=b"{}") for i in range(4)]
+        producer.flush(30)
+        assert [f.exception for f in sent if not f.succeeded()] == []
+        assert announcer.announce(registry, 1, source="after-restart")["source"] == "after-restart"
+
+        stop_broker(private_broker)
+        with pytest.raises(BrokerError, match="could not announce model version 1"):
+            announcer.announce(registry, 1, source="while-down")
+        restart_broker_empty(private_broker, private_broker.port, 0.5, cfg.topics.all())
+        assert announcer.announce(registry, 1, source="after-failure")["source"] == "after-failure"
+    finally:
+        producer.close(5)
+        announcer.close()
+    got = consume(bootstrap, cfg.topics.model_versions.name, 1)
+    assert [parse_announcement(r.value)["source"] for r in got] == ["after-failure"]  # the broker forgot the rest

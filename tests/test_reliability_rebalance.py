@@ -13,7 +13,7 @@ import threading
 import time
 
 import pytest
-from conftest import consume, last_log_event
+from conftest import click_producer, consume, last_log_event
 from reliability_helpers import assigned_partitions, by_event_id, expected_windows, store_contents
 
 from adrec_stream.broker.process import effective_bootstrap
@@ -55,9 +55,7 @@ class _PacedProducer(threading.Thread):
         self.rebalanced = threading.Event()
 
     def run(self) -> None:
-        from kafka import KafkaProducer
-
-        producer = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=5)
+        producer = click_producer(self.bootstrap)
         try:
             due = time.monotonic()  # when the next click is due
             futures = []

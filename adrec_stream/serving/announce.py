@@ -60,6 +60,11 @@ def parse_announcement(value: bytes | None) -> dict[str, Any]:
 class Announcer:
     """Produces announcements of one stream config's registry (kafka-python producer, acks=all).
 
+    The producer is not idempotent (an announcement is keyed by registry and carries its version, so a duplicate
+    is harmless) and is dropped after a failed delivery: a broker restarted empty has forgotten every producer id,
+    and a kafka-python producer that keeps one fails all later sends (Tansu answers error -1). The next
+    :meth:`announce` connects afresh.
+
     Args:
         cfg: the stream config (topic, cluster, security).
         timeout_s: how long :meth:`announce` waits for the delivery, seconds.
@@ -87,7 +92,7 @@ class Announcer:
 
                 from adrec_stream.broker.security import kafka_client_kwargs  # noqa: PLC0415
 
-                self._producer = KafkaProducer(**kafka_client_kwargs(self.cfg), acks="all",
+                self._producer = KafkaProducer(**kafka_client_kwargs(self.cfg), acks="all", enable_idempotence=False,
                                                client_id=f"{self.cfg.client_id}-announce",
                                                request_timeout_ms=int(self.timeout_s * 1000),
                                                max_block_ms=int(self.timeout_s * 1000))
@@ -95,15 +100,22 @@ class Announcer:
         except BrokerError:
             raise
         except Exception as err:  # noqa: BLE001 - kafka-python raises several unrelated types
+            self._drop_producer()
             raise BrokerError(f"could not announce model version {version} on topic {self.topic}: {err}; score workers "
                               "still pick it up at their next registry poll") from None
         return orjson.loads(value)
 
     def close(self) -> None:
         """Close the producer (if one was created)."""
+        self._drop_producer()
+
+    def _drop_producer(self) -> None:
         if self._producer is not None:
-            self._producer.close(5)
-            self._producer = None
+            producer, self._producer = self._producer, None
+            try:
+                producer.close(5)
+            except Exception:  # noqa: BLE001 - closing a failed producer must not hide the first error
+                log.warning("announce_producer_close_failed", exc_info=True)
 
 
 class VersionFollower:

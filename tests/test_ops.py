@@ -116,6 +116,19 @@ def test_recent_values_quantiles_drop_old_values():
 
 
 # ------------------------------------------------------------------------------------------------ ConsumerLag
+def test_consumer_lag_finds_a_log_cut_back_under_the_consumer():
+    """Next offset (handled, else committed) beyond the log end = the log was cut back (empty restart, recreated
+    topic); after the rewind (restart_at) the partition is in order again."""
+    lag = ConsumerLag("clicks")
+    lag.assign([0, 1, 2, 3])
+    lag.handled(0, 39)  # next 40, the new log ends at 12
+    lag.handled(1, 11)  # next 12 == end 12: caught up, not cut back
+    assert lag.past_log_end({0: 12, 1: 12, 2: 5, 3: None}, {2: 30, 3: 50}) == {0: (40, 12), 2: (30, 5)}
+    lag.restart_at(0, 0)
+    assert lag.past_log_end({0: 12, 1: 12}) == {}
+    assert lag.refresh({0: 12, 1: 12}) == {0: 12, 1: 0}
+
+
 def test_consumer_lag_per_partition_gauges_and_checks():
     clock = FakeClock(0.0)
     m = WorkerMetrics("ingest", group="g")

@@ -7,6 +7,7 @@ error event), reconcile its stored offsets and apply the new clicks, without a p
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import pytest
@@ -102,6 +103,7 @@ def test_broker_down_60s_while_producing_with_retries(stream_config, private_bro
     _run_broker_reset(cfg, private_broker, spawn_worker, outage_s=60.0, produce_during_outage=True)
 
 
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")  # a producer left unclosed
 def test_announcer_and_click_producers_survive_an_empty_restart(stream_config, private_broker, tiny_registry):
     """A long-lived Announcer (the fine-tune worker keeps one) and a test click producer deliver after the broker
     restarted empty, and an announcement that failed while the broker was down does not spoil the next one.
@@ -134,5 +136,62 @@ def test_announcer_and_click_producers_survive_an_empty_restart(stream_config, p
     finally:
         producer.close(5)
         announcer.close()
+    gc.collect()  # a dropped producer that failed to close would raise in __del__ now (before: KafkaTimeoutError)
     got = consume(bootstrap, cfg.topics.model_versions.name, 1)
     assert [parse_announcement(r.value)["source"] for r in got] == ["after-failure"]  # the broker forgot the rest
+
+
+def _recreate_topic(bootstrap: str, topic_cfg, hold) -> None:
+    """Delete ``topic_cfg``'s topic and create it again (empty) while ``hold`` (a worker Popen) is stopped, so that
+    its fetches cannot auto-create the topic with Tansu's 4 partitions in between."""
+    import signal
+    import time
+
+    from kafka.admin import KafkaAdminClient
+
+    from adrec_stream.broker.admin import list_topics
+
+    hold.send_signal(signal.SIGSTOP)
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+        try:
+            admin.delete_topics([topic_cfg.name])
+        finally:
+            admin.close()
+        deadline = time.time() + 20
+        while topic_cfg.name in list_topics(bootstrap) and time.time() < deadline:
+            time.sleep(0.1)
+        ensure_topics(bootstrap, [topic_cfg])
+    finally:
+        hold.send_signal(signal.SIGCONT)
+
+
+def test_clicks_topic_recreated_under_a_running_worker(stream_config, spawn_worker):
+    """The clicks topic is deleted and recreated (empty) under a running ingest worker: no rebalance happens and
+    Tansu answers the fetches beyond the new log end with nothing, so before the fix the worker waited silently
+    (and would have skipped the new log's first records once it outgrew the old position: the CI failure of the
+    empty-restart scenario when its rebalance did not come). Now the worker sees its next offset past the log end,
+    forgets the stored offsets, rewinds, applies the new clicks and commits them: same process, lag 0."""
+    cfg = stream_config.model_copy(update={"window": 100})
+    bootstrap, topic = cfg.broker.address, cfg.topics.clicks.name
+    ensure_topics(bootstrap, cfg.topics.all())
+    before, after = _clicks(40, 0), _clicks(20, 40)
+    produce_to(bootstrap, topic, click_records(before), partition=None)
+    worker = spawn_worker("ingest", cfg)
+    assert len(by_event_id(consume(bootstrap, cfg.topics.sequence_updates.name, 40, timeout_s=60))) == 40
+
+    _recreate_topic(bootstrap, cfg.topics.clicks, hold=worker.proc)
+    produce_to(bootstrap, topic, click_records(after), partition=None)
+    updates = by_event_id(consume(bootstrap, cfg.topics.sequence_updates.name, 60, timeout_s=60))
+    assert sorted(set(updates) - {c.event_id for c in before}) == sorted(c.event_id for c in after)
+    assert worker.proc.poll() is None
+    ends = {p: e for p, e in true_end_offsets(bootstrap, topic, compat=True).items() if e > 0}
+    assert wait_committed(bootstrap, cfg.groups.ingest, topic, ends, timeout_s=30) == ends  # lag back to 0
+    assert worker.stop() == 0
+    cut = last_log_event(worker.log(), "log_cut_back_under_consumer")
+    assert cut["next_offset"] > cut["log_end_offset"]
+    assert last_log_event(worker.log(), "rewound_to_log_start")["offset"] == 0
+    assert last_log_event(worker.log(), "worker_stopped")["broker_resets"] >= 1
+    seqs, offsets = store_contents(cfg)
+    assert seqs == expected_windows(before + after, cfg.window)
+    assert {p: o + 1 for (_, p), o in offsets.items()} == ends

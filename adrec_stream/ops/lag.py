@@ -58,6 +58,33 @@ class ConsumerLag:
         if offset + 1 > self._next.get(partition, -1):
             self._next[partition] = offset + 1
 
+    def past_log_end(self, log_end: Mapping[int, int | None], next_offsets: Mapping[int, int | None] | None = None
+                     ) -> dict[int, tuple[int, int]]:
+        """Assigned partitions whose next offset to process lies beyond their log end: the log was cut back under
+        the consumer (broker restarted empty, topic deleted and recreated). A fetch there returns nothing (Tansu
+        sends no ``OFFSET_OUT_OF_RANGE``) until the new log outgrows the old position, whose records would then be
+        skipped.
+
+        Args:
+            log_end: partition -> log end offset from the fetch responses (None: unknown).
+            next_offsets: as in :meth:`refresh` (a committed offset past the end counts too: a worker restarted
+                after the topic was recreated resumes there).
+
+        Returns:
+            partition -> (next offset, log end offset).
+        """
+        next_offsets = next_offsets or {}
+        out = {}
+        for p in sorted(self.assigned):
+            end, nxt = log_end.get(p), self._next.get(p, next_offsets.get(p))
+            if end is not None and nxt is not None and nxt > end:
+                out[p] = (nxt, int(end))
+        return out
+
+    def restart_at(self, partition: int, offset: int) -> None:
+        """The consumer was moved back to ``offset`` of ``partition`` (see :meth:`past_log_end`)."""
+        self._next[partition] = offset
+
     def unknown_next(self) -> list[int]:
         """Assigned partitions with nothing handled since the assignment (the caller looks up their committed
         offset or position for :meth:`refresh`)."""

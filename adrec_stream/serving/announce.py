@@ -67,7 +67,7 @@ class Announcer:
 
     Args:
         cfg: the stream config (topic, cluster, security).
-        timeout_s: how long :meth:`announce` waits for the delivery, seconds.
+        timeout_s: delivery timeout of an announcement, seconds (:meth:`announce` waits up to 2 s longer).
     """
 
     def __init__(self, cfg: Any, *, timeout_s: float = 10.0) -> None:
@@ -92,11 +92,11 @@ class Announcer:
 
                 from adrec_stream.broker.security import kafka_client_kwargs  # noqa: PLC0415
 
+                ms = int(self.timeout_s * 1000)  # an undelivered record expires within timeout_s (then close() works)
                 self._producer = KafkaProducer(**kafka_client_kwargs(self.cfg), acks="all", enable_idempotence=False,
-                                               client_id=f"{self.cfg.client_id}-announce",
-                                               request_timeout_ms=int(self.timeout_s * 1000),
-                                               max_block_ms=int(self.timeout_s * 1000))
-            self._producer.send(self.topic, key=key, value=value).get(timeout=self.timeout_s)
+                                               client_id=f"{self.cfg.client_id}-announce", max_block_ms=ms,
+                                               request_timeout_ms=ms // 2, delivery_timeout_ms=ms)
+            self._producer.send(self.topic, key=key, value=value).get(timeout=self.timeout_s + 2.0)
         except BrokerError:
             raise
         except Exception as err:  # noqa: BLE001 - kafka-python raises several unrelated types
@@ -112,8 +112,8 @@ class Announcer:
     def _drop_producer(self) -> None:
         if self._producer is not None:
             producer, self._producer = self._producer, None
-            try:
-                producer.close(5)
+            try:  # flushes first: waits for an undelivered record to expire (<= timeout_s)
+                producer.close(self.timeout_s + 2.0)
             except Exception:  # noqa: BLE001 - closing a failed producer must not hide the first error
                 log.warning("announce_producer_close_failed", exc_info=True)
 

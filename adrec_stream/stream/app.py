@@ -195,6 +195,7 @@ def build_app(cfg: StreamConfig, role: Role, *, hooks: WorkerHooks | None = None
                                 hooks=hooks, metrics=ops.metrics, restore_consumer=lambda: changelog_consumer("restore"),
                                 expected_partitions=expected_partitions)
         ops.readiness.add("stores", handler.stores_check)
+        ops.on_log_cut_back(handler.log_cut_back)
         ops.metrics.watch_stores(lambda: [(tn, p, stores.path(tn, p)) for tn, p in stores.open_partitions()])
         standby = None
         standby_started = False

@@ -12,6 +12,10 @@ Measured Tansu 0.6.0 behaviours it works around:
    session / heartbeat / rebalance timeouts at 6 s / 1.5 s / 6 s (workers ready in ~3-7 s).
 3. **Fetch long-poll**: Tansu holds every fetch for the full max-wait even when data has arrived; faust
    hard-codes 1.5 s. Compat caps the fetch max-wait at 100 ms (p50 click -> output latency ~50 ms).
+4. **No ``OFFSET_OUT_OF_RANGE``**: a fetch beyond the log end returns an empty answer, so a consumer whose log
+   was cut back (broker restarted empty without a rebalance, topic recreated) waits silently. Every worker
+   checks for it (:meth:`~adrec_stream.ops.lag.ConsumerLag.past_log_end`) and rewinds with
+   :func:`rewind_to_log_start`, with or without compat.
 
 Against Apache Kafka, leave ``tansu_compat`` off: the consumer section's values are used as configured
 (faust's fixed 1.5 s fetch wait is still replaced by ``consumer.fetch_max_wait_s``, which is harmless there).
@@ -112,3 +116,31 @@ def install_faust_compat() -> None:
     thread_cls._create_worker_consumer = _create_worker_consumer
     thread_cls._highwaters = _highwaters
     _INSTALLED = True
+
+
+async def rewind_to_log_start(consumer: Any, tp: Any) -> int:
+    """Move a faust consumer's partition back to the start of its log and commit that offset.
+
+    For a log cut back under the consumer (:meth:`~adrec_stream.ops.lag.ConsumerLag.past_log_end`). Faust's own
+    bookkeeping of the partition (acknowledged offsets, gaps, read and committed offsets) is dropped first, as
+    faust does when a partition is revoked, so that the records of the new log are read, acknowledged and
+    committed from the start (faust never commits an offset below the one it committed last). The commit makes a
+    restart resume there too.
+
+    Args:
+        consumer: ``app.consumer`` of a faust app.
+        tp: the ``faust.types.TP``.
+
+    Returns:
+        The log start offset now consumed from.
+
+    Raises:
+        Exception: the broker could not be asked for the log start, or the commit failed (the caller retries at
+            its next check).
+    """
+    start = int((await consumer.earliest_offsets(tp))[tp])
+    for name in ("_gap", "_acked", "_acked_index", "_read_offset", "_committed_offset"):
+        getattr(consumer, name).pop(tp, None)
+    await consumer.seek(tp, start)
+    await consumer._commit_offsets({tp: start})  # noqa: SLF001 - faust's commit path, updates its committed offset
+    return start

@@ -70,6 +70,11 @@ STORE_RETRY_BACKOFF_S = 0.2
 SKIP_REASONS = frozenset({"tombstone", "empty_key"})
 
 
+#: the ``hint`` of a ``broker_reset_detected`` event
+RESET_HINT = ("the broker lost its log (embedded memory broker restarted empty, or the topic was recreated); records "
+              "produced while it was down or lost with it are not recovered")
+
+
 def update_value(u: SequenceUpdate, produced_ts: float | None, ingest_ts: float) -> bytes:
     """The JSON value of one sequence update (fields in the module docstring)."""
     return orjson.dumps({
@@ -317,6 +322,21 @@ class IngestHandler:
                 out[part] = (changelog, part, int(m.offset) + 1)
         return out
 
+    async def log_cut_back(self, part: int, next_offset: int, log_end: int) -> None:
+        """The clicks log of ``part`` was cut back under the consumer (no record arrives to reveal it, see
+        :meth:`~adrec_stream.ops.lag.ConsumerLag.past_log_end`); the consumer is rewound to the log start right
+        after this. Forget the partition's stored offsets now, so the new log's records are applied even if it
+        has grown past the stored offset by the time they arrive. Counted as a broker reset."""
+        if part not in self.owned:
+            return
+        store = await self.prepare(part)
+        self.stats.broker_resets += 1
+        self.log.error("broker_reset_detected", topic=self.clicks_topic, partition=part,
+                       stored_applied_offset=store.applied_offset(self.clicks_topic, part), log_end_offset=log_end,
+                       consumer_next_offset=next_offset, action="forgot the stored offset of this partition; "
+                       "rewinding to the start of the new log", hint=RESET_HINT)
+        store.forget_offsets(self.clicks_topic, [part])
+
     def _reconcile_broker_reset(self, store: SequenceStore, topic: str, part: int, records: list) -> None:
         """Forget the stored offset of a partition whose log restarted below it (see the module docstring)."""
         lowest = records[0].offset
@@ -330,8 +350,7 @@ class IngestHandler:
         self.log.error("broker_reset_detected", topic=topic, partition=part, stored_applied_offset=stored,
                        log_end_offset=hw, first_offset_received=lowest,
                        action="forgot the stored offset of this partition; records of the new log are applied",
-                       hint="the broker lost its log (embedded memory broker restarted empty, or the topic was "
-                            "recreated); records produced while it was down or lost with it are not recovered")
+                       hint=RESET_HINT)
         store.forget_offsets(topic, [part])
 
     async def _apply_with_retry(self, store: SequenceStore, records: list,

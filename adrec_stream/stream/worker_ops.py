@@ -5,6 +5,12 @@ Lag per assigned partition of the worker's input topic = the consumer's high wat
 from the last fetch response, right on Tansu) minus the next offset to process: the one after the last record
 the agent handled, or for a partition it has handled nothing of since the assignment, faust's committed offset,
 else (no commit yet) the log start with ``auto_offset_reset: earliest`` or the fetch position otherwise.
+
+A next offset beyond the log end means the log was cut back under the consumer (broker restarted empty without a
+rebalance, topic recreated): Tansu answers such fetches with nothing, so the worker would wait silently and later
+skip the new log's first records. The refresh then logs ``log_cut_back_under_consumer``, lets the role react (the
+ingest worker forgets the partition's stored offsets) and rewinds the partition to its log start
+(:func:`~adrec_stream.stream.compat.rewind_to_log_start`).
 """
 
 from __future__ import annotations
@@ -66,6 +72,7 @@ class FaustOps:
         self.metrics.watch_readiness(lambda: self.readiness.evaluate()["ready"])
         self._tasks: set[asyncio.Task] = set()
         self._on_refresh: list[Callable[[], Awaitable[None]]] = []
+        self._on_cut_back: list[Callable[[int, int, int], Awaitable[None]]] = []
 
     def install(self) -> None:
         """Follow the app's assignment (rebalance signals) and refresh the lag every :data:`REFRESH_INTERVAL_S`."""
@@ -101,9 +108,38 @@ class FaustOps:
         start: dict[int, int | None] = {}
         for p in self.lag.unknown_next():
             start[p] = await self._next_offset(consumer, TP(self.topic, p))
+        for p, (nxt, end) in self.lag.past_log_end(ends, start).items():
+            start[p] = await self._rewind(consumer, p, nxt, end)
         self.lag.refresh(ends, start)
         for callback in self._on_refresh:
             await callback()
+
+    def on_log_cut_back(self, callback: Callable[[int, int, int], Awaitable[None]]) -> None:
+        """Await ``callback(partition, next_offset, log_end)`` when a partition's log was found cut back under the
+        consumer, before it is rewound (the ingest worker forgets that partition's stored offsets there)."""
+        self._on_cut_back.append(callback)
+
+    async def _rewind(self, consumer: Any, partition: int, nxt: int, end: int) -> int | None:
+        """A log cut back under the consumer: tell the role, rewind to the log start (a failure: next refresh).
+        Returns the offset consumed from now (None after a failure)."""
+        from faust.types import TP  # noqa: PLC0415
+
+        from adrec_stream.stream.compat import rewind_to_log_start  # noqa: PLC0415
+
+        log.error("log_cut_back_under_consumer", role=self.role, topic=self.topic, partition=partition,
+                  next_offset=nxt, log_end_offset=end,
+                  action="rewinding to the start of the new log and committing there",
+                  hint="the broker lost its log (embedded memory broker restarted empty) or the topic was recreated")
+        try:
+            for callback in self._on_cut_back:
+                await callback(partition, nxt, end)
+            start = await rewind_to_log_start(consumer, TP(self.topic, partition))
+        except Exception as err:  # noqa: BLE001 - broker unreachable / partition revoked meanwhile: next refresh
+            log.warning("rewind_failed", role=self.role, topic=self.topic, partition=partition, error=repr(err)[:300])
+            return None
+        self.lag.restart_at(partition, start)
+        log.info("rewound_to_log_start", role=self.role, topic=self.topic, partition=partition, offset=start)
+        return start
 
     async def _next_offset(self, consumer: Any, tp: Any) -> int | None:
         committed = getattr(consumer, "_committed_offset", {}).get(tp)  # faust's own record of the group's commit

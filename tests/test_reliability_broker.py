@@ -195,3 +195,40 @@ def test_clicks_topic_recreated_under_a_running_worker(stream_config, spawn_work
     seqs, offsets = store_contents(cfg)
     assert seqs == expected_windows(before + after, cfg.window)
     assert {p: o + 1 for (_, p), o in offsets.items()} == ends
+
+
+def _update_records(start: int, n: int, users: int = 4) -> list[tuple[bytes, bytes]]:
+    """Sequence updates as the ingest worker publishes them (window of the user's items up to the click)."""
+    import time
+
+    import orjson
+
+    out = []
+    for i in range(start, start + n):
+        user = f"u{i % users}"
+        items = [str((j * 7) % 40 + 1) for j in range(i % users, i + 1, users)][-10:]
+        out.append((user.encode(), orjson.dumps({"user_id": user, "items": items, "event_id": f"ev-{i}",
+                                                 "event_ts": 1.0 + i, "produced_ts": time.time(),
+                                                 "ingest_ts": time.time(), "source": {"partition": 0, "offset": i}})))
+    return out
+
+
+def test_updates_topic_recreated_under_a_running_score_worker(stream_config, tiny_registry, spawn_worker):
+    """The same cut-back log for the score worker (its input, the sequence-updates topic, recreated empty): it
+    rewinds and scores the new updates, same process, its group's committed offsets at the new log end."""
+    cfg = stream_config
+    bootstrap, topic = cfg.broker.address, cfg.topics.sequence_updates.name
+    ensure_topics(bootstrap, cfg.topics.all())
+    worker = spawn_worker("score", cfg, "--set", "scoring.deduplicate_users=false")
+    produce_to(bootstrap, topic, _update_records(0, 30), partition=None)
+    assert len(by_event_id(consume(bootstrap, cfg.topics.recommendations.name, 30, timeout_s=90))) == 30
+
+    _recreate_topic(bootstrap, cfg.topics.sequence_updates, hold=worker.proc)
+    produce_to(bootstrap, topic, _update_records(30, 10), partition=None)
+    recs = by_event_id(consume(bootstrap, cfg.topics.recommendations.name, 40, timeout_s=60))
+    assert sorted(set(recs)) == sorted(f"ev-{i}" for i in range(40))
+    assert worker.proc.poll() is None
+    ends = {p: e for p, e in true_end_offsets(bootstrap, topic, compat=True).items() if e > 0}
+    assert wait_committed(bootstrap, cfg.groups.scoring, topic, ends, timeout_s=30) == ends
+    assert worker.stop() == 0
+    assert last_log_event(worker.log(), "log_cut_back_under_consumer")["role"] == "score"

@@ -1,10 +1,18 @@
-"""Structured JSON logging (structlog) shared by the CLI and the workers."""
+"""Structured JSON logging (structlog) shared by the CLI and the workers.
+
+Records of standard-library loggers (aiokafka, kafka-python, faust, mode) are rendered as the same JSON lines, with
+``logger`` and ``level``; a message that repeats (same logger, level and message template, e.g. aiokafka's
+"Unable connect to node" once per retry while the broker is down) is written once per
+:data:`REPEAT_WINDOW_S`, the next line carrying ``repeated``: how many were left out since.
+"""
 
 from __future__ import annotations
 
 import logging
 import math
 import sys
+import time
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -45,6 +53,72 @@ def finite_json_values(_logger: Any, _method: str, event_dict: dict[str, Any]) -
     return _finite(event_dict)
 
 
+#: seconds within which a repeated standard-library log message is written only once
+REPEAT_WINDOW_S = 30.0
+
+
+class RepeatFilter(logging.Filter):
+    """Let the first record of each (logger, level, message template) through, then at most one per ``window_s``;
+    a record let through after left-out ones gets ``record.repeated`` = how many were left out.
+
+    Args:
+        window_s: seconds.
+        clock: monotonic clock (seconds).
+        max_keys: distinct messages remembered (all are forgotten when exceeded; bounds memory).
+    """
+
+    def __init__(self, window_s: float = REPEAT_WINDOW_S, clock: Callable[[], float] = time.monotonic,
+                 max_keys: int = 1000) -> None:
+        super().__init__()
+        self.window_s, self.clock, self.max_keys = window_s, clock, max_keys
+        self._seen: dict[tuple[str, int, str], list] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, record.levelno, str(record.msg)[:200])
+        now = self.clock()
+        entry = self._seen.get(key)
+        if entry is not None and now - entry[0] < self.window_s:
+            entry[1] += 1
+            return False
+        if entry is not None and entry[1]:
+            record.repeated = entry[1]
+        if entry is None and len(self._seen) >= self.max_keys:
+            self._seen.clear()
+        self._seen[key] = [now, 0]
+        return True
+
+
+class _CurrentStderrHandler(logging.StreamHandler):
+    """A StreamHandler that writes to the *current* ``sys.stderr`` (see :class:`_StderrLogger`)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:  # StreamHandler.__init__ assigns it
+        pass
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if sys.stderr is None or getattr(sys.stderr, "closed", False):
+            return
+        super().emit(record)
+
+
+def _stdlib_handler(level: int, timestamper: Any) -> logging.Handler:
+    """stderr handler rendering standard-library records as JSON lines (see the module docstring)."""
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[structlog.stdlib.add_logger_name, structlog.processors.add_log_level, timestamper,
+                           structlog.stdlib.ExtraAdder(allow=["repeated"])],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, structlog.processors.format_exc_info,
+                    finite_json_values, structlog.processors.JSONRenderer()])
+    handler = _CurrentStderrHandler()
+    handler.setLevel(level)
+    handler.setFormatter(formatter)
+    handler.addFilter(RepeatFilter())
+    return handler
+
+
 def configure_logging(level: str = "INFO", json: bool = True) -> None:
     """Configure structlog to write one JSON object per line to stderr.
 
@@ -60,11 +134,12 @@ def configure_logging(level: str = "INFO", json: bool = True) -> None:
     if not isinstance(numeric, int):
         raise ValueError(f"unknown log level {level!r}; use DEBUG, INFO, WARNING or ERROR")
     renderer = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
+    timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            timestamper,
             structlog.processors.format_exc_info,
             *([finite_json_values] if json else []),
             renderer,
@@ -73,7 +148,17 @@ def configure_logging(level: str = "INFO", json: bool = True) -> None:
         logger_factory=_stderr_logger_factory,
         cache_logger_on_first_use=False,
     )
-    logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr)
+    stdlib_level = max(numeric, logging.WARNING)
+    if json:
+        root = logging.getLogger()
+        for h in [h for h in root.handlers if getattr(h, "_adrec_json", False)]:
+            root.removeHandler(h)  # configured again (tests, several CLI calls in one process)
+        handler = _stdlib_handler(stdlib_level, timestamper)
+        handler._adrec_json = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+        root.setLevel(stdlib_level)
+    else:
+        logging.basicConfig(level=stdlib_level, stream=sys.stderr)
     _CONFIGURED = True
 
 

@@ -34,6 +34,7 @@ def test_shipped_sasrec_cpu_config_shuffles_plainly() -> None:
     exp = load_experiment(CONFIGS / "sasrec-cpu.yaml")
     assert exp.model.kind == "sasrec" and exp.train.bucket_by_length is False
     assert exp.model.init_std == 0.1 and exp.model.input_order == "norm_dropout"  # the reference SASRec's
+    assert (exp.train.eval_every, exp.train.patience) == (1, 8)  # 3-seed validation mean 6.31 -> 6.49
 
 
 def test_round_trip_through_a_checkpoint_dict() -> None:

@@ -117,16 +117,41 @@ def test_recent_values_quantiles_drop_old_values():
 
 # ------------------------------------------------------------------------------------------------ ConsumerLag
 def test_consumer_lag_finds_a_log_cut_back_under_the_consumer():
-    """Next offset (handled, else committed) beyond the log end = the log was cut back (empty restart, recreated
-    topic); after the rewind (restart_at) the partition is in order again."""
-    lag = ConsumerLag("clicks")
+    """Next offset (handled, else committed) beyond the log end, unchanged for confirm_s = the log was cut back (empty
+    restart, recreated topic); after the rewind (restart_at) the partition is in order again."""
+    clock = FakeClock(0.0)
+    lag = ConsumerLag("clicks", clock=clock)
     lag.assign([0, 1, 2, 3])
     lag.handled(0, 39)  # next 40, the new log ends at 12
     lag.handled(1, 11)  # next 12 == end 12: caught up, not cut back
-    assert lag.past_log_end({0: 12, 1: 12, 2: 5, 3: None}, {2: 30, 3: 50}) == {0: (40, 12), 2: (30, 5)}
+    ends, committed = {0: 12, 1: 12, 2: 5, 3: None}, {2: 30, 3: 50}
+    assert lag.past_log_end(ends, committed) == {}  # first sight: not yet
+    clock.t = 4.9
+    assert lag.past_log_end(ends, committed) == {}
+    clock.t = 5.0
+    assert lag.past_log_end(ends, committed) == {0: (40, 12), 2: (30, 5)}
     lag.restart_at(0, 0)
+    clock.t = 20.0
     assert lag.past_log_end({0: 12, 1: 12}) == {}
     assert lag.refresh({0: 12, 1: 12}) == {0: 12, 1: 0}
+
+
+def test_a_high_watermark_trailing_the_handled_records_is_no_cut_back():
+    """After a reconnect the cached high watermark can still say 0 while records 0-15 were just handled (a fresh
+    user's worker rewound on that and applied 26 clicks twice); it catches up with the next fetch."""
+    clock = FakeClock(0.0)
+    lag = ConsumerLag("clicks", clock=clock)
+    lag.assign([0])
+    lag.handled(0, 15)
+    for t, end in ((0.0, 0), (0.08, 0), (1.0, 0), (1.1, 16), (6.0, 16)):
+        clock.t = t
+        assert lag.past_log_end({0: end}) == {}
+    lag.handled(0, 20)  # progress restarts the wait as well
+    for t, end in ((7.0, 3), (11.0, 3)):
+        clock.t = t
+        assert lag.past_log_end({0: end}) == {}
+    clock.t = 12.0
+    assert lag.past_log_end({0: 3}) == {0: (21, 3)}
 
 
 def test_consumer_lag_per_partition_gauges_and_checks():

@@ -42,12 +42,14 @@ class ConsumerLag:
         self.lags: dict[int, int] = {}
         self.refreshed_at: float | None = None
         self._next: dict[int, int] = {}
+        self._cut_back_since: dict[int, tuple[float, int, int]] = {}  # partition -> (first seen, next, log end)
 
     def assign(self, partitions: Iterable[int]) -> None:
         """The partitions of the topic assigned now (the whole assignment); what was handled of partitions no longer
         assigned is forgotten (a later assignment starts again from the committed offset)."""
         self.assigned = frozenset(partitions)
         self._next = {p: o for p, o in self._next.items() if p in self.assigned}
+        self._cut_back_since.clear()
 
     def revoke(self, partitions: Iterable[int]) -> None:
         """Partitions taken away (the rest stays assigned)."""
@@ -58,32 +60,50 @@ class ConsumerLag:
         if offset + 1 > self._next.get(partition, -1):
             self._next[partition] = offset + 1
 
-    def past_log_end(self, log_end: Mapping[int, int | None], next_offsets: Mapping[int, int | None] | None = None
-                     ) -> dict[int, tuple[int, int]]:
+    def past_log_end(self, log_end: Mapping[int, int | None], next_offsets: Mapping[int, int | None] | None = None,
+                     *, confirm_s: float = 5.0) -> dict[int, tuple[int, int]]:
         """Assigned partitions whose next offset to process lies beyond their log end: the log was cut back under
         the consumer (broker restarted empty, topic deleted and recreated). A fetch there returns nothing (Tansu
         sends no ``OFFSET_OUT_OF_RANGE``) until the new log outgrows the old position, whose records would then be
         skipped.
 
+        The consumer's cached high watermark can trail the records just handled (measured by a fresh user: next
+        offset 16, cached log end 0, 80 ms after a reconnect), so a partition counts only once the same next offset
+        and log end have stood for ``confirm_s`` seconds of successive calls (a live consumer's cache catches up
+        with its next fetch, every ~0.1 s).
+
         Args:
             log_end: partition -> log end offset from the fetch responses (None: unknown).
             next_offsets: as in :meth:`refresh` (a committed offset past the end counts too: a worker restarted
                 after the topic was recreated resumes there).
+            confirm_s: seconds the condition must hold unchanged.
 
         Returns:
             partition -> (next offset, log end offset).
         """
         next_offsets = next_offsets or {}
+        now = self.clock()
         out = {}
         for p in sorted(self.assigned):
             end, nxt = log_end.get(p), self._next.get(p, next_offsets.get(p))
-            if end is not None and nxt is not None and nxt > end:
+            if end is None or nxt is None or nxt <= end:
+                self._cut_back_since.pop(p, None)
+                continue
+            seen = self._cut_back_since.get(p)
+            if seen is None or seen[1:] != (nxt, int(end)):
+                self._cut_back_since[p] = (now, nxt, int(end))
+            elif now - seen[0] >= confirm_s:
                 out[p] = (nxt, int(end))
         return out
+
+    def cut_back_refuted(self, partition: int) -> None:
+        """A suspected cut-back was not confirmed: wait ``confirm_s`` again before the next suspicion counts."""
+        self._cut_back_since.pop(partition, None)
 
     def restart_at(self, partition: int, offset: int) -> None:
         """The consumer was moved back to ``offset`` of ``partition`` (see :meth:`past_log_end`)."""
         self._next[partition] = offset
+        self._cut_back_since.pop(partition, None)
 
     def unknown_next(self) -> list[int]:
         """Assigned partitions with nothing handled since the assignment (the caller looks up their committed

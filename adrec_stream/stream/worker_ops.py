@@ -8,9 +8,11 @@ else (no commit yet) the log start with ``auto_offset_reset: earliest`` or the f
 
 A next offset beyond the log end means the log was cut back under the consumer (broker restarted empty without a
 rebalance, topic recreated): Tansu answers such fetches with nothing, so the worker would wait silently and later
-skip the new log's first records. The refresh then logs ``log_cut_back_under_consumer``, lets the role react (the
-ingest worker forgets the partition's stored offsets) and rewinds the partition to its log start
-(:func:`~adrec_stream.stream.compat.rewind_to_log_start`).
+skip the new log's first records. Once it has stood unchanged for 5 s (:meth:`ConsumerLag.past_log_end`: the
+cached high watermark can trail the records just handled) and a separate client confirms the log end, the refresh
+logs ``log_cut_back_under_consumer``, lets the role react (the ingest worker forgets the partition's stored
+offsets) and rewinds the partition to its log start (:func:`~adrec_stream.stream.compat.rewind_to_log_start`);
+an unconfirmed one is logged as ``log_cut_back_not_confirmed`` and left alone.
 """
 
 from __future__ import annotations
@@ -126,8 +128,14 @@ class FaustOps:
 
         from adrec_stream.stream.compat import rewind_to_log_start  # noqa: PLC0415
 
+        confirmed = await self._confirmed_end(partition)
+        if confirmed is None or confirmed >= nxt:
+            log.warning("log_cut_back_not_confirmed", role=self.role, topic=self.topic, partition=partition,
+                        next_offset=nxt, cached_log_end_offset=end, log_end_offset=confirmed)
+            self.lag.cut_back_refuted(partition)
+            return None
         log.error("log_cut_back_under_consumer", role=self.role, topic=self.topic, partition=partition,
-                  next_offset=nxt, log_end_offset=end,
+                  next_offset=nxt, log_end_offset=confirmed,
                   action="rewinding to the start of the new log and committing there",
                   hint="the broker lost its log (embedded memory broker restarted empty) or the topic was recreated")
         try:
@@ -140,6 +148,24 @@ class FaustOps:
         self.lag.restart_at(partition, start)
         log.info("rewound_to_log_start", role=self.role, topic=self.topic, partition=partition, offset=start)
         return start
+
+    async def _confirmed_end(self, partition: int) -> int | None:
+        """The partition's log end asked afresh by a separate client (:func:`~adrec_stream.broker.admin.
+        true_end_offsets`), so that a stale cached high watermark never rewinds a partition; None if unreachable."""
+        import functools  # noqa: PLC0415
+
+        from adrec_stream.broker.admin import true_end_offsets  # noqa: PLC0415
+        from adrec_stream.broker.process import effective_bootstrap  # noqa: PLC0415
+        from adrec_stream.broker.security import security_of  # noqa: PLC0415
+
+        try:
+            ends = await asyncio.get_running_loop().run_in_executor(None, functools.partial(
+                true_end_offsets, effective_bootstrap(self.cfg), self.topic, compat=self.cfg.broker.tansu_compat,
+                timeout_s=5.0, security=security_of(self.cfg)))
+        except Exception as err:  # noqa: BLE001 - broker unreachable: the next refresh asks again
+            log.warning("log_end_lookup_failed", role=self.role, topic=self.topic, error=str(err)[:300])
+            return None
+        return ends.get(partition)
 
     async def _next_offset(self, consumer: Any, tp: Any) -> int | None:
         committed = getattr(consumer, "_committed_offset", {}).get(tp)  # faust's own record of the group's commit

@@ -151,11 +151,9 @@ def configure_logging(level: str = "INFO", json: bool = True) -> None:
     stdlib_level = max(numeric, logging.WARNING)
     if json:
         root = logging.getLogger()
-        for h in [h for h in root.handlers if getattr(h, "_adrec_json", False)]:
+        for h in [h for h in root.handlers if isinstance(h, _CurrentStderrHandler)]:
             root.removeHandler(h)  # configured again (tests, several CLI calls in one process)
-        handler = _stdlib_handler(stdlib_level, timestamper)
-        handler._adrec_json = True  # type: ignore[attr-defined]
-        root.addHandler(handler)
+        root.addHandler(_stdlib_handler(stdlib_level, timestamper))
         root.setLevel(stdlib_level)
     else:
         logging.basicConfig(level=stdlib_level, stream=sys.stderr)

@@ -122,6 +122,33 @@ def restart_broker_empty(broker_cfg, port: int, outage_s: float, topics, hold=No
             hold.send_signal(signal.SIGCONT)
 
 
+def recreate_topic(bootstrap: str, topic_cfg, hold=None) -> None:
+    """Delete ``topic_cfg``'s topic, wait until the metadata no longer lists it, and create it again (empty, with
+    ``topic_cfg``'s partition count). ``hold``: a worker process (Popen) kept stopped (SIGSTOP) meanwhile, so that its
+    fetches cannot auto-create the topic with Tansu's 4 partitions in between."""
+    import signal
+
+    from kafka.admin import KafkaAdminClient
+
+    from adrec_stream.broker.admin import ensure_topics, list_topics
+
+    if hold is not None:
+        hold.send_signal(signal.SIGSTOP)
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+        try:
+            admin.delete_topics([topic_cfg.name])
+        finally:
+            admin.close()
+        deadline = time.time() + 20
+        while topic_cfg.name in list_topics(bootstrap) and time.time() < deadline:
+            time.sleep(0.1)
+        ensure_topics(bootstrap, [topic_cfg])
+    finally:
+        if hold is not None:
+            hold.send_signal(signal.SIGCONT)
+
+
 def kill9_after(bootstrap: str, topic: str, n: int, proc, timeout_s: float = 120.0) -> int:
     """Count records arriving on ``topic`` (from the beginning); SIGKILL ``proc`` once ``n`` arrived.
 

@@ -193,27 +193,14 @@ def test_worker_refuses_state_built_with_another_partition_count(stream_config, 
 def test_partition_count_change_while_running_stops_the_worker(stream_config, spawn_worker):
     """The clicks topic is recreated with 3 partitions under a running worker (as Tansu's auto-creation after an
     empty restart does): the worker stops with one error line and exit code 2."""
-    from kafka import KafkaAdminClient
-    from kafka.admin import NewTopic
-
-    from adrec_stream.broker.admin import list_topics
+    from reliability_helpers import recreate_topic
 
     cfg = stream_config.model_copy(update={"state": stream_config.state.model_copy(
         update={"partition_check_interval_s": 1.0})})
     bootstrap = effective_bootstrap(cfg)
     w = spawn_worker("ingest", cfg)
     w.wait_for('"partitions_assigned"', timeout_s=60)
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        admin.delete_topics([cfg.topics.clicks.name])
-        import time
-
-        deadline = time.time() + 20
-        while cfg.topics.clicks.name in list_topics(bootstrap) and time.time() < deadline:
-            time.sleep(0.1)
-        admin.create_topics([NewTopic(cfg.topics.clicks.name, 3, 1)])
-    finally:
-        admin.close()
+    recreate_topic(bootstrap, cfg.topics.clicks.model_copy(update={"partitions": 3}))
     assert w.proc.wait(60) == 2
     lines = _error_lines(w.log())
     assert len(lines) == 1 and f"clicks topic '{cfg.topics.clicks.name}' now has 3 partitions, but the ingest state " \

@@ -17,6 +17,7 @@ from reliability_helpers import (
     click_records,
     expected_windows,
     produce_to,
+    recreate_topic,
     restart_broker_empty,
     store_contents,
     wait_committed,
@@ -141,31 +142,6 @@ def test_announcer_and_click_producers_survive_an_empty_restart(stream_config, p
     assert [parse_announcement(r.value)["source"] for r in got] == ["after-failure"]  # the broker forgot the rest
 
 
-def _recreate_topic(bootstrap: str, topic_cfg, hold) -> None:
-    """Delete ``topic_cfg``'s topic and create it again (empty) while ``hold`` (a worker Popen) is stopped, so that
-    its fetches cannot auto-create the topic with Tansu's 4 partitions in between."""
-    import signal
-    import time
-
-    from kafka.admin import KafkaAdminClient
-
-    from adrec_stream.broker.admin import list_topics
-
-    hold.send_signal(signal.SIGSTOP)
-    try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-        try:
-            admin.delete_topics([topic_cfg.name])
-        finally:
-            admin.close()
-        deadline = time.time() + 20
-        while topic_cfg.name in list_topics(bootstrap) and time.time() < deadline:
-            time.sleep(0.1)
-        ensure_topics(bootstrap, [topic_cfg])
-    finally:
-        hold.send_signal(signal.SIGCONT)
-
-
 def test_clicks_topic_recreated_under_a_running_worker(stream_config, spawn_worker):
     """The clicks topic is deleted and recreated (empty) under a running ingest worker: no rebalance happens and
     Tansu answers the fetches beyond the new log end with nothing, so before the fix the worker waited silently
@@ -180,7 +156,7 @@ def test_clicks_topic_recreated_under_a_running_worker(stream_config, spawn_work
     worker = spawn_worker("ingest", cfg)
     assert len(by_event_id(consume(bootstrap, cfg.topics.sequence_updates.name, 40, timeout_s=60))) == 40
 
-    _recreate_topic(bootstrap, cfg.topics.clicks, hold=worker.proc)
+    recreate_topic(bootstrap, cfg.topics.clicks, hold=worker.proc)
     produce_to(bootstrap, topic, click_records(after), partition=None)
     updates = by_event_id(consume(bootstrap, cfg.topics.sequence_updates.name, 60, timeout_s=60))
     assert sorted(set(updates) - {c.event_id for c in before}) == sorted(c.event_id for c in after)
@@ -223,7 +199,7 @@ def test_updates_topic_recreated_under_a_running_score_worker(stream_config, tin
     produce_to(bootstrap, topic, _update_records(0, 30), partition=None)
     assert len(by_event_id(consume(bootstrap, cfg.topics.recommendations.name, 30, timeout_s=90))) == 30
 
-    _recreate_topic(bootstrap, cfg.topics.sequence_updates, hold=worker.proc)
+    recreate_topic(bootstrap, cfg.topics.sequence_updates, hold=worker.proc)
     produce_to(bootstrap, topic, _update_records(30, 10), partition=None)
     recs = by_event_id(consume(bootstrap, cfg.topics.recommendations.name, 40, timeout_s=60))
     assert sorted(set(recs)) == sorted(f"ev-{i}" for i in range(40))

@@ -26,6 +26,7 @@ from adrec_stream.ops.http import Readiness
 from adrec_stream.ops.lag import ConsumerLag, partitions_check
 from adrec_stream.ops.metrics import WorkerMetrics
 from adrec_stream.stream.config import StreamConfig
+from adrec_stream.stream.ingest import RESET_HINT
 
 #: seconds between two lag refreshes (and the score worker's idle registry checks)
 REFRESH_INTERVAL_S = 1.0
@@ -111,7 +112,9 @@ class FaustOps:
         for p in self.lag.unknown_next():
             start[p] = await self._next_offset(consumer, TP(self.topic, p))
         for p, (nxt, end) in self.lag.past_log_end(ends, start).items():
-            start[p] = await self._rewind(consumer, p, nxt, end)
+            rewound = await self._rewind(consumer, p, nxt, end)
+            if rewound is not None:
+                start[p] = rewound
         self.lag.refresh(ends, start)
         for callback in self._on_refresh:
             await callback()
@@ -136,11 +139,10 @@ class FaustOps:
             return None
         log.error("log_cut_back_under_consumer", role=self.role, topic=self.topic, partition=partition,
                   next_offset=nxt, log_end_offset=confirmed,
-                  action="rewinding to the start of the new log and committing there",
-                  hint="the broker lost its log (embedded memory broker restarted empty) or the topic was recreated")
+                  action="rewinding to the start of the new log and committing there", hint=RESET_HINT)
         try:
             for callback in self._on_cut_back:
-                await callback(partition, nxt, end)
+                await callback(partition, nxt, confirmed)
             start = await rewind_to_log_start(consumer, TP(self.topic, partition))
         except Exception as err:  # noqa: BLE001 - broker unreachable / partition revoked meanwhile: next refresh
             log.warning("rewind_failed", role=self.role, topic=self.topic, partition=partition, error=repr(err)[:300])

@@ -11,11 +11,11 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from adrec_stream.model.config import ModelConfig
 from adrec_stream.model.layers import TransformerBlock, attention_mask
+from adrec_stream.model.losses import DEFAULT_CHUNK_ROWS, full_softmax_cross_entropy
 
 #: standard deviation of the normal initialisation of item (and position) embeddings
 EMB_INIT_STD = 0.02
@@ -87,10 +87,13 @@ class SequenceModel(nn.Module):
         pos_emb: learned right-aligned position embeddings (max_len, d) when ``cfg.positional``, else None.
         n_items: number of real items N (ids 1..N).
         cfg: the :class:`ModelConfig`.
+        ce_chunk_rows: rows per chunk of the training CE (:func:`full_softmax_cross_entropy`; 0 = unchunked); a
+            training setting (``train.ce_chunk_rows``), not part of the architecture or the checkpoint.
     """
 
     n_items: int
     cfg: ModelConfig
+    ce_chunk_rows: int = DEFAULT_CHUNK_ROWS
 
     def __init__(self, n_items: int, cfg: ModelConfig) -> None:
         super().__init__()
@@ -171,12 +174,11 @@ class SequenceModel(nn.Module):
             targets: (M,) item ids in [1, N].
 
         Returns:
-            scalar mean CE (0 with a gradient path when M = 0).
+            scalar mean CE (0 with a gradient path when M = 0), computed in chunks of :attr:`ce_chunk_rows` rows.
         """
         if targets.numel() == 0:
             return h.sum() * 0.0
-        logits = h @ self.item_emb.weight[1:].t()
-        return F.cross_entropy(logits, targets - 1)
+        return full_softmax_cross_entropy(h, self.item_emb.weight[1:], targets - 1, self.ce_chunk_rows)
 
     def _full_scores(self, h: torch.Tensor) -> torch.Tensor:
         """(B, d) → (B, N+1) dot-product scores against the item table, column 0 = −inf."""

@@ -13,6 +13,7 @@ from pydantic import Field
 
 from adrec_stream.config import StrictModel, load_config, parse_config
 from adrec_stream.model.config import ModelConfig
+from adrec_stream.model.losses import DEFAULT_CHUNK_ROWS
 
 STAGES: tuple[str, ...] = ("pretrain", "align", "finetune")
 
@@ -53,6 +54,10 @@ class TrainConfig(StrictModel):
     gradient, so Adam's L2 weight decay (``weight_decay`` added to the zero gradient, then normalised)
     moves every entry towards 0 by about ``align_lr`` per step: the reference code's behaviour (its
     PCGrad wrapper hands zero gradients to the "frozen" table), offered only to compare with it.
+    ``micro_batches``: split every batch into this many parts and accumulate their gradients (one optimiser step per
+    batch, the same update up to float rounding and the order of random draws; about 1/parts of the activation
+    memory, the training step's peak-memory lever). ``ce_chunk_rows``: rows per chunk of the full-softmax CE
+    (:func:`adrec_stream.model.losses.full_softmax_cross_entropy`; 0 = one (M, N) logits matrix).
     """
 
     lr: float = Field(1e-3, strict=False, gt=0)
@@ -80,6 +85,8 @@ class TrainConfig(StrictModel):
     pretrain_positional: bool = False
     pretrain_init_std: float | None = Field(None, strict=False, gt=0, le=1, allow_inf_nan=False)
     align_table: Literal["frozen", "reference_decay"] = "frozen"
+    micro_batches: int = Field(1, gt=0)
+    ce_chunk_rows: int = Field(DEFAULT_CHUNK_ROWS, ge=0)
 
     def stage_lr(self, stage: str) -> float:
         """Learning rate of ``stage`` (its override, else ``lr``)."""

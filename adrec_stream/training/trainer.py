@@ -40,6 +40,7 @@ from adrec_stream.errors import ConfigError, TrainingDivergedError
 from adrec_stream.evaluation.offline import evaluate_model
 from adrec_stream.logging import get_logger
 from adrec_stream.model import SequenceModel, build_model
+from adrec_stream.model.base import trim_left_padding
 from adrec_stream.runtime import resolve_device, seed_everything
 from adrec_stream.training.config import STAGES, ExperimentConfig
 from adrec_stream.training.distributed import DistContext, ShardLoss, shard_rows, shard_weights
@@ -135,6 +136,7 @@ def _run_stage(
     are agreed by all ranks (any rank's request stops all at the same step); the logged losses are the global
     batch's."""
     tc = exp.train
+    model.ce_chunk_rows = tc.ce_chunk_rows
     params = [p for p in model.parameters() if p.requires_grad]
     ddp = None
     if distributed is not None:
@@ -177,7 +179,7 @@ def _run_stage(
                         out = _ddp_step(ddp, distributed, opt, params, hist, tgt, device, tc.max_grad_norm, decay_only)
                     else:
                         out = _optimizer_step(model, opt, params, hist.to(device), tgt.to(device), tc.max_grad_norm,
-                                              decay_only)
+                                              decay_only, tc.micro_batches)
             except TrainingDivergedError as err:
                 raise TrainingDivergedError(f"stage {stage}, epoch {epoch}: {err}") from None
             _accumulate(sums, out)
@@ -272,30 +274,56 @@ def _optimizer_step(
     tgt: torch.Tensor,
     max_grad_norm: float | None,
     decay_only: Sequence[torch.nn.Parameter] = (),
+    micro_batches: int = 1,
 ) -> dict[str, torch.Tensor]:
-    """One update: the model's combined loss on a (B, L) batch, ONE backward pass, optional clipping, step.
+    """One update: the model's combined loss on a (B, L) batch, its gradient, optional clipping, step.
     Parameters in ``decay_only`` get a zero gradient before the step (weight decay acts on them alone).
 
-    Returns the model's loss dict ("loss", "ce", "mse").
+    ``micro_batches`` > 1 (``train.micro_batches``) accumulates the gradient over that many contiguous row parts of
+    the batch, each trimmed to its own longest window and weighted by its share of the batch's target tokens (CE)
+    and sequences (MSE) (:func:`~adrec_stream.training.distributed.shard_weights`, the data-parallel weighting), so
+    the update is the whole batch's (to float rounding and the order of the random draws) with about 1/parts of the
+    activation memory.
+
+    Returns the batch's loss dict ("loss", "ce", "mse").
 
     Raises:
         TrainingDivergedError: the loss is NaN or infinite (no update is made)."""
-    out = model.loss(hist, tgt)
-    if not bool(torch.isfinite(out["loss"].detach())):
-        raise TrainingDivergedError(
-            f"training diverged: the loss is {float(out['loss'].detach())}; lower the learning rate (train.lr or "
-            "train.<stage>_lr) or the initialisation scale (train.pretrain_init_std, model.init_std)"
-        )
-    _backward_and_step(opt, out["loss"], params, max_grad_norm, decay_only)
+    parts = min(micro_batches, hist.shape[0])
+    opt.zero_grad(set_to_none=True)
+    if parts <= 1:
+        out = model.loss(hist, tgt)
+        _check_finite(out["loss"])
+        out["loss"].backward()
+    else:
+        weighted = ShardLoss(model)
+        totals = {"loss": 0.0, "ce": 0.0, "mse": 0.0}
+        for part in range(parts):
+            rows = shard_rows(hist.shape[0], part, parts)
+            ce_w, mse_w = shard_weights(tgt, rows, parts)
+            part_out = weighted(*trim_left_padding(hist[rows], tgt[rows]), ce_w, mse_w)
+            _check_finite(part_out["loss"])
+            (part_out["loss"] / parts).backward()
+            for key in totals:
+                totals[key] += float(part_out[key].detach()) / parts
+        out = {key: torch.tensor(value) for key, value in totals.items()}
+    _finish_step(opt, params, max_grad_norm, decay_only)
     return out
 
 
-def _backward_and_step(opt: torch.optim.Optimizer, loss: torch.Tensor, params: list[torch.nn.Parameter],
-                       max_grad_norm: float | None, decay_only: Sequence[torch.nn.Parameter]) -> None:
-    """Backward of ``loss``, optional gradient-norm clipping, zero gradients for ``decay_only`` (the reference's
-    stage-2 table: weight decay only), optimiser step."""
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
+def _check_finite(loss: torch.Tensor) -> None:
+    """Raise :class:`TrainingDivergedError` when ``loss`` is NaN or infinite."""
+    if not bool(torch.isfinite(loss.detach())):
+        raise TrainingDivergedError(
+            f"training diverged: the loss is {float(loss.detach())}; lower the learning rate (train.lr or "
+            "train.<stage>_lr) or the initialisation scale (train.pretrain_init_std, model.init_std)"
+        )
+
+
+def _finish_step(opt: torch.optim.Optimizer, params: list[torch.nn.Parameter], max_grad_norm: float | None,
+                 decay_only: Sequence[torch.nn.Parameter]) -> None:
+    """After the backward pass(es): optional gradient-norm clipping, zero gradients for ``decay_only`` (the
+    reference's stage-2 table: weight decay only), optimiser step."""
     if max_grad_norm is not None:
         torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     for p in decay_only:
@@ -341,7 +369,9 @@ def _ddp_step(
             f"training diverged: the loss is not finite on {int(sums[3])} of {dist_ctx.world_size} ranks (this rank: "
             f"{local[0]}); lower the learning rate (train.lr or train.<stage>_lr) or the initialisation scale"
         )
-    _backward_and_step(opt, out["loss"], params, max_grad_norm, decay_only)
+    opt.zero_grad(set_to_none=True)
+    out["loss"].backward()
+    _finish_step(opt, params, max_grad_norm, decay_only)
     w = dist_ctx.world_size
     return {k: torch.tensor(v / w) for k, v in zip(("loss", "ce", "mse"), sums[:3])}
 

@@ -34,7 +34,7 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, d
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         rc = main(["train", "--dataset", str(ML100K), "--config", str(cfg), "--output", str(out), "--device", "cpu",
-                   "--seed", "11", "--no-progress"])
+                   "--seed", "11", "--no-progress", "--json"])  # --json: the form; the line is JSON anyway
     assert rc == 0
     return cfg, out, json.loads(printed.getvalue().strip().splitlines()[-1])
 

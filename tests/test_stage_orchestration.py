@@ -174,3 +174,14 @@ def test_stage_lists_are_checked_before_anything_trains() -> None:
         train_model(_toy(), 30, exp, stages=("align", "finetune"), progress=False,
                     on_stage_end=lambda stage, _res: called.append(stage))
     assert called == []
+
+
+def test_history_logs_the_learning_rate_each_epoch_starts_at() -> None:
+    """The epoch record's ``lr`` is the rate the epoch starts at (the cosine schedule steps per batch), so a stage's
+    first epoch shows its configured rate and its last a positive one, not the 0 reached after the final step."""
+    exp = _small_exp("sasrec")
+    exp = exp.model_copy(update={"train": exp.train.model_copy(update={"finetune_epochs": 3, "lr": 0.004})})
+    res = train_model(_toy(), 30, exp, progress=False)
+    lrs = [rec["lr"] for rec in res.history]
+    assert lrs[0] == pytest.approx(0.004) and len(lrs) == 3
+    assert lrs[0] > lrs[1] > lrs[2] > 0.0

@@ -39,7 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "Output layout: DIR/pretrain/ (stage-1 SASRec whose item table is kept), DIR/align/ (stage 2),\n"
         "and the selected final model in DIR itself (what `adrec-stream evaluate --checkpoint DIR` reads).\n"
         "Running one stage alone loads the previous stage's output from DIR: --stage align reads\n"
-        "DIR/pretrain/, --stage finetune reads DIR/align/ (run the earlier stages first)."
+        "DIR/pretrain/, --stage finetune reads DIR/align/ (run the earlier stages first).\n\n"
+        "Result: one JSON line on stdout (checkpoint, best_val and epochs per stage, per-stage time, threads,\n"
+        "wall_s, peak_rss_mb), with or without --json; structured logs go to stderr."
     )
     parser.add_argument("--dataset", required=True, help="dataset.pkl (or its folder), e.g. ../shared/data/adrec/beauty")
     parser.add_argument("--config", default="configs/adrec.yaml", help="experiment YAML (default configs/adrec.yaml)")
@@ -47,6 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stage", default="all", choices=[*STAGES, "all"],
                         help="stage to run (default all; SASRec+ has only 'finetune', which 'all' means for it)")
     parser.add_argument("--device", default="auto", help="auto (CUDA if available, else CPU), cpu or cuda")
+    parser.add_argument("--json", action="store_true",
+                        help="accepted for symmetry with `evaluate --json`: the result line is JSON either way")
     parser.add_argument("--seed", type=int, default=None, help="override train.seed (default from the config: 2025)")
     parser.add_argument("--epochs", type=int, default=None,
                         help="override the epoch budget of the pretrain and finetune stages (align keeps train.align_epochs)")

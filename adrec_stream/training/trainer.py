@@ -54,7 +54,7 @@ class TrainResult:
         model: the model of the last stage run, holding its best (validation-selected) weights.
         best_metric: best validation value of the selection metric in the last stage (None if
             no validation data was given).
-        history: one dict per epoch (stage, epoch, loss, ce, mse, lr, seconds, and the
+        history: one dict per epoch (stage, epoch, loss, ce, mse, lr (the rate the epoch starts at), seconds, and the
             validation metrics on evaluation epochs).
         epochs_run: total epochs run over all stages.
         wall_s: wall-clock seconds of the whole call (of the stage, for a per-stage result).
@@ -158,6 +158,7 @@ def _run_stage(
     for epoch in range(1, epochs + 1):
         model.train()
         t0 = time.perf_counter()
+        epoch_lr = opt.param_groups[0]["lr"]  # logged: the rate the epoch starts at (the schedule steps per batch)
         sums = {"loss": 0.0, "ce": 0.0, "mse": 0.0}
         n_batches = 0
         batches = window_batches(windows, tc.batch_size, shuffle=True, bucket=tc.bucket_by_length, rng=rng)
@@ -186,7 +187,7 @@ def _run_stage(
             sched.step()
             n_batches += 1
             steps += 1
-        rec: dict[str, Any] = {"stage": stage, "epoch": epoch, "lr": opt.param_groups[0]["lr"],
+        rec: dict[str, Any] = {"stage": stage, "epoch": epoch, "lr": epoch_lr,
                                "epoch_s": round(time.perf_counter() - t0, 3), "steps": n_batches}
         rec.update({k: v / max(n_batches, 1) for k, v in sums.items()})
         over_budget = tc.stage_time_budget_s is not None and time.perf_counter() - stage_t0 > tc.stage_time_budget_s
@@ -534,7 +535,8 @@ def _train_stage(
             p.requires_grad_(True)
     elif stage == "align":
         table.requires_grad_(False)
-    log.info("stage_start", stage=stage, epochs=epochs, windows=len(windows), device=str(device))
+    log.info("stage_start", stage=stage, epochs=epochs, windows=len(windows), device=str(device),
+             batch_size=tc.batch_size, micro_batches=tc.micro_batches, ce_chunk_rows=tc.ce_chunk_rows)
     history: list[dict[str, Any]] = []
     try:
         run = _run_stage(model, windows, exp, stage, epochs=epochs, lr=tc.stage_lr(stage), schedule=tc.lr_schedule,

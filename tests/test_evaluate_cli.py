@@ -86,7 +86,10 @@ def test_evaluate_prints_one_json_object(trained: tuple[Path, Path], capsys: pyt
     assert res["HR@5"] <= res["HR@10"] <= res["HR@20"] and res["NDCG@5"] <= res["NDCG@20"] <= res["HR@20"]
     # the sampling settings actually used (defaults: T = diffusion_steps of the tiny config, with noise)
     assert res["steps"] == 4 and res["deterministic"] is False and res["seed"] == 0 and res["threads"] >= 1
-    assert res["wall_s"] > 0 and res["users_per_s"] == pytest.approx(938 / res["wall_s"], rel=0.01)
+    # users_per_s comes from the unrounded wall time and wall_s is rounded to the millisecond: on a fast machine
+    # (a 28 ms evaluation) that rounding alone moves n / wall_s by up to 1.8 %, so bound by the rounding, not by 1 %
+    wall = res["wall_s"]
+    assert wall > 0 and 938 / (wall + 0.0005) - 0.1 <= res["users_per_s"] <= 938 / max(wall - 0.0005, 1e-6) + 0.1
     again = _evaluate(capsys, "--checkpoint", str(out), "--dataset", str(ML100K), "--split", "test")
     timing = {"wall_s", "users_per_s"}
     assert {k: again[k] for k in KEYS - timing} == {k: res[k] for k in KEYS - timing}  # seeded noise: reproducible

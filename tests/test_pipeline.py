@@ -79,6 +79,9 @@ def test_clicks_to_recommendations_with_dead_letters(stream_config, tiny_registr
         assert not set(r["items"]) & set(upd[c.event_id]["items"])  # scoring.seen_items=exclude
         assert r["scores"] == sorted(r["scores"], reverse=True)
         assert r["event_ts"] == c.ts and r["produced_ts"] is not None and r["emitted_ts"] >= r["produced_ts"]
+        # the hops' times are in path order (the Kafka timestamp has millisecond resolution)
+        assert r["ingest_ts"] == upd[c.event_id]["ingest_ts"]
+        assert r["produced_ts"] - 0.001 <= r["ingest_ts"] <= r["scoring_start_ts"] <= r["emitted_ts"]
 
     # malformed records: dead-lettered with reason and source position; tombstone / empty key only skipped
     assert len(dead) == len(malformed)

@@ -59,6 +59,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration-s", type=float, default=60.0, help="latency: seconds per fixed rate (default 60)")
     parser.add_argument("--score-workers", type=positive_int, default=1,
                         help="latency: score worker processes in the scoring group (default 1)")
+    parser.add_argument("--fresh-broker-per-rate", action="store_true",
+                        help="latency: run every rate on its own pipeline (new embedded broker, state and workers); "
+                             "by default all rates run one after the other on one pipeline, where the embedded "
+                             "broker's cost per record grows with the data the earlier rates left")
     parser.add_argument("--run-dir", default="var/bench",
                         help="ingest, latency, memory: work folder (wiped; default var/bench)")
     parser.add_argument("--window-events", type=positive_int, default=10000,
@@ -178,7 +182,8 @@ def _run_stream(args: argparse.Namespace) -> int:
     else:
         res = bench_latency(args.data, rates=_numbers(args.rates, "--rates"), duration_s=args.duration_s,
                             search_rates=_numbers(args.search_rates, "--search-rates"),
-                            score_workers=args.score_workers, run_root=Path(args.run_dir),
+                            score_workers=args.score_workers, fresh_broker_per_rate=args.fresh_broker_per_rate,
+                            run_root=Path(args.run_dir),
                             overrides=over)
         summary = "latency: " + "; ".join(f"{r['rate']:g}/s p50 {r['p50_ms']} ms p99 {r['p99_ms']} ms "
                                           f"({r['answered']}/{r['sent']})" for r in res["rates"]) + \

@@ -8,7 +8,8 @@
 - :func:`bench_latency`: ingest and score workers with the demo's ADRec model (MovieLens 100K, trained or taken
   from the demo cache), users bootstrapped with their history; clicks of the held-out part are produced at fixed
   rates for ``duration_s`` each; latency = arrival of the recommendation at a consumer - the click record's Kafka
-  timestamp (the producer's clock, same host).
+  timestamp (the producer's clock, same host), split into the hops of :data:`LATENCY_HOPS` by the times each
+  recommendation carries.
 
 Both print one JSON object; figures are noisy on a shared machine, so the load average is recorded.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import time
 from collections.abc import AsyncIterator
@@ -198,22 +200,56 @@ async def _rate_phase(bootstrap: str, scfg: Any, clicks: list, rate: float, drai
     end = max((r["received_ts"] for r in got), default=t0)
     return {"rate": rate, "sent": res.sent, "achieved_rate": sig(res.rate_per_s), "answered": len(got),
             "p50_ms": sig(_percentile(lat, 50)) if lat else None, "p95_ms": sig(_percentile(lat, 95)) if lat else None,
-            "p99_ms": sig(_percentile(lat, 99)) if lat else None,
+            "p99_ms": sig(_percentile(lat, 99)) if lat else None, "hops": latency_hops(got),
             "recs_per_s": sig(len(got) / max(end - t0, 1e-9)), "load_avg": load_avg_1m()}
+
+
+#: the hops of the click -> recommendation path: (name, from field, to field) of the recommendation record
+LATENCY_HOPS = (
+    ("ingest", "produced_ts", "ingest_ts"),  # clicks fetch + ingest batch + RocksDB write
+    ("to_scoring", "ingest_ts", "scoring_start_ts"),  # update produce + fetch + waiting for the score worker
+    ("scoring", "scoring_start_ts", "emitted_ts"),  # the score batch: parse, model, encode
+    ("delivery", "emitted_ts", "received_ts"),  # recommendation produce + the reader's fetch
+)
+
+
+def latency_hops(recs: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    """p50 / p99 (ms) of each hop of :data:`LATENCY_HOPS` over the recommendation records that carry both times.
+
+    Args:
+        recs: recommendation values (``adrec_stream.stream.score``) with the collector's ``received_ts`` added.
+
+    Returns:
+        ``{hop: {"p50_ms", "p99_ms", "n"}}``; percentiles are None for a hop no record carries. The p99s of the hops
+        need not add up to the end-to-end p99 (different records are slow in different hops).
+    """
+    out = {}
+    for name, start, stop in LATENCY_HOPS:
+        xs = [1000 * (r[stop] - r[start]) for r in recs
+              if isinstance(r.get(start), int | float) and isinstance(r.get(stop), int | float)]
+        out[name] = {"p50_ms": sig(_percentile(xs, 50)) if xs else None,
+                     "p99_ms": sig(_percentile(xs, 99)) if xs else None, "n": len(xs)}
+    return out
 
 
 def bench_latency(data: str, *, rates: tuple[float, ...] = (100, 500, 1000), duration_s: float = 60.0,
                   search_rates: tuple[float, ...] = (1500, 2000, 3000, 4000), search_duration_s: float = 30.0,
-                  score_workers: int = 1, run_root: Path,
+                  score_workers: int = 1, fresh_broker_per_rate: bool = False, run_root: Path,
                   overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Click -> recommendation latency at fixed rates, and the highest rate sustained with p99 <= 250 ms.
 
-    ``score_workers``: score worker processes in the scoring consumer group (one ingest worker).
+    Args:
+        score_workers: score worker processes in the scoring consumer group (one ingest worker).
+        fresh_broker_per_rate: run every rate on its own pipeline (new embedded broker, state and workers) instead
+            of all rates, one after the other, on one. The embedded broker's CPU per record grows with the record
+            batches it holds (docs/benchmarks.md), so on a shared pipeline a rate pays for the earlier rates' data.
 
     Returns:
-        JSON-able dict: ``rates`` [{rate, p50_ms, p95_ms, p99_ms, recs_per_s, answered, sent, ...}],
-        ``max_rate_p99_250ms`` (the highest tried rate with every click answered and p99 <= 250 ms), the goal
-        check (p99 <= 100 ms at 500 clicks/s) and the machine.
+        JSON-able dict: ``rates`` [{rate, p50_ms, p95_ms, p99_ms, hops, recs_per_s, answered, sent,
+        broker_cpu_s_per_s, ...}] (``hops``: p50 / p99 of each hop of the path, :func:`latency_hops`;
+        ``broker_cpu_s_per_s``: the broker process's CPU seconds per second during the rate), ``ready_s`` (one
+        entry per pipeline started), ``max_rate_p99_250ms`` (the highest tried rate with every click answered and
+        p99 <= 250 ms), the goal check (p99 <= 100 ms at 500 clicks/s) and the machine.
     """
     from adrec_stream.config import load_config  # noqa: PLC0415
     from adrec_stream.data.events import chronological_split, read_interactions  # noqa: PLC0415
@@ -222,26 +258,45 @@ def bench_latency(data: str, *, rates: tuple[float, ...] = (100, 500, 1000), dur
     from adrec_stream.stream.local import bootstrap_state  # noqa: PLC0415
     from adrec_stream.stream.replay import select_clicks  # noqa: PLC0415
 
-    info = {"machine": machine_info(), "load_avg_start": load_avg_1m(), "data": data}
+    info = {"machine": machine_info(), "load_avg_start": load_avg_1m(), "data": data,
+            "fresh_broker_per_rate": fresh_broker_per_rate}
     dcfg = load_config(DEFAULT_DEMO_CONFIG, DemoConfig)
     inter = read_interactions(data)
     train, rest = chronological_split(inter, dcfg.train_fraction)
     ckpt, facts = prepare_model(dcfg, train, Path(data))
     held = select_clicks(rest, Path(data).name)
-    phases, out = list(rates) + list(search_rates), []
-    with _Pipeline(run_root / "latency", {"registry_poll_s": 1.0, **(overrides or {})}) as pipe:
-        bootstrap = pipe.start_broker()
-        bootstrap_state(pipe.scfg, train, Path(data).name)
-        ModelRegistry(pipe.scfg.registry_dir).publish(ckpt, meta={"source": "bench latency"})
-        info["ready_s"] = sig(pipe.start_workers(["ingest"] + ["score"] * score_workers))
-        info["score_workers"] = score_workers
+    phases, out, ready = list(rates) + list(search_rates), [], []
+
+    def start(run_dir: Path) -> tuple[_Pipeline, str, int]:
+        pipe = _Pipeline(run_dir, {"registry_poll_s": 1.0, **(overrides or {})})
+        try:
+            bootstrap = pipe.start_broker()
+            bootstrap_state(pipe.scfg, train, Path(data).name)
+            ModelRegistry(pipe.scfg.registry_dir).publish(ckpt, meta={"source": "bench latency"})
+            ready.append(sig(pipe.start_workers(["ingest"] + ["score"] * score_workers)))
+            return pipe, bootstrap, int(Path(pipe.scfg.broker.pid_file).read_text())
+        except BaseException:
+            pipe.close()
+            raise
+
+    with contextlib.ExitStack() as stack:
+        pipe = None
         cursor = 0
         for i, rate in enumerate(phases):
+            if pipe is None or fresh_broker_per_rate:
+                stack.close()
+                pipe, bootstrap, broker_pid = start(run_root / "latency" / (f"rate-{i}" if fresh_broker_per_rate
+                                                                             else "all"))
+                stack.enter_context(pipe)
             search = i >= len(rates)
             n = int(rate * (search_duration_s if search else duration_s))
             clicks = [held[(cursor + j) % len(held)]._replace(event_id=f"r{i}:{j}") for j in range(n)]
             cursor += n
+            cpu0, t0 = _cpu_s(broker_pid), time.perf_counter()
             res = asyncio.run(_rate_phase(bootstrap, pipe.scfg, clicks, rate, drain_s=30.0))
+            cpu1 = _cpu_s(broker_pid)
+            res["broker_cpu_s_per_s"] = (sig((cpu1 - cpu0) / (time.perf_counter() - t0))
+                                         if cpu0 is not None and cpu1 is not None else None)
             res["phase"] = "search" if search else "fixed"
             out.append(res)
             log.info("bench_latency_phase", **res)
@@ -251,12 +306,22 @@ def bench_latency(data: str, *, rates: tuple[float, ...] = (100, 500, 1000), dur
     fixed = [r for r in out if r["phase"] == "fixed"]
     passing = [r["rate"] for r in out if r["answered"] == r["sent"] and (r["p99_ms"] or 1e9) <= 250]
     at500 = next((r for r in fixed if r["rate"] == 500), None)
-    return {**info, "model": {k: facts.get(k) for k in ("train_events", "items", "cached")},
+    return {**info, "ready_s": ready, "score_workers": score_workers,
+            "model": {k: facts.get(k) for k in ("train_events", "items", "cached")},
             "rates": fixed, "search": [r for r in out if r["phase"] == "search"],
             "max_rate_p99_250ms": max(passing, default=None),
             "goal": {"rate": 500, "p99_ms_max": 100, "met": bool(at500 and at500["answered"] == at500["sent"]
                                                                   and (at500["p99_ms"] or 1e9) <= 100)},
             "load_avg_end": load_avg_1m()}
+
+
+def _cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system) used so far by process ``pid``, from ``/proc/<pid>/stat`` (None if unknown)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _peak_rss_mb(pid: int) -> float | None:

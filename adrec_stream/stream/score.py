@@ -19,7 +19,11 @@ Per batch (taken by the score agent: up to ``batch.score_max_users`` updates, wa
    yields a duplicate recommendation with the same ``event_id``).
 
 Recommendation value (JSON): ``user_id``, ``items``, ``scores``, ``model_version``, ``event_id``, ``event_ts``,
-``produced_ts``, ``emitted_ts``, ``fallback``, ``superseded_by`` (null unless step 2 applied).
+``produced_ts``, ``ingest_ts``, ``scoring_start_ts``, ``emitted_ts``, ``fallback``, ``superseded_by`` (null unless
+step 2 applied). The wall-clock times (epoch s) split the click -> recommendation latency into its hops:
+``produced_ts`` (Kafka timestamp of the click record) -> ``ingest_ts`` (the ingest worker applied it) ->
+``scoring_start_ts`` (the score worker took the update's batch) -> ``emitted_ts`` (its record was handed to the
+producer); ``ingest_ts`` is null when the update lacks it.
 """
 
 from __future__ import annotations
@@ -92,7 +96,7 @@ class ScoreHandler:
         Raises:
             Exception: a failed delivery (the batch must not be acknowledged) or a test hook's failure.
         """
-        t0 = time.perf_counter()
+        t0, started = time.perf_counter(), time.time()
         stats = self.stats
         stats.received += len(records)
         parsed: list[dict[str, Any]] = []
@@ -133,7 +137,8 @@ class ScoreHandler:
                 value = orjson.dumps({
                     "user_id": upd.get("user_id"), "items": rec.items, "scores": rec.scores,
                     "model_version": rec.model_version, "event_id": upd.get("event_id"),
-                    "event_ts": upd.get("event_ts"), "produced_ts": upd.get("produced_ts"), "emitted_ts": now,
+                    "event_ts": upd.get("event_ts"), "produced_ts": upd.get("produced_ts"),
+                    "ingest_ts": upd.get("ingest_ts"), "scoring_start_ts": started, "emitted_ts": now,
                     "fallback": bool(rec.fallback), "superseded_by": None if j == i else parsed[j].get("event_id"),
                 })
                 futures.append(await self.publisher.send(topic, str(upd.get("user_id")).encode(), value))

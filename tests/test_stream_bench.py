@@ -12,7 +12,8 @@ import pytest
 from conftest import REPO_ROOT, tiny_checkpoint
 from kafka import KafkaProducer
 
-from adrec_stream.bench.stream_bench import _cpu_s, _percentile, _raw_consume, bench_ingest, bench_latency, latency_hops
+from adrec_stream.bench.common import process_cpu_s
+from adrec_stream.bench.stream_bench import _percentile, _raw_consume, bench_ingest, bench_latency, latency_hops
 from adrec_stream.broker.admin import ensure_topics
 from adrec_stream.broker.config import TopicConfig
 from adrec_stream.cli import main
@@ -73,13 +74,13 @@ def test_raw_consume_reads_every_record_before_stopping(broker):
     assert read == 400 and seconds > 0
 
 
-def test_cpu_s_of_a_process_and_of_none():
-    before = _cpu_s(os.getpid())
+def test_process_cpu_s_of_a_process_and_of_none():
+    before = process_cpu_s(os.getpid())
     end = time.process_time() + 0.2
     while time.process_time() < end:
         pass
-    assert before is not None and _cpu_s(os.getpid()) - before >= 0.15
-    assert _cpu_s(2**22 + 7) is None  # above the kernel's pid_max default: no such process
+    assert before is not None and process_cpu_s(os.getpid()) - before >= 0.15
+    assert process_cpu_s(2**22 + 7) is None  # above the largest pid Linux allows (2**22): no such process
 
 
 def test_bench_latency_runs_each_rate_on_its_own_pipeline(tmp_path: Path, monkeypatch):
@@ -99,5 +100,5 @@ def test_bench_latency_runs_each_rate_on_its_own_pipeline(tmp_path: Path, monkey
         assert r["sent"] == r["answered"] == int(r["rate"] * 2.0)
         assert list(r["hops"]) == ["ingest", "to_scoring", "scoring", "delivery"]
         assert all(h["n"] == r["answered"] and h["p50_ms"] >= 0 for h in r["hops"].values())
-        assert r["broker_cpu_s_per_s"] > 0
+        assert r["brokerprocess_cpu_s_per_s"] > 0
     assert sorted(p.name for p in (tmp_path / "bench" / "latency").iterdir()) == ["rate-0", "rate-1"]

@@ -47,6 +47,17 @@ def fresh_model(n_items: int, cfg: ModelConfig, seed: int, device: torch.device)
     return build_model(n_items, cfg).to(device)
 
 
+def process_cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system) used so far by process ``pid``, from ``/proc/<pid>/stat``; None if unknown
+    (no such process, or no /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def timed(fn: Callable[[], Any], device: torch.device) -> float:
     """Wall-clock seconds of ``fn()`` (synchronising CUDA before and after)."""
     if device.type == "cuda":

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import shutil
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from adrec_stream.bench.common import load_avg_1m, machine_info, sig
+from adrec_stream.bench.common import load_avg_1m, machine_info, process_cpu_s, sig
 from adrec_stream.logging import get_logger
 
 log = get_logger("adrec_stream.bench.stream")
@@ -292,9 +291,9 @@ def bench_latency(data: str, *, rates: tuple[float, ...] = (100, 500, 1000), dur
             n = int(rate * (search_duration_s if search else duration_s))
             clicks = [held[(cursor + j) % len(held)]._replace(event_id=f"r{i}:{j}") for j in range(n)]
             cursor += n
-            cpu0, t0 = _cpu_s(broker_pid), time.perf_counter()
+            cpu0, t0 = process_cpu_s(broker_pid), time.perf_counter()
             res = asyncio.run(_rate_phase(bootstrap, pipe.scfg, clicks, rate, drain_s=30.0))
-            cpu1 = _cpu_s(broker_pid)
+            cpu1 = process_cpu_s(broker_pid)
             res["broker_cpu_s_per_s"] = (sig((cpu1 - cpu0) / (time.perf_counter() - t0))
                                          if cpu0 is not None and cpu1 is not None else None)
             res["phase"] = "search" if search else "fixed"
@@ -313,15 +312,6 @@ def bench_latency(data: str, *, rates: tuple[float, ...] = (100, 500, 1000), dur
             "goal": {"rate": 500, "p99_ms_max": 100, "met": bool(at500 and at500["answered"] == at500["sent"]
                                                                   and (at500["p99_ms"] or 1e9) <= 100)},
             "load_avg_end": load_avg_1m()}
-
-
-def _cpu_s(pid: int) -> float | None:
-    """CPU seconds (user + system) used so far by process ``pid``, from ``/proc/<pid>/stat`` (None if unknown)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def _peak_rss_mb(pid: int) -> float | None:

@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         pid = int(Path(pipe.scfg.broker.pid_file).read_text())
         machine = machine_info()
         series = asyncio.run(_run(bootstrap, pid, args.rate, args.windows, args.window_s))
-    first, last = series[0]["broker_cpu_s_per_s"], series[-1]["brokerprocess_cpu_s_per_s"]
+    first, last = series[0]["broker_cpu_s_per_s"], series[-1]["broker_cpu_s_per_s"]
     print(json.dumps({"benchmark": "broker_growth", "rate_per_s": args.rate, "window_s": args.window_s,
                       "windows": series, "last_to_first_cpu": sig(last / first) if first else None,
                       "machine": machine, "load_avg_end": load_avg_1m()}))

@@ -205,7 +205,7 @@ async def _rate_phase(bootstrap: str, scfg: Any, clicks: list, rate: float, drai
 
 #: the hops of the click -> recommendation path: (name, from field, to field) of the recommendation record
 LATENCY_HOPS = (
-    ("ingest", "produced_ts", "ingest_ts"),  # clicks fetch + ingest batch + RocksDB write
+    ("ingest", "produced_ts", "ingest_ts"),  # clicks fetch + waiting for the ingest batch + decode and plan
     ("to_scoring", "ingest_ts", "scoring_start_ts"),  # update produce + fetch + waiting for the score worker
     ("scoring", "scoring_start_ts", "emitted_ts"),  # the score batch: parse, model, encode
     ("delivery", "emitted_ts", "received_ts"),  # recommendation produce + the reader's fetch

@@ -21,7 +21,8 @@ Per batch (taken by the score agent: up to ``batch.score_max_users`` updates, wa
 Recommendation value (JSON): ``user_id``, ``items``, ``scores``, ``model_version``, ``event_id``, ``event_ts``,
 ``produced_ts``, ``ingest_ts``, ``scoring_start_ts``, ``emitted_ts``, ``fallback``, ``superseded_by`` (null unless
 step 2 applied). The wall-clock times (epoch s) split the click -> recommendation latency into its hops:
-``produced_ts`` (Kafka timestamp of the click record) -> ``ingest_ts`` (the ingest worker applied it) ->
+``produced_ts`` (Kafka timestamp of the click record) -> ``ingest_ts`` (the ingest worker planned its batch, just
+before producing the updates and writing the store) ->
 ``scoring_start_ts`` (the score worker took the update's batch) -> ``emitted_ts`` (its record was handed to the
 producer); ``ingest_ts`` is null when the update lacks it.
 """

@@ -10,6 +10,7 @@ import orjson
 from conftest import click_producer, send_checked
 
 from adrec_stream.data.events import Interaction
+from adrec_stream.state.changelog import decode_record
 from adrec_stream.state.partitioned import read_all
 from adrec_stream.stream.config import StreamConfig
 from adrec_stream.stream.events import encode_click
@@ -68,6 +69,34 @@ def wait_committed(bootstrap: str, group: str, topic: str, expected: dict[int, i
 def store_contents(cfg: StreamConfig) -> tuple[dict[str, list[str]], dict[tuple[str, int], int]]:
     """(user -> window, applied offsets) across the ingest workers' per-partition stores (workers stopped)."""
     return read_all(cfg.state_dir, window=cfg.window)
+
+
+def changelog_windows(bootstrap: str, changelog: str, timeout_s: float = 60.0) -> dict[str, list[str]]:
+    """User -> item ids of the user's latest window record in the ``changelog`` topic, read from the beginning to
+    each partition's high watermark as reported by the fetch responses (right on Tansu, unlike ListOffsets)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                             fetch_max_wait_ms=100, auto_offset_reset="earliest")
+    try:
+        tps = [TopicPartition(changelog, p) for p in sorted(consumer.partitions_for_topic(changelog) or ())]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        windows: dict[str, list[str]] = {}
+        deadline = time.time() + timeout_s
+        while True:
+            for recs in consumer.poll(timeout_ms=200).values():
+                for r in recs:
+                    rec = decode_record(r.key, r.value)
+                    if rec is not None and rec[0] == "window":
+                        windows[rec[1][0]] = rec[1][1][0]
+            ends = [consumer.highwater(tp) for tp in tps]
+            if all(hw is not None and consumer.position(tp) >= hw for tp, hw in zip(tps, ends, strict=True)):
+                return windows
+            if time.time() > deadline:
+                raise AssertionError(f"changelog {changelog} not read to its end within {timeout_s} s")
+    finally:
+        consumer.close()
 
 
 def expected_windows(clicks: list[Interaction], window: int) -> dict[str, list[str]]:

@@ -138,7 +138,9 @@ def test_second_worker_joins_then_first_is_terminated_exactly_once(stream_config
     seqs, offsets = store_contents(cfg)
     assert seqs == expected_windows(clicks, cfg.window)
     assert sum(o + 1 for (t, _), o in offsets.items() if t == topic) == N_CLICKS
-    assert a_stopped["applied"] + b_stopped["applied"] == N_CLICKS
+    # a click whose batch reached the changelog but not the store before its partition moved is applied by neither:
+    # the next owner's restore brings it (restored_skipped)
+    assert sum(w["applied"] + w["restored_skipped"] for w in (a_stopped, b_stopped)) == N_CLICKS
     assert a_stopped["applied"] > 0 and b_stopped["applied"] > 0
 
     # >= 1 sequence update per click; duplicates (at-least-once) carry the same event_id and window

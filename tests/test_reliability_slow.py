@@ -70,6 +70,7 @@ def test_kill9_ingest_worker_mid_stream_is_exactly_once(stream_config, spawn_wor
     # clicks were skipped
     assert stopped["applied"] == N_CLICKS - kept_at_kill
     assert stopped["duplicates_skipped"] == stopped["received"] - stopped["applied"]
+    assert stopped["restored_skipped"] == kept_at_kill - stored_at_kill  # the worker's own count of the same
 
 
 def test_kill9_scoring_worker_every_click_gets_a_recommendation(stream_config, tiny_registry, spawn_worker):

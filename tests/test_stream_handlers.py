@@ -13,6 +13,8 @@ from adrec_stream.data.events import Interaction
 from adrec_stream.errors import StoreError
 from adrec_stream.model import ModelConfig, build_model, save_checkpoint
 from adrec_stream.serving.recommender import Recommender
+from adrec_stream.state.partitioned import partition_store_path
+from adrec_stream.state.store import SequenceStore, SourceRecord
 from adrec_stream.stream.config import StreamConfig
 from adrec_stream.stream.events import encode_click
 from adrec_stream.stream.handler_support import ConsumedRecord, MemoryPublisher, WorkerHooks, WorkerStats
@@ -58,8 +60,33 @@ def test_ingest_publishes_updates_dead_letters_and_stores_once(tmp_path: Path):
     # the same batch again (a re-delivery): nothing applied twice, nothing re-published
     assert asyncio.run(handler.handle(batch[:7])) == {0, 1}
     assert stats.applied == 5 and stats.duplicates_skipped == 5 and len(pub.values("sequence-updates")) == 5
+    assert stats.restored_skipped == 0  # its own writes
     assert handler.stores.get("clicks", 0).sequence("a") == ["2", "3", "4"]
     assert handler.revoke([0, 1]) == [("clicks", 0), ("clicks", 1)]
+
+
+def test_ingest_counts_clicks_held_by_a_restored_window_as_restored_skipped(tmp_path: Path):
+    """The store holds, above its applied offset, clicks an earlier owner wrote to the changelog but not to its store
+    (it died between the two; the restore brought u1's window record, the batch's offset marker never arrived).
+    Their re-delivery is skipped and counted as ``restored_skipped``; u0's clicks of that batch are applied."""
+    cfg = _cfg(tmp_path)
+    src = [SourceRecord("clicks", 0, i, Interaction(f"u{i % 2}", str(i), 100.0, f"e0-{i}")) for i in range(6)]
+    with SequenceStore(tmp_path / "earlier-owner", window=3) as earlier:
+        earlier.apply(src[:2])
+        lost_batch = earlier.plan(src[2:])
+    with SequenceStore(partition_store_path(cfg.state_dir, "clicks", 0), window=3) as restored:
+        restored.apply(src[:2])  # the batch before: store, changelog windows and marker (applied offset 1)
+        restored.apply_changelog({"u1": lost_batch.windows["u1"]}, {}, ("clicks-changelog", 0, 4))
+    handler, pub, stats = _ingest(tmp_path)
+    redelivered = [_click(0, i, f"u{i % 2}", str(i)) for i in range(6)]
+    assert asyncio.run(handler.handle(redelivered)) == {0}
+    assert (stats.applied, stats.duplicates_skipped, stats.restored_skipped) == (2, 4, 2)  # 0, 1 re-delivered; 3, 5
+    assert [orjson.loads(v)["source"]["offset"] for v in pub.values("sequence-updates")] == [2, 4]
+    assert handler.stores.get("clicks", 0).sequence("u0") == ["0", "2", "4"]
+    assert handler.stores.get("clicks", 0).sequence("u1") == ["1", "3", "5"]
+    asyncio.run(handler.handle(redelivered))  # again: now all its own or below the applied offset
+    assert (stats.applied, stats.duplicates_skipped, stats.restored_skipped) == (2, 10, 2)
+    handler.revoke([0, 1])
 
 
 def test_ingest_failed_delivery_stores_nothing(tmp_path: Path):

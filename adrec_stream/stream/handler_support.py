@@ -118,7 +118,12 @@ class WorkerStats:
     """Counters of one worker process (logged every 5 s and at shutdown), the one place the handlers count in;
     :meth:`export` mirrors them into the worker's Prometheus counters.
 
-    ``received``: records taken from the topic; ``applied``: clicks stored (ingest); ``scored``: distinct users
+    ``received``: records taken from the topic; ``applied``: clicks stored (ingest); ``duplicates_skipped``:
+    re-delivered clicks skipped because their effect was already stored; ``restored_skipped``: those of them above
+    the partition's applied offset at assignment and not in a batch this worker stored - brought by the restore,
+    i.e. applied by an earlier owner (which counted them as ``applied`` unless it died between its changelog write
+    and its store write), so over the owners of a partition that share one state directory, ``applied`` plus
+    ``restored_skipped`` counts every click once; ``scored``: distinct users
     run through the model (score; lower than ``published`` when a batch held several updates of one user);
     ``published``: records sent (sequence updates or recommendations); ``dead_lettered`` / ``skipped`` with their
     split by reason in ``dead_letter_reasons`` / ``skip_reasons`` (count with :meth:`dead_letter` / :meth:`skip`);
@@ -129,6 +134,7 @@ class WorkerStats:
     received: int = 0
     applied: int = 0
     duplicates_skipped: int = 0
+    restored_skipped: int = 0
     dead_lettered: int = 0
     skipped: int = 0
     published: int = 0

@@ -114,6 +114,9 @@ class IngestHandler:
         self.changelog = cfg.topics.changelog_topic.name if cfg.state.changelog else None
         self.restores: list[RestoreResult] = []
         self._prepared: dict[int, asyncio.Future] = {}
+        # clicks partition -> its applied offset before this assignment's changelog restore, then the last offset of
+        # each batch this worker stored: a click skipped above it was brought by the restore (``restored_skipped``)
+        self._own_offset: dict[int, int | None] = {}
         self.highwater = highwater
         self.hooks = hooks or WorkerHooks()
         self.metrics = metrics
@@ -162,6 +165,8 @@ class IngestHandler:
 
     async def _prepare(self, partition: int) -> SequenceStore:
         store = await self.stores.open_async(self.clicks_topic, partition)
+        stored, own = store.applied_offset(self.clicks_topic, partition), self._own_offset.get(partition)
+        self._own_offset[partition] = stored if own is None or (stored is not None and stored > own) else own
         if self.changelog is None or self.restore_consumer is None:
             return store
         consumer = self.restore_consumer()
@@ -291,7 +296,12 @@ class IngestHandler:
                                    "(a second writer?)")
             done.add(part)
             stats.applied += len(applied)
-            stats.duplicates_skipped += sum(r.event is not None for r in recs) - len(applied)
+            applied_at = {u.offset for u in applied}
+            skipped = [r.offset for r in recs if r.event is not None and r.offset not in applied_at]
+            stats.duplicates_skipped += len(skipped)
+            own = self._own_offset.get(part)
+            stats.restored_skipped += sum(own is None or o > own for o in skipped)
+            self._own_offset[part] = max(recs[-1].offset, -1 if own is None else own)  # handled: counted once
         stats.end_batch(len(records), time.perf_counter() - t0, self.metrics)
         self.hooks.after_batch(stats)
         return done

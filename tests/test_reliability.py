@@ -17,6 +17,7 @@ import pytest
 from conftest import REPO_ROOT, consume, last_log_event, write_stream_config
 from reliability_helpers import (
     by_event_id,
+    changelog_windows,
     click_records,
     committed_offsets,
     produce_to,
@@ -79,6 +80,31 @@ def test_poison_tombstone_empty_key_and_oversize_commit_past_them(stream_config,
     seqs, offsets = store_contents(cfg)
     assert seqs == {"u1": ["1", "2", "5", "6", "10"]}
     assert offsets == {(topic, 0): 9}
+
+
+def test_kill9_between_changelog_and_store_write_restores_that_click(stream_config, spawn_worker):
+    """The race CI caught in scenario 3a, made deterministic: the worker dies (SIGKILL) after click 7's sequence
+    update, changelog window record and offset marker were acknowledged, before its store write. The restart
+    restores that click from the changelog and skips its re-delivery as ``restored_skipped``: applied 3 (clicks
+    8-10) + restored 1 = the 4 clicks the killed worker had not stored; the window is exact."""
+    k = 6  # offset of click 7
+    cfg = stream_config.model_copy(update={
+        "window": 50, "batch": stream_config.batch.model_copy(update={"ingest_max_records": 1})})
+    bootstrap = effective_bootstrap(cfg)
+    clicks = [_click("u7", str(i + 1), i) for i in range(10)]
+    produce_to(bootstrap, cfg.topics.clicks.name, click_records(clicks), partition=0)
+    first = spawn_worker("ingest", cfg, "--inject-write-failure", f"{k}:kill")
+    assert first.proc.wait(90) == -9
+    seqs, offsets = store_contents(cfg)
+    assert seqs == {"u7": [c.item_id for c in clicks[:k]]} and offsets == {(cfg.topics.clicks.name, 0): k - 1}
+    assert changelog_windows(bootstrap, cfg.topics.changelog_topic.name)["u7"] == [c.item_id for c in clicks[:k + 1]]
+    second = spawn_worker("ingest", cfg)
+    assert wait_committed(bootstrap, cfg.groups.ingest, cfg.topics.clicks.name, {0: 10})[0] == 10
+    assert second.stop() == 0
+    stopped = last_log_event(second.log(), "worker_stopped")
+    assert (stopped["applied"], stopped["restored_skipped"]) == (3, 1)
+    seqs, offsets = store_contents(cfg)
+    assert seqs == {"u7": [c.item_id for c in clicks]} and offsets == {(cfg.topics.clicks.name, 0): 9}
 
 
 @pytest.mark.parametrize("failures", [1, 1000], ids=["transient-retried", "persistent-restart"])

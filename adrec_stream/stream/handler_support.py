@@ -10,6 +10,8 @@ with :class:`MemoryPublisher`.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
@@ -190,7 +192,9 @@ class WorkerStats:
 
 
 class WriteFaultInjector:
-    """Test hook: the sequence store's WriteBatch fails ``times`` times for a batch holding ``offset``.
+    """Test hook: the sequence store's WriteBatch fails ``times`` times for a batch holding ``offset``, or
+    (``kill``) the process SIGKILLs itself there - after the batch's updates and changelog records are
+    acknowledged, before its store write (the gap a restore has to close).
 
     Wraps :meth:`SequenceStore._write_batch`; ``current`` is set to the records of the batch about to be
     applied. The failure is an ``OSError`` raised before RocksDB sees the batch, which
@@ -198,19 +202,22 @@ class WriteFaultInjector:
     like a real failed write.
     """
 
-    def __init__(self, offset: int, times: int) -> None:
+    def __init__(self, offset: int, times: int, kill: bool = False) -> None:
         self.offset = offset
         self.remaining = times
+        self.kill = kill
         self.current: list = []
 
     @classmethod
     def parse(cls, spec: str) -> WriteFaultInjector:
-        """``"OFFSET:TIMES"`` (or ``"OFFSET"`` = once) -> injector.
+        """``"OFFSET:TIMES"`` (or ``"OFFSET"`` = once; ``"OFFSET:kill"`` = SIGKILL there) -> injector.
 
         Raises:
             ValueError: not of that form.
         """
         off, _, times = spec.partition(":")
+        if times == "kill":
+            return cls(int(off), 1, kill=True)
         return cls(int(off), int(times or 1))
 
     def install(self, store: Any) -> None:
@@ -220,6 +227,8 @@ class WriteFaultInjector:
         def faulty(wb: Any) -> None:
             if self.remaining > 0 and any(r.offset == self.offset for r in self.current):
                 self.remaining -= 1
+                if self.kill:
+                    os.kill(os.getpid(), signal.SIGKILL)
                 raise OSError(f"injected RocksDB write failure for the batch holding offset {self.offset} "
                               "(test hook)")
             write(wb)

@@ -53,7 +53,8 @@ class TrainConfig(StrictModel):
     optimiser; "reference_decay" = it still gets no gradient but IS in the optimiser with a zero
     gradient, so Adam's L2 weight decay (``weight_decay`` added to the zero gradient, then normalised)
     moves every entry towards 0 by about ``align_lr`` per step: the reference code's behaviour (its
-    PCGrad wrapper hands zero gradients to the "frozen" table), offered only to compare with it.
+    PCGrad wrapper hands zero gradients to the "frozen" table). Not the default (on sports it was lower on
+    validation), but the beauty and ml-100k rows of docs/results.md use it: it had the higher validation there.
     ``micro_batches``: split every batch into this many parts and accumulate their gradients (one optimiser step per
     batch, the same update up to float rounding and the order of random draws; about 1/parts of the activation
     memory, the training step's peak-memory lever). ``ce_chunk_rows``: rows per chunk of the full-softmax CE

@@ -164,7 +164,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     hint = "re-save it from a trained model (adrec-stream train) or use another registry version"
     if not p.is_file():
         raise CheckpointError(
-            f"checkpoint not found: {p} (expected a model file written by `adrec-stream train`, or its output folder holding {FILE_NAME})"
+            f"checkpoint not found: {p} (expected a model file written by `adrec-stream train`, or its output "
+            f"folder holding {FILE_NAME})"
         )
     try:
         obj = torch.load(p, map_location=device, weights_only=True)

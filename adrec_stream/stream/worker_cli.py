@@ -24,7 +24,7 @@ from adrec_stream.stream.handler_support import WorkerHooks
 
 def add_common_config_arguments(parser: argparse.ArgumentParser) -> None:
     """``--config`` and repeatable ``--set KEY=VALUE`` (shared by worker and replay)."""
-    parser.add_argument("--config", default=str(DEFAULT_STREAM_CONFIG), help="stream config YAML")
+    parser.add_argument("--config", default=str(DEFAULT_STREAM_CONFIG), help="stream config YAML (default: configs/stream.yaml)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set broker.port=19092 (repeatable)")
 

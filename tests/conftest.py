@@ -7,6 +7,7 @@ prefix per test), so they never see each other's records on the shared broker.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import subprocess
@@ -242,20 +243,29 @@ def produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes 
         producer.close(5)
 
 
-def consume(bootstrap: str, topic: str, n: int, *, timeout_s: float = 60.0, settle_s: float = 1.5) -> list:
-    """Read ``topic`` from the beginning until ``n`` records arrived, then ``settle_s`` more for extras.
-
-    Returns the records (kafka-python ConsumerRecord) in arrival order; fewer than ``n`` on timeout.
-    """
+@contextlib.contextmanager
+def reader_from_beginning(bootstrap: str, topic: str) -> Iterator[tuple]:
+    """A group-less kafka-python consumer assigned every partition of ``topic`` at its beginning, and those
+    (TopicPartition) partitions; closed on exit."""
     from kafka import KafkaConsumer, TopicPartition
 
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
                              fetch_max_wait_ms=100, auto_offset_reset="earliest")
     try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
+        yield consumer, tps
+    finally:
+        consumer.close()
+
+
+def consume(bootstrap: str, topic: str, n: int, *, timeout_s: float = 60.0, settle_s: float = 1.5) -> list:
+    """Read ``topic`` from the beginning until ``n`` records arrived, then ``settle_s`` more for extras.
+
+    Returns the records (kafka-python ConsumerRecord) in arrival order; fewer than ``n`` on timeout.
+    """
+    with reader_from_beginning(bootstrap, topic) as (consumer, _):
         out: list = []
         deadline = time.time() + timeout_s
         settle_until = None
@@ -265,8 +275,6 @@ def consume(bootstrap: str, topic: str, n: int, *, timeout_s: float = 60.0, sett
             if settle_until is None and len(out) >= n:
                 settle_until = time.time() + settle_s
         return out
-    finally:
-        consumer.close()
 
 
 def last_log_event(log_text: str, event: str) -> dict:

@@ -5,11 +5,9 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import orjson
-from conftest import click_producer, send_checked
+from conftest import click_producer, reader_from_beginning, send_checked
 
 from adrec_stream.data.events import Interaction
 from adrec_stream.state.changelog import decode_record
@@ -73,27 +71,10 @@ def store_contents(cfg: StreamConfig) -> tuple[dict[str, list[str]], dict[tuple[
     return read_all(cfg.state_dir, window=cfg.window)
 
 
-@contextmanager
-def _from_beginning(bootstrap: str, topic: str) -> Iterator[tuple]:
-    """A group-less kafka-python consumer assigned every partition of ``topic`` at its beginning, and those
-    partitions; closed on exit."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                             fetch_max_wait_ms=100, auto_offset_reset="earliest")
-    try:
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        yield consumer, tps
-    finally:
-        consumer.close()
-
-
 def changelog_windows(bootstrap: str, changelog: str, timeout_s: float = 60.0) -> dict[str, list[str]]:
     """User -> item ids of the user's latest window record in the ``changelog`` topic, read from the beginning to
     each partition's high watermark as reported by the fetch responses (right on Tansu, unlike ListOffsets)."""
-    with _from_beginning(bootstrap, changelog) as (consumer, tps):
+    with reader_from_beginning(bootstrap, changelog) as (consumer, tps):
         windows: dict[str, list[str]] = {}
         deadline = time.time() + timeout_s
         while True:
@@ -193,7 +174,7 @@ def kill9_after(bootstrap: str, topic: str, n: int, proc, timeout_s: float = 120
 
     Returns the count seen at the kill. Raises AssertionError if ``proc`` exits or ``timeout_s`` passes first.
     """
-    with _from_beginning(bootstrap, topic) as (consumer, _):
+    with reader_from_beginning(bootstrap, topic) as (consumer, _):
         seen, deadline = 0, time.time() + timeout_s
         while seen < n:
             assert proc.poll() is None, f"worker exited ({proc.returncode}) after {seen} records"

@@ -114,9 +114,10 @@ class IngestHandler:
         self.changelog = cfg.topics.changelog_topic.name if cfg.state.changelog else None
         self.restores: list[RestoreResult] = []
         self._prepared: dict[int, asyncio.Future] = {}
-        # clicks partition -> its applied offset before this assignment's changelog restore, then the last offset of
-        # each batch this worker stored: a click skipped above it was brought by the restore (``restored_skipped``)
-        self._own_offset: dict[int, int | None] = {}
+        # clicks partition -> its applied offset before this assignment's changelog restore (-1: none), then the last
+        # offset of each batch this worker stored: a click skipped above it was brought by the restore
+        # (``restored_skipped``)
+        self._own_offset: dict[int, int] = {}
         self.highwater = highwater
         self.hooks = hooks or WorkerHooks()
         self.metrics = metrics
@@ -165,8 +166,8 @@ class IngestHandler:
 
     async def _prepare(self, partition: int) -> SequenceStore:
         store = await self.stores.open_async(self.clicks_topic, partition)
-        stored, own = store.applied_offset(self.clicks_topic, partition), self._own_offset.get(partition)
-        self._own_offset[partition] = stored if own is None or (stored is not None and stored > own) else own
+        stored = store.applied_offset(self.clicks_topic, partition)
+        self._own_offset[partition] = max(self._own_offset.get(partition, -1), -1 if stored is None else stored)
         if self.changelog is None or self.restore_consumer is None:
             return store
         consumer = self.restore_consumer()
@@ -299,9 +300,9 @@ class IngestHandler:
             applied_at = {u.offset for u in applied}
             skipped = [r.offset for r in recs if r.event is not None and r.offset not in applied_at]
             stats.duplicates_skipped += len(skipped)
-            own = self._own_offset.get(part)
-            stats.restored_skipped += sum(own is None or o > own for o in skipped)
-            self._own_offset[part] = max(recs[-1].offset, -1 if own is None else own)  # handled: counted once
+            own = self._own_offset.get(part, -1)
+            stats.restored_skipped += sum(o > own for o in skipped)
+            self._own_offset[part] = max(recs[-1].offset, own)  # handled: counted once
         stats.end_batch(len(records), time.perf_counter() - t0, self.metrics)
         self.hooks.after_batch(stats)
         return done

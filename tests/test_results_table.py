@@ -50,6 +50,16 @@ def test_every_shipped_row_is_a_valid_train_and_evaluate_command(tmp_path):
             assert exp.model.kind == ("sasrec" if trained.model == "SASRec+" else "adrec")
 
 
+def test_a_rows_shared_args_precede_each_of_its_steps(tmp_path):
+    rows_file = tmp_path / "rows.yaml"
+    rows_file.write_text("rows:\n  r:\n    dataset: ml-100k\n    model: ADRec\n    args: [--config, c.yaml]\n"
+                         "    steps: [[--stage, pretrain], [--set, train.lr=0.01, --stage, align]]\n")
+    cmds = plan(load_rows(rows_file), "r", 1, data_root=DATA, runs=tmp_path, threads=1, cli=CLI)
+    tails = [c.argv[c.argv.index("--no-progress") + 1:] for c in cmds if c.kind == "train"]
+    assert tails == [["--config", "c.yaml", "--stage", "pretrain"],
+                     ["--config", "c.yaml", "--set", "train.lr=0.01", "--stage", "align"]]
+
+
 def test_run_of_row_evaluates_the_source_runs_stage_checkpoint(tmp_path):
     rows = load_rows(ROWS)
     cmds = plan(rows, "beauty-sasrec", 2025, data_root=DATA, runs=tmp_path, threads=1, cli=CLI)
@@ -64,6 +74,8 @@ def test_run_of_row_evaluates_the_source_runs_stage_checkpoint(tmp_path):
     ("rows: {a: {dataset: x, model: m, steps: [[--config, c.yaml]], run_of: b}}\n", "either steps"),
     ("rows: {a: {dataset: x, model: m, run_of: b}}\n", "must name a row that trains"),
     ("rows: {a: {dataset: x, model: m, steps: [[]], colour: red}}\n", "colour"),
+    ("rows: {a: {dataset: x, model: m, steps: [[]]}, b: {dataset: x, model: m, run_of: a, args: [--epochs, '1']}}\n",
+     "a run_of row has none"),
 ])
 def test_bad_rows_file_is_a_config_error(tmp_path, text, match):
     p = tmp_path / "rows.yaml"

@@ -41,13 +41,15 @@ DEFAULT_SEEDS = (2025, 1, 2)
 
 
 class RowSpec(BaseModel):
-    """One row of the table: ``steps`` are ``adrec-stream train`` argument lists (without dataset, output, seed);
-    ``run_of`` evaluates another row's run folders instead (training them first where missing); ``checkpoint``
-    is the path inside the run folder that is evaluated ("" = the run's final model)."""
+    """One row of the table: ``steps`` are ``adrec-stream train`` argument lists (without dataset, output, seed),
+    each preceded by the row's ``args`` (the arguments its steps share); ``run_of`` evaluates another row's run
+    folders instead (training them first where missing); ``checkpoint`` is the path inside the run folder that is
+    evaluated ("" = the run's final model)."""
 
     model_config = ConfigDict(extra="forbid")
     dataset: str
     model: str
+    args: list[str] = Field(default_factory=list)
     steps: list[list[str]] = Field(default_factory=list)
     run_of: str | None = None
     checkpoint: str = ""
@@ -56,6 +58,8 @@ class RowSpec(BaseModel):
     def _steps_or_run_of(self) -> RowSpec:
         if bool(self.steps) == bool(self.run_of):
             raise ValueError("give either steps (train argument lists) or run_of (another row's name), not both")
+        if self.args and not self.steps:
+            raise ValueError("args are shared by the row's steps: a run_of row has none")
         return self
 
 
@@ -116,7 +120,7 @@ def plan(rows: dict[str, RowSpec], name: str, seed: int, *, data_root: Path, run
     common = ["--threads", str(threads), "--no-progress"]
     # a run_of row trains its source row's run when that is missing (finished steps are skipped by run_row)
     cmds = [Command("train", [*cli, "train", "--dataset", dataset, "--output", str(out), "--seed", str(seed), *common,
-                              *step], i)
+                              *trained.args, *step], i)
             for i, step in enumerate(trained.steps)]
     ckpt = str(out / row.checkpoint) if row.checkpoint else str(out)
     for split in ("val", "test"):

@@ -308,16 +308,22 @@ def _describe_finetune(scfg: Any) -> str:
             f">= the serving model's - {f.tolerance:g}; the score worker loads it within {scfg.registry_poll_s:g} s")
 
 
+#: how the demo's summary words a fine-tune round's skip reason (``finetune_round`` records with status "skipped")
+SKIP_REASONS = {"stopped": "cut short by the shutdown", "no_steps": "no training step", "too_few_fresh_events":
+                "too few fresh clicks", "no_serving_model": "no serving model", "serving_model_unreadable":
+                "serving model unreadable"}
+
+
 def _finetune_report(ft: dict[str, Any], rounds: list[dict[str, Any]], initial: int, versions: list[int],
                      added: int, worker: WorkerProcess) -> list[str]:
     rc = worker.proc.returncode if worker.proc is not None else None
     how = "stopped with SIGTERM, exit 0" if rc == 0 else f"exit code {rc} after SIGTERM"
     rej = ", ".join(f"{k}: {n}" for k, n in sorted(ft["rejected_by_reason"].items()))
-    skip = ", ".join(f"{k}: {n}" for k, n in sorted(ft["skipped_by_reason"].items()))
+    skip = ", ".join(f"{SKIP_REASONS.get(k, k)}: {n}" for k, n in sorted(ft["skipped_by_reason"].items()))
     stale = f"{ft['staleness_s']:.1f} s" if ft["staleness_s"] is not None else "n/a (nothing published)"
     n = ft["finetune_rounds"]
     lines = [f"fine-tune: {n} round{'' if n == 1 else 's'} trained ({ft['published']} published, "
-             f"{ft['rounds_rejected']} rejected{f' ({rej})' if rej else ''}), {ft['skipped']} skipped"
+             f"{ft['rounds_rejected']} rejected{f' ({rej})' if rej else ''}), {ft['skipped']} not trained"
              f"{f' ({skip})' if skip else ''}; registry v{initial} -> v{max(versions, default=initial)} "
              f"({added} versions published during the run); staleness (oldest trained click's ingest -> publish, "
              f"median over published rounds) {stale}; worker restarts {worker.restarts}, {how}"]
@@ -410,7 +416,8 @@ def run(args: argparse.Namespace) -> int:
         ep = facts["epochs"]
         budget = f"pretrain {ep['pretrain']} / align {ep['align']} / finetune {ep['finetune']} epochs"
         how = "loaded from cache " + str(ckpt.parent) if facts["cached"] else f"trained in {facts['wall_s']:.0f} s"
-        _say(f"model: {facts['kind'].upper()} on {facts['train_users']:,} users / {facts['items']:,} items, "
+        _say(f"model: {facts['kind'].upper()} trained on the training part ({facts['train_users']:,} users / "
+             f"{facts['items']:,} items), "
              f"SMALL TRAINING BUDGET ({budget}; the paper trains up to 500 epochs with early stopping), {how}")
         if run_dir.exists():
             shutil.rmtree(run_dir)  # the broker's memory storage starts empty: old stored offsets would skip all
@@ -494,8 +501,10 @@ def run(args: argparse.Namespace) -> int:
              f"dead-lettered {res['dead_lettered']:,}, popularity fallback {res['fallback']:,}, "
              f"worker restarts {sum(w.restarts for w in workers)}")
         _say(f"prequential (recommendation after click i of user u vs u's click i+1, {pq.judged:,} pairs, "
-             f"{pq.missing:,} without recommendation; {n_superseded:,} more not judged: the list after click i was "
-             f"scored together with click i+1): HR@{k} = {pq.hr:.4f}, NDCG@{k} = {pq.ndcg:.4f}")
+             f"{pq.missing:,} without recommendation"
+             + (f"; {n_superseded:,} more not judged: the list after click i was scored together with click i+1"
+                if n_superseded else "")
+             + f"): HR@{k} = {pq.hr:.4f}, NDCG@{k} = {pq.ndcg:.4f}")
         _say(f"baseline, same protocol: popularity in the training part"
              f"{' (seen items excluded)' if dcfg.exclude_history else ''}: HR@{k} = {base.hr:.4f}, "
              f"NDCG@{k} = {base.ndcg:.4f}")

@@ -8,6 +8,7 @@ import math
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -201,6 +202,10 @@ def test_finetune_log_summary():
     assert s["skipped"] == 2 and s["skipped_by_reason"] == {"too_few_fresh_events": 1, "stopped": 1}
     assert s["staleness_s"] == 30.0  # median of 30, 50, 10
     assert demo.finetune_summary([])["staleness_s"] is None
+    worker = SimpleNamespace(proc=SimpleNamespace(returncode=0), restarts=0)
+    head = demo._finetune_report(s, rounds, 1, [2, 3, 4], 3, worker)[0]
+    assert head.startswith("fine-tune: 4 rounds trained (3 published, 1 rejected (heldout: 1)), 2 not trained "
+                           "(cut short by the shutdown: 1, too few fresh clicks: 1); registry v1 -> v4")
 
 
 def test_shipped_demo_config_runs_the_finetune_worker():

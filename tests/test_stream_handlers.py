@@ -89,6 +89,35 @@ def test_ingest_counts_clicks_held_by_a_restored_window_as_restored_skipped(tmp_
     handler.revoke([0, 1])
 
 
+def test_after_a_broker_reset_restored_skipped_counts_against_the_new_log(tmp_path: Path):
+    """The broker restarted empty below the stored offset (old log 0..5, new log 0..3). A restore later brings a
+    window holding new-log clicks 2 and 3 (their store write was lost); their re-delivery is ``restored_skipped``
+    although the old log had passed offset 3 (the worker's own offset of the old log must not hide them)."""
+    cfg = _cfg(tmp_path)
+    log_end: dict[str, int | None] = {"offset": None}
+    pub, stats = MemoryPublisher(), WorkerStats()
+    handler = IngestHandler(cfg, make_stores(cfg), pub, stats, highwater=lambda topic, part: log_end["offset"])
+    handler.assign([0])
+    asyncio.run(handler.handle([_click(0, i, "a", str(i)) for i in range(6)]))  # old log: applied offset 5
+    log_end["offset"] = 1  # the new log ends at 1
+    new_log = [_click(0, i, "c" if i == 1 else "b", str(10 + i)) for i in range(4)]
+    asyncio.run(handler.handle(new_log[:2]))
+    assert (stats.broker_resets, stats.applied, stats.restored_skipped) == (1, 8, 0)
+    handler.revoke([0])
+    src = [SourceRecord("clicks", 0, r.offset, Interaction(r.key.decode(), str(10 + r.offset), 100.0,
+                                                           f"e0-{r.offset}")) for r in new_log]
+    with SequenceStore(tmp_path / "earlier-owner", window=3) as earlier:
+        earlier.apply(src[:2])
+        lost_batch = earlier.plan(src[2:])
+    with SequenceStore(partition_store_path(cfg.state_dir, "clicks", 0), window=3) as restored:
+        restored.apply_changelog({"b": lost_batch.windows["b"]}, {}, ("clicks-changelog", 0, 9))
+    handler.assign([0])
+    asyncio.run(handler.handle(new_log[2:]))
+    assert (stats.applied, stats.duplicates_skipped, stats.restored_skipped) == (8, 2, 2)
+    assert handler.stores.get("clicks", 0).sequence("b") == ["10", "12", "13"]
+    handler.revoke([0])
+
+
 def test_ingest_failed_delivery_stores_nothing(tmp_path: Path):
     handler, pub, stats = _ingest(tmp_path)
     pub.fail_with = OSError("broker unreachable")

@@ -346,7 +346,7 @@ class IngestHandler:
                        stored_applied_offset=store.applied_offset(self.clicks_topic, part), log_end_offset=log_end,
                        consumer_next_offset=next_offset, action="forgot the stored offset of this partition; "
                        "rewinding to the start of the new log", hint=RESET_HINT)
-        store.forget_offsets(self.clicks_topic, [part])
+        self._forget_offsets(store, part)
 
     def _reconcile_broker_reset(self, store: SequenceStore, topic: str, part: int, records: list) -> None:
         """Forget the stored offset of a partition whose log restarted below it (see the module docstring)."""
@@ -362,7 +362,14 @@ class IngestHandler:
                        log_end_offset=hw, first_offset_received=lowest,
                        action="forgot the stored offset of this partition; records of the new log are applied",
                        hint=RESET_HINT)
-        store.forget_offsets(topic, [part])
+        self._forget_offsets(store, part)
+
+    def _forget_offsets(self, store: SequenceStore, part: int) -> None:
+        """After a broker reset: the stored applied offset of ``part`` and this worker's own offset of it belong to
+        the old log; both are forgotten, so the new log's offsets are judged (applied, ``restored_skipped``)
+        against the new log only."""
+        store.forget_offsets(self.clicks_topic, [part])
+        self._own_offset[part] = -1
 
     async def _apply_with_retry(self, store: SequenceStore, records: list,
                                 changelog_position: tuple[str, int, int] | None = None) -> list | None:

@@ -22,6 +22,19 @@ def test_left_pad_keeps_the_most_recent_items() -> None:
 def test_training_windows_take_last_l_plus_one_items() -> None:
     seqs = [list(range(1, 11)), [3], [4, 5]]
     assert training_windows(seqs, max_len=4) == [[6, 7, 8, 9, 10], [4, 5]]
+    assert training_windows(seqs, max_len=4, windows="all") == [[6, 7, 8, 9, 10], [2, 3, 4, 5, 6], [1, 2], [4, 5]]
+    assert training_windows([list(range(1, 10))], max_len=4, windows="all") == [[5, 6, 7, 8, 9], [1, 2, 3, 4, 5]]
+    with pytest.raises(ValueError, match="'last' or 'all'"):
+        training_windows(seqs, max_len=4, windows="every")
+
+
+def test_all_windows_make_every_training_item_a_target_once_on_ml100k() -> None:
+    ds = load_adrec_dataset(DATA / "ml-100k")
+    last, every = training_windows(ds.train, 50), training_windows(ds.train, 50, windows="all")
+    targets = sum(len(s) - 1 for s in ds.train)
+    assert sum(len(w) - 1 for w in every) == targets == 51_599
+    assert sum(len(w) - 1 for w in last) == 30_619  # one window per user: 59 % of the targets
+    assert len(every) - len(last) == sum(-(-(len(s) - 1) // 50) - 1 for s in ds.train) > 0
 
 
 def test_leave_one_out_histories() -> None:

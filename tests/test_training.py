@@ -206,6 +206,15 @@ def test_stage_time_budget_stops_after_a_final_evaluation(monkeypatch: pytest.Mo
     assert [h["epoch"] for h in res.history if "val_NDCG@10" in h] == [2] and res.best_epoch == 2
 
 
+def test_all_windows_train_on_every_window_of_a_long_sequence() -> None:
+    seqs = _toy_sequences()  # 3..11 items, max_len 8: users with 10 or 11 items have a second window
+    extra = sum(len(s) > 9 for s in seqs)
+    assert extra > 0
+    steps = {w: train_model(seqs, 30, _small_exp("sasrec", batch_size=1, windows=w), progress=False).steps
+             for w in ("last", "all")}
+    assert steps == {"last": 40, "all": 40 + extra}
+
+
 def test_same_seed_gives_identical_weights() -> None:
     exp = _small_exp("sasrec", finetune_epochs=2, seed=7)
     a = train_model(_toy_sequences(), 30, exp, progress=False).model

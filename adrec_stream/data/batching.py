@@ -33,13 +33,30 @@ def left_pad(seqs: Sequence[Sequence[int]], length: int | None = None) -> torch.
     return torch.from_numpy(out)
 
 
-def training_windows(seqs: Sequence[Sequence[int]], max_len: int) -> list[list[int]]:
-    """One training window per user: the last <= max_len + 1 items (paper Sec. 4, one sample per user).
+def training_windows(seqs: Sequence[Sequence[int]], max_len: int, windows: str = "last") -> list[list[int]]:
+    """Training windows of at most ``max_len + 1`` items per user.
+
+    ``windows="last"``: one window per user, the last <= max_len + 1 items (paper Sec. 4 and the reference code:
+    one sample per user; the older items of a longer sequence are never a training target).
+    ``windows="all"``: the whole sequence, cut from its end into windows of max_len + 1 items that share one item
+    with the next (each window's first item is history only), so every item after a user's first is the target of
+    exactly one position; the last window is the "last" one, the earliest may be shorter (>= 2 items).
 
     A window ``w`` gives ``history = w[:-1]`` and ``targets = w[1:]``. Users with fewer than two
     items have no (history, next item) pair and are dropped.
+
+    Raises:
+        ValueError: ``windows`` is neither "last" nor "all".
     """
-    return [list(s[-(max_len + 1):]) for s in seqs if len(s) >= 2]
+    if windows == "last":
+        return [list(s[-(max_len + 1):]) for s in seqs if len(s) >= 2]
+    if windows != "all":
+        raise ValueError(f"windows must be 'last' or 'all', got {windows!r}")
+    out = []
+    for s in seqs:
+        for end in range(len(s), 1, -max_len):
+            out.append(list(s[max(0, end - max_len - 1):end]))
+    return out
 
 
 def loo_histories(

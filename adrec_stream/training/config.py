@@ -88,6 +88,7 @@ class TrainConfig(StrictModel):
     align_table: Literal["frozen", "reference_decay"] = "frozen"
     micro_batches: int = Field(1, gt=0)
     ce_chunk_rows: int = Field(DEFAULT_CHUNK_ROWS, ge=0)
+    windows: Literal["last", "all"] = "last"
 
     def stage_lr(self, stage: str) -> float:
         """Learning rate of ``stage`` (its override, else ``lr``)."""

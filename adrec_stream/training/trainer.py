@@ -429,8 +429,8 @@ def train_model(
     ``pretrained_table``) gives the same weights as one call with all of them.
 
     Args:
-        train_seqs: per-user chronological item ids (1..n_items); one window of the last
-            ``max_len + 1`` items per user is the training sample.
+        train_seqs: per-user chronological item ids (1..n_items); the training samples are one window of the
+            last ``max_len + 1`` items per user (``train.windows: last``) or all of them (``all``).
         n_items: number of items N.
         exp: experiment config (model + train sections).
         val: (histories, targets) for validation/early stopping in every stage; None = no selection
@@ -475,7 +475,7 @@ def train_model(
         raise ConfigError("stage 'align' needs the stage-1 item table: run 'pretrain' first (or pass it)")
     dev = resolve_device(device)
     tc = exp.train
-    windows = training_windows(train_seqs, exp.model.max_len)
+    windows = training_windows(train_seqs, exp.model.max_len, tc.windows)
     if not windows:
         raise ConfigError("no user has two or more training items: nothing to train on")
     if val is not None and tc.val_users is not None and tc.val_users < len(val[1]):

@@ -308,6 +308,12 @@ def _describe_finetune(scfg: Any) -> str:
             f">= the serving model's - {f.tolerance:g}; the score worker loads it within {scfg.registry_poll_s:g} s")
 
 
+#: display names of the model kinds (``model.kind``)
+MODEL_NAMES = {"adrec": "ADRec", "sasrec": "SASRec+"}
+
+#: how the demo's summary words a fine-tune round's rejection reason (status "rejected")
+REJECT_REASONS = {"heldout": "held-out NDCG@10 below the tolerance"}
+
 #: how the demo's summary words a fine-tune round's skip reason (``finetune_round`` records with status "skipped")
 SKIP_REASONS = {"stopped": "cut short by the shutdown", "no_steps": "no training step", "too_few_fresh_events":
                 "too few fresh clicks", "no_serving_model": "no serving model", "serving_model_unreadable":
@@ -318,7 +324,7 @@ def _finetune_report(ft: dict[str, Any], rounds: list[dict[str, Any]], initial: 
                      added: int, worker: WorkerProcess) -> list[str]:
     rc = worker.proc.returncode if worker.proc is not None else None
     how = "stopped with SIGTERM, exit 0" if rc == 0 else f"exit code {rc} after SIGTERM"
-    rej = ", ".join(f"{k}: {n}" for k, n in sorted(ft["rejected_by_reason"].items()))
+    rej = ", ".join(f"{REJECT_REASONS.get(k, k)}: {n}" for k, n in sorted(ft["rejected_by_reason"].items()))
     skip = ", ".join(f"{SKIP_REASONS.get(k, k)}: {n}" for k, n in sorted(ft["skipped_by_reason"].items()))
     stale = f"{ft['staleness_s']:.1f} s" if ft["staleness_s"] is not None else "n/a (nothing published)"
     n = ft["finetune_rounds"]
@@ -330,11 +336,16 @@ def _finetune_report(ft: dict[str, Any], rounds: list[dict[str, Any]], initial: 
     for r in rounds:
         if r.get("status") not in ("published", "rejected"):
             continue
-        head = f"v{r.get('version')} published" if r["status"] == "published" else f"rejected ({r.get('reason')})"
+        head = (f"v{r.get('version')} published" if r["status"] == "published"
+                else f"rejected ({REJECT_REASONS.get(str(r.get('reason')), r.get('reason'))})")
+        serving, candidate = r.get("heldout_NDCG@10_serving"), r.get("heldout_NDCG@10_candidate")
+        if r["status"] == "published" and isinstance(serving, (int, float)) and isinstance(candidate, (int, float)) \
+                and candidate < serving:
+            head += " (lower, within the tolerance)"
         lines.append(f"  {head}: window {r.get('window_events', 0):,} events ({r.get('window_users', 0):,} users with "
                      f"fresh clicks, {r.get('replay_users', 0):,} replayed), {r.get('steps', 0)} steps, held-out "
-                     f"NDCG@10 {_fmt_metric(r.get('heldout_NDCG@10_serving'))} -> "
-                     f"{_fmt_metric(r.get('heldout_NDCG@10_candidate'))}, round {float(r.get('round_s') or 0):.1f} s")
+                     f"NDCG@10 {_fmt_metric(serving)} -> {_fmt_metric(candidate)}, "
+                     f"round {float(r.get('round_s') or 0):.1f} s")
     return lines
 
 
@@ -416,8 +427,8 @@ def run(args: argparse.Namespace) -> int:
         ep = facts["epochs"]
         budget = f"pretrain {ep['pretrain']} / align {ep['align']} / finetune {ep['finetune']} epochs"
         how = "loaded from cache " + str(ckpt.parent) if facts["cached"] else f"trained in {facts['wall_s']:.0f} s"
-        _say(f"model: {facts['kind'].upper()} trained on the training part ({facts['train_users']:,} users / "
-             f"{facts['items']:,} items), "
+        name = MODEL_NAMES.get(facts["kind"], facts["kind"])
+        _say(f"model: {name} trained on the training part ({facts['train_users']:,} users / {facts['items']:,} items), "
              f"SMALL TRAINING BUDGET ({budget}; the paper trains up to 500 epochs with early stopping), {how}")
         if run_dir.exists():
             shutil.rmtree(run_dir)  # the broker's memory storage starts empty: old stored offsets would skip all

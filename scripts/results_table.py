@@ -45,14 +45,19 @@ def main(argv: list[str] | None = None) -> int:
     summary, _, usage = __doc__.partition("\n\n")
     ap = argparse.ArgumentParser(description=summary,
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=usage)
-    ap.add_argument("command", choices=["run", "plan", "table"])
+    ap.add_argument("command", choices=["run", "plan", "table"],
+                    help="run: train and evaluate the rows; plan: print their commands only; table: print the markdown "
+                         "table of the results file")
     ap.add_argument("rows", nargs="*", metavar="ROW", help="row names (default: every row of the rows file)")
     ap.add_argument("--seeds", type=_seeds, default=list(DEFAULT_SEEDS), help="comma-separated (default 2025,1,2)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per command (default 1)")
-    ap.add_argument("--rows-file", type=Path, default=ROOT / "configs/results-rows.yaml")
-    ap.add_argument("--data-root", type=Path, default=ROOT.parent / "shared/data/adrec")
+    ap.add_argument("--rows-file", type=Path, default=ROOT / "configs/results-rows.yaml",
+                    help="the rows (default configs/results-rows.yaml)")
+    ap.add_argument("--data-root", type=Path, default=ROOT.parent / "shared/data/adrec",
+                    help="folder of the datasets the rows name (default ../shared/data/adrec)")
     ap.add_argument("--runs", type=Path, default=ROOT / "runs/results", help="run folders (default runs/results)")
-    ap.add_argument("--results", type=Path, default=ROOT / "var/results/rows.jsonl")
+    ap.add_argument("--results", type=Path, default=ROOT / "var/results/rows.jsonl",
+                    help="JSON-lines file that run appends to and table reads (default var/results/rows.jsonl)")
     args = ap.parse_args(argv)
     # paths given on the command line are relative to the caller's directory, not to ROOT
     for key in ("rows_file", "data_root", "runs", "results"):

@@ -189,7 +189,8 @@ def test_finetune_log_summary():
         "\x1b[0m" + json.dumps({"event": "finetune_round", "status": "published", "version": 2,
                                 "staleness_s_max": 30.0}),
         json.dumps({"event": "finetune_round", "status": "rejected", "reason": "heldout"}),
-        json.dumps({"event": "finetune_round", "status": "published", "version": 3, "staleness_s_max": 50.0}),
+        json.dumps({"event": "finetune_round", "status": "published", "version": 3, "staleness_s_max": 50.0,
+                    "heldout_NDCG@10_serving": 0.0312, "heldout_NDCG@10_candidate": 0.0292}),
         json.dumps({"event": "finetune_round", "status": "published", "version": 4, "staleness_s_max": 10.0}),
         json.dumps({"event": "finetune_round", "status": "skipped", "reason": "stopped"}),
         '{"event": "finetune_round", "status": "publi',  # a line cut by SIGKILL
@@ -203,9 +204,13 @@ def test_finetune_log_summary():
     assert s["staleness_s"] == 30.0  # median of 30, 50, 10
     assert demo.finetune_summary([])["staleness_s"] is None
     worker = SimpleNamespace(proc=SimpleNamespace(returncode=0), restarts=0)
-    head = demo._finetune_report(s, rounds, 1, [2, 3, 4], 3, worker)[0]
-    assert head.startswith("fine-tune: 4 rounds trained (3 published, 1 rejected (heldout: 1)), 2 not trained "
-                           "(cut short by the shutdown: 1, too few fresh clicks: 1); registry v1 -> v4")
+    report = demo._finetune_report(s, rounds, 1, [2, 3, 4], 3, worker)
+    assert report[0].startswith("fine-tune: 4 rounds trained (3 published, 1 rejected (held-out NDCG@10 below the "
+                                "tolerance: 1)), 2 not trained (cut short by the shutdown: 1, too few fresh clicks: 1); "
+                                "registry v1 -> v4")
+    assert [line.split(":")[0] for line in report[1:]] == ["  v2 published", "  rejected (held-out NDCG@10 below the "
+                                                           "tolerance)", "  v3 published (lower, within the tolerance)",
+                                                           "  v4 published"]
 
 
 def test_shipped_demo_config_runs_the_finetune_worker():

@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from adrec_stream.config import load_config
 from adrec_stream.errors import ConfigError
 
 #: The metrics of a results row, in table order (fractions in [0, 1] in the JSON, ×100 in the table).
@@ -59,7 +59,7 @@ class RowSpec(BaseModel):
         if bool(self.steps) == bool(self.run_of):
             raise ValueError("give either steps (train argument lists) or run_of (another row's name), not both")
         if self.args and not self.steps:
-            raise ValueError("args are shared by the row's steps: a run_of row has none")
+            raise ValueError("a run_of row cannot have args (they are shared by a row's train steps)")
         return self
 
 
@@ -76,18 +76,16 @@ class RowsFile(BaseModel):
 
 
 def load_rows(path: str | Path) -> dict[str, RowSpec]:
-    """Read and validate the rows file.
+    """Read and validate the rows file (the project's YAML loader, :func:`adrec_stream.config.load_config`).
 
     Raises:
-        ConfigError: missing file, invalid YAML or a row that does not validate (the message names the row).
+        ConfigError: missing file, invalid YAML or a row that does not validate (one line per problem, naming the
+            row).
     """
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"results rows file not found: {p} (expected configs/results-rows.yaml's format)")
-    try:
-        return RowsFile.model_validate(yaml.safe_load(p.read_text())).rows
-    except (yaml.YAMLError, ValidationError) as e:
-        raise ConfigError(f"{p}: {e}") from e
+    return load_config(p, RowsFile).rows
 
 
 @dataclass(frozen=True)

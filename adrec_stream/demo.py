@@ -312,12 +312,13 @@ def _describe_finetune(scfg: Any) -> str:
 MODEL_NAMES = {"adrec": "ADRec", "sasrec": "SASRec+"}
 
 #: how the demo's summary words a fine-tune round's rejection reason (status "rejected")
-REJECT_REASONS = {"heldout": "held-out NDCG@10 below the tolerance"}
+REJECT_REASONS = {"heldout": "held-out NDCG@10 below the tolerance", "diverged": "training diverged",
+                  "distributed_failed": "distributed job failed"}
 
 #: how the demo's summary words a fine-tune round's skip reason (``finetune_round`` records with status "skipped")
-SKIP_REASONS = {"stopped": "cut short by the shutdown", "no_steps": "no training step", "too_few_fresh_events":
-                "too few fresh clicks", "no_serving_model": "no serving model", "serving_model_unreadable":
-                "serving model unreadable"}
+SKIP_REASONS = {"stopped": "cut short by the shutdown", "no_steps": "no training step",
+                "no_training_windows": "no trained sequence of two items", "too_few_fresh_events": "too few fresh clicks",
+                "no_serving_model": "no serving model", "serving_model_unreadable": "serving model unreadable"}
 
 
 def _finetune_report(ft: dict[str, Any], rounds: list[dict[str, Any]], initial: int, versions: list[int],

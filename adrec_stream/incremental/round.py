@@ -54,6 +54,8 @@ from adrec_stream.training.trainer import autocast_context, train_model
 PROBE_BATCHES = 2
 #: the guard metric
 GUARD_METRIC = "NDCG@10"
+#: :attr:`RoundOutcome.reason` values of a round that trained nothing to judge (the worker records it as "skipped")
+NOT_TRAINED_REASONS: tuple[str, ...] = ("stopped", "no_training_windows", "no_steps")
 
 
 @dataclass

@@ -49,7 +49,13 @@ import torch
 
 from adrec_stream.errors import CheckpointError
 from adrec_stream.incremental.distributed import check_distributed, run_distributed_round
-from adrec_stream.incremental.round import GUARD_METRIC, RoundOutcome, build_window, run_round
+from adrec_stream.incremental.round import (
+    GUARD_METRIC,
+    NOT_TRAINED_REASONS,
+    RoundOutcome,
+    build_window,
+    run_round,
+)
 from adrec_stream.incremental.updates import BadUpdateError, UpdateTracker, parse_update
 from adrec_stream.logging import get_logger
 from adrec_stream.model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -279,7 +285,7 @@ class FinetuneWorker:
             outcome = run_round(parent.model, parent.vocab, window, self.fcfg, self.device,
                                 should_stop=self._stop.is_set, log=self.log)
         record = self._record(outcome, parent_version)
-        if outcome.reason in ("stopped", "no_training_windows", "no_steps"):
+        if outcome.reason in NOT_TRAINED_REASONS:
             record.update(status="skipped", reason=outcome.reason)
             self.counters.skipped += 1
         elif not outcome.accepted:

@@ -565,7 +565,12 @@ class IncrementalModelPolicy(StaticModelPolicy):
         above the LATEST version's cut, stage 3, guards); returns the round record."""
         import torch  # noqa: PLC0415
 
-        from adrec_stream.incremental.round import GUARD_METRIC, build_window, run_round  # noqa: PLC0415
+        from adrec_stream.incremental.round import (  # noqa: PLC0415
+            GUARD_METRIC,
+            NOT_TRAINED_REASONS,
+            build_window,
+            run_round,
+        )
 
         self.last_round_ts = click.ts
         self.consumed_at_round = self.tracker.consumed
@@ -596,7 +601,7 @@ class IncrementalModelPolicy(StaticModelPolicy):
                       f"heldout_{GUARD_METRIC}_candidate": _num(hc.get(GUARD_METRIC)),
                       "heldout_HR@10_serving": _num(hs.get("HR@10")),
                       "heldout_HR@10_candidate": _num(hc.get("HR@10")), "heldout_judged": hs.get("judged")})
-        if out.reason in ("stopped", "no_training_windows", "no_steps"):  # the worker's skipped reasons
+        if out.reason in NOT_TRAINED_REASONS:  # recorded as the worker records them
             rec.update(status="skipped", reason=out.reason)
         elif not out.accepted:
             rec.update(status="rejected", reason=out.reason, error=out.error)

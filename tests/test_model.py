@@ -12,7 +12,14 @@ from adrec_stream.config import parse_config
 from adrec_stream.errors import ConfigError
 from adrec_stream.model import ADRec, ModelConfig, SASRec, build_model, trim_left_padding
 from adrec_stream.model.base import SequenceModel, length_groups
-from adrec_stream.model.layers import attention_mask, sinusoidal_embedding
+from adrec_stream.model.layers import (
+    RandomBitsDropout,
+    _attention_with_dropout,
+    attention_mask,
+    make_dropout,
+    random_bits_dropout,
+    sinusoidal_embedding,
+)
 from adrec_stream.model.schedule import NoiseSchedule, make_betas, sampling_timesteps
 
 N_ITEMS = 60
@@ -408,3 +415,94 @@ def test_base_model_leaves_loss_and_score_to_subclasses():
     with pytest.raises(NotImplementedError, match=r"SequenceModel must implement score"):
         base.score(hist)
     assert base.max_len == 12
+
+
+# ---------------------------------------------------------------- dropout masks (model.dropout_masks)
+@pytest.mark.parametrize("p", [0.1, 0.3, 0.5])
+def test_random_bits_dropout_drops_p_and_scales_the_rest(p):
+    torch.manual_seed(3)
+    x = torch.full((1000, 1001), 2.0)  # odd element count: the last 64-bit word is only partly used
+    out = random_bits_dropout(x, p)
+    dropped = out == 0
+    assert abs(dropped.float().mean().item() - p) < 0.003  # 1,001,000 draws: 5 standard deviations at most
+    assert torch.allclose(out[~dropped], torch.tensor(2.0 / (1.0 - p)))
+    assert abs(out.mean().item() - 2.0) < 0.03  # inverted dropout keeps the mean
+    lanes = dropped.flatten()[:1_000_000].view(-1, 4).float().mean(0)  # the four 16-bit lanes of each 64-bit word
+    assert torch.all((lanes - p).abs() < 0.006), lanes  # none biased (a word's sign bit would bias one lane)
+    torch.manual_seed(3)
+    assert torch.equal(random_bits_dropout(x, p), out)  # torch's seeded generator: reproducible
+    assert random_bits_dropout(x, 0.0) is x
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_random_bits_dropout_gradient_is_the_mask(inplace):
+    torch.manual_seed(0)
+    x = torch.randn(64, 33, requires_grad=True)
+    y = x * 1.0  # a non-leaf, as in the models
+    out = random_bits_dropout(y, 0.25, inplace)
+    assert (out is y) == inplace
+    out.sum().backward()
+    kept = out.detach() != 0
+    assert torch.allclose(x.grad[kept], torch.tensor(1 / 0.75)) and torch.all(x.grad[~kept] == 0)
+
+
+def test_make_dropout_kinds_and_eval_mode():
+    assert type(make_dropout(0.1)) is torch.nn.Dropout
+    layer = make_dropout(0.4, "random_bits")
+    assert isinstance(layer, RandomBitsDropout) and "p=0.4, inplace=True" in repr(layer)
+    x = torch.ones(5, 7)
+    assert layer.eval()(x) is x
+    with pytest.raises(ValueError, match="bernoulli"):
+        make_dropout(0.1, "uniform")
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        RandomBitsDropout(1.0)
+    with pytest.raises(ValidationError, match="dropout_masks"):
+        ModelConfig(dropout_masks="fast")
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_explicit_training_attention_equals_sdpa(padded):
+    torch.manual_seed(1)
+    q, k, v = (torch.randn(3, 2, 9, 8) for _ in range(3))
+    valid = torch.ones(3, 9, dtype=torch.bool)
+    if padded:
+        valid[0, :4] = False
+        valid[2, :1] = False
+    mask = attention_mask(valid)
+    assert (mask is None) != padded
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
+    assert torch.allclose(_attention_with_dropout(q, k, v, mask, 0.0), want, atol=1e-6)
+
+
+@pytest.mark.parametrize("kw", [{"kind": "adrec"}, {"kind": "adrec", "denoiser": "mlp", "positional": True},
+                                {"kind": "sasrec"}, {"kind": "sasrec", "input_order": "norm_dropout"}])
+def test_random_bits_masks_train_and_leave_inference_unchanged(kw):
+    """Training works with the in-place random-bits layers in every model variant (autograd would raise if one
+    overwrote a tensor its backward needs); inference is the same as with Bernoulli masks."""
+    bern = model_of(seed=4, **kw)
+    bits = model_of(seed=4, dropout_masks="random_bits", **kw)
+    assert sum(isinstance(m, RandomBitsDropout) for m in bits.modules()) == sum(
+        isinstance(m, torch.nn.Dropout) for m in bern.modules()) > 0
+    assert not any(isinstance(m, torch.nn.Dropout) for m in bits.modules())
+    inp, tgt = shifted(left_pad([[1, 2, 3, 4, 5, 6], [7, 8], [9, 10, 11]], 10))
+    grads = []
+    for inplace in (True, False):  # the in-place layers give the out-of-place gradients exactly
+        for layer in bits.modules():
+            if isinstance(layer, RandomBitsDropout):
+                layer.inplace = inplace
+        torch.manual_seed(5)
+        out = bits.loss(inp, tgt)
+        out["loss"].backward()
+        assert torch.isfinite(out["loss"])
+        grads.append({n: p.grad.clone() for n, p in bits.named_parameters() if p.grad is not None})
+        bits.zero_grad(set_to_none=True)
+    assert grads[0].keys() == grads[1].keys() and any(n.startswith("cam.") for n in grads[0])
+    assert all(torch.equal(grads[0][n], grads[1][n]) for n in grads[0])
+    bern.eval()
+    bits.eval()
+    hist = left_pad([[1, 2, 3], [4, 5, 6, 7, 8]], 8)
+    assert torch.equal(bits.encode(hist), bern.encode(hist))  # same weights, eval mode: no dropout either way
+    torch.manual_seed(9)
+    a = bits.score(hist)
+    torch.manual_seed(9)
+    assert torch.equal(a, bern.score(hist))

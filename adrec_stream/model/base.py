@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from adrec_stream.model.config import ModelConfig
-from adrec_stream.model.layers import TransformerBlock, attention_mask
+from adrec_stream.model.layers import TransformerBlock, attention_mask, make_dropout
 from adrec_stream.model.losses import DEFAULT_CHUNK_ROWS, full_softmax_cross_entropy
 
 #: standard deviation of the normal initialisation of item (and position) embeddings
@@ -104,9 +104,10 @@ class SequenceModel(nn.Module):
         d = cfg.hidden_size
         self.item_emb = nn.Embedding(n_items + 1, d, padding_idx=0)
         self.pos_emb = nn.Embedding(cfg.max_len, d) if cfg.positional else None
-        self.emb_dropout = nn.Dropout(cfg.emb_dropout)
+        self.emb_dropout = make_dropout(cfg.emb_dropout, cfg.dropout_masks)
         self.emb_ln = nn.LayerNorm(d)
-        self.cam = nn.ModuleList(TransformerBlock(d, cfg.num_heads, cfg.dropout) for _ in range(cfg.num_blocks))
+        self.cam = nn.ModuleList(TransformerBlock(d, cfg.num_heads, cfg.dropout, cfg.dropout_masks)
+                                 for _ in range(cfg.num_blocks))
         self._init_embeddings()
 
     # ------------------------------------------------------------------ helpers

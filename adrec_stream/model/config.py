@@ -44,6 +44,11 @@ class ModelConfig(StrictModel):
         init_std: None (default) = item/position embeddings ~ N(0, 0.02²) and PyTorch's default Linear
             initialisation; a value σ in (0, 1] = every Linear and Embedding weight ~ N(0, σ²) and Linear biases 0
             (the reference code's pretraining SASRec uses σ = 0.1). The padding row is zero either way.
+        dropout_masks: how training-time dropout draws its masks: "bernoulli" (default) = :class:`torch.nn.Dropout`'s
+            per-element Bernoulli draws (the reference code's; every results row but ml-100k ADRec used it),
+            "random_bits" = 16 random bits per element (:func:`~adrec_stream.model.layers.random_bits_dropout`: p to
+            within 2^-17; a CPU training step takes 0.72-0.83x the time, ``scripts/bench_dropout_masks.py``; a
+            different random stream, so a seed trains different weights). No effect at inference.
         padding_keys: "masked" (default) = real positions never attend to padding (outputs independent of the
             amount of left padding; exact padding trimming and prefix caching). "visible" (SASRec only) = the
             reference code's mask, which hides padding *queries* but not padding keys: every history is
@@ -69,6 +74,7 @@ class ModelConfig(StrictModel):
     deterministic_sampling: bool = False
     init_std: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
     padding_keys: Literal["masked", "visible"] = "masked"
+    dropout_masks: Literal["bernoulli", "random_bits"] = "bernoulli"
 
     @model_validator(mode="after")
     def _check_ranges(self) -> ModelConfig:

@@ -29,7 +29,7 @@ class AttentionDenoiser(nn.Module):
         super().__init__()
         self.num_heads = cfg.num_heads
         self.blocks = nn.ModuleList(
-            TransformerBlock(cfg.hidden_size, cfg.num_heads, cfg.dropout) for _ in range(cfg.num_blocks)
+            TransformerBlock(cfg.hidden_size, cfg.num_heads, cfg.dropout, cfg.dropout_masks) for _ in range(cfg.num_blocks)
         )
 
     def forward(self, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -90,7 +90,8 @@ class MLPDenoiser(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.blocks = nn.ModuleList(FeedForwardBlock(cfg.hidden_size, cfg.dropout) for _ in range(cfg.num_blocks))
+        self.blocks = nn.ModuleList(FeedForwardBlock(cfg.hidden_size, cfg.dropout, cfg.dropout_masks)
+                                    for _ in range(cfg.num_blocks))
 
     def forward(self, h: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, L, d) → (B, L, d); ``mask`` is ignored (positions are independent)."""

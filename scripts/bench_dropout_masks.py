@@ -1,0 +1,84 @@
+#!/usr/bin/env python
+"""Training-step time with torch's Bernoulli dropout masks vs random-bits masks (``model.dropout_masks``), side by side.
+
+    .venv/bin/python scripts/bench_dropout_masks.py [--dataset ../shared/data/adrec/ml-100k] [--threads 2]
+        [--batch 128] [--steps 12]
+
+For each model kind (the stage-1 SASRec and ADRec, the paper architecture with learned positions: d 128, L 50, 2
+blocks, 4 heads, dropout 0.1 / 0.3), two models with the same initial weights, one per mask kind, take Adam steps
+on the same real batches (every training window of the split, ``train.windows: all``, plainly shuffled), the two
+alternating step by step (the order flips every step) so that load from other processes hits both alike. The first
+2 steps of each are warm-up. Prints one JSON object: per kind the median seconds per step of each mask kind and
+``step_ratio`` = random_bits / bernoulli, with the thread count and the 1-minute load average. Figures:
+docs/benchmarks.md ("Dropout masks").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from adrec_stream.data.adrec_pkl import load_adrec_dataset
+from adrec_stream.data.batching import training_windows, window_batches
+from adrec_stream.model import ModelConfig, build_model
+
+MASKS = ("bernoulli", "random_bits")
+WARMUP = 2
+
+
+def _step(model: torch.nn.Module, opt: torch.optim.Optimizer, hist: torch.Tensor, tgt: torch.Tensor) -> float:
+    t0 = time.perf_counter()
+    opt.zero_grad(set_to_none=True)
+    model.loss(hist, tgt)["loss"].backward()
+    opt.step()
+    return time.perf_counter() - t0
+
+
+def compare(kind: str, n_items: int, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> dict:
+    """Median s/step of each mask kind for one model kind over ``batches`` (steps interleaved)."""
+    sides = {}
+    for masks in MASKS:
+        torch.manual_seed(0)
+        model = build_model(n_items, ModelConfig(kind=kind, positional=True, dropout_masks=masks)).train()
+        sides[masks] = (model, torch.optim.Adam(model.parameters(), lr=1e-3), [])
+    for i, (hist, tgt) in enumerate(batches):
+        for masks in (MASKS if i % 2 else MASKS[::-1]):
+            model, opt, times = sides[masks]
+            times.append(_step(model, opt, hist, tgt))
+    med = {m: statistics.median(sides[m][2][WARMUP:]) for m in MASKS}
+    return {f"{m}_s_per_step": round(med[m], 4) for m in MASKS} | {
+        "step_ratio": round(med["random_bits"] / med["bernoulli"], 3)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="../shared/data/adrec/ml-100k", help="dataset.pkl or its folder")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument("--batch", type=int, default=128, help="windows per batch (default 128)")
+    parser.add_argument("--steps", type=int, default=12, help="timed steps per side after 2 warm-up steps (default 12)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    ds = load_adrec_dataset(args.dataset)
+    windows = training_windows(ds.train, 50, "all")
+    rng = np.random.default_rng(0)
+    batches: list[tuple[torch.Tensor, torch.Tensor]] = []
+    while len(batches) < args.steps + WARMUP:
+        batches += [b for b in window_batches(windows, args.batch, shuffle=True, bucket=False, rng=rng)
+                    if b[0].shape[0] == args.batch]
+    batches = batches[: args.steps + WARMUP]
+    result = {"dataset": ds.name, "batch": args.batch, "threads": args.threads, "steps": args.steps,
+              "load_avg_start": os.getloadavg()[0]}
+    for kind in ("sasrec", "adrec"):
+        result[kind] = compare(kind, ds.n_items, batches)
+    result["load_avg_end"] = os.getloadavg()[0]
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -26,6 +26,7 @@ import torch
 
 from adrec_stream.data.adrec_pkl import load_adrec_dataset
 from adrec_stream.data.batching import training_windows, window_batches
+from adrec_stream.errors import DataFileError
 from adrec_stream.model import ModelConfig, build_model
 
 MASKS = ("bernoulli", "random_bits")
@@ -63,9 +64,17 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128, help="windows per batch (default 128)")
     parser.add_argument("--steps", type=int, default=12, help="timed steps per side after 2 warm-up steps (default 12)")
     args = parser.parse_args()
+    for name in ("threads", "batch", "steps"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1 (got {getattr(args, name)})")
     torch.set_num_threads(args.threads)
-    ds = load_adrec_dataset(args.dataset)
+    try:
+        ds = load_adrec_dataset(args.dataset)
+    except DataFileError as err:
+        parser.error(str(err))
     windows = training_windows(ds.train, 50, "all")
+    if args.batch > len(windows):
+        parser.error(f"--batch {args.batch} is more than the {len(windows)} training windows of {ds.name}")
     rng = np.random.default_rng(0)
     batches: list[tuple[torch.Tensor, torch.Tensor]] = []
     while len(batches) < args.steps + WARMUP:

@@ -13,6 +13,7 @@ from adrec_stream.errors import ConfigError
 from adrec_stream.model import ADRec, ModelConfig, SASRec, build_model, trim_left_padding
 from adrec_stream.model.base import SequenceModel, length_groups
 from adrec_stream.model.layers import (
+    MAX_RANDOM_BITS_P,
     RandomBitsDropout,
     _attention_with_dropout,
     attention_mask,
@@ -434,6 +435,23 @@ def test_random_bits_dropout_drops_p_and_scales_the_rest(p):
     assert random_bits_dropout(x, 0.0) is x
 
 
+def test_random_bits_dropout_near_one_drops_almost_all_and_beyond_the_16_bit_range_is_refused():
+    """The 16-bit threshold of p = 1 - 2^-16 is the last one (a p rounding to 65,536/65,536 would wrap around the
+    int16 range and drop nothing while scaling by 1/(1 - p): found by a reviewer, kept as a test)."""
+    torch.manual_seed(2)
+    x = torch.ones(1 << 20)
+    out = random_bits_dropout(x, MAX_RANDOM_BITS_P)
+    assert 0 < int((out != 0).sum()) < 60  # expected 16 kept of 1,048,576
+    for p in (1 - 2**-17, 0.999995, 1.0, -0.1):
+        with pytest.raises(ValueError, match="16-bit masks"):
+            random_bits_dropout(x, p)
+        with pytest.raises(ValueError, match="16-bit masks"):
+            RandomBitsDropout(p)
+    with pytest.raises(ValidationError, match="emb_dropout must be at most"):
+        ModelConfig(dropout_masks="random_bits", emb_dropout=0.999995)
+    assert ModelConfig(dropout_masks="bernoulli", emb_dropout=0.999995).emb_dropout == 0.999995
+
+
 @pytest.mark.parametrize("inplace", [False, True])
 def test_random_bits_dropout_gradient_is_the_mask(inplace):
     torch.manual_seed(0)
@@ -454,8 +472,6 @@ def test_make_dropout_kinds_and_eval_mode():
     assert layer.eval()(x) is x
     with pytest.raises(ValueError, match="bernoulli"):
         make_dropout(0.1, "uniform")
-    with pytest.raises(ValueError, match=r"\[0, 1\)"):
-        RandomBitsDropout(1.0)
     with pytest.raises(ValidationError, match="dropout_masks"):
         ModelConfig(dropout_masks="fast")
 

@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from adrec_stream.config import StrictModel
+from adrec_stream.model.layers import MAX_RANDOM_BITS_P
 
 
 class ModelConfig(StrictModel):
@@ -100,6 +101,11 @@ class ModelConfig(StrictModel):
             )
         if self.lambda_uncertainty < 0:
             problems.append(f"lambda_uncertainty must be >= 0 (got {self.lambda_uncertainty})")
+        if self.dropout_masks == "random_bits":
+            for name in ("dropout", "emb_dropout"):
+                if getattr(self, name) > MAX_RANDOM_BITS_P:
+                    problems.append(f"{name} must be at most {MAX_RANDOM_BITS_P:.7f} with dropout_masks 'random_bits' "
+                                    f"(16-bit masks; got {getattr(self, name)})")
         if self.padding_keys == "visible" and self.kind != "sasrec":
             problems.append("padding_keys 'visible' is only available for kind 'sasrec' (ADRec's cached scoring "
                             "relies on masked padding keys)")

@@ -24,25 +24,39 @@ KVCache = tuple[torch.Tensor, torch.Tensor]
 #: how training-time dropout draws its masks (``model.dropout_masks``, see :func:`make_dropout`)
 DropoutMasks = Literal["bernoulli", "random_bits"]
 
+#: largest drop probability random-bits masks draw (p is rounded to a whole number of 65,536ths, at most 65,535)
+MAX_RANDOM_BITS_P = 65535 / 65536
+
+
+def _check_random_bits_p(p: float) -> None:
+    if not 0.0 <= p <= MAX_RANDOM_BITS_P:
+        raise ValueError(f"random-bits dropout probability must be in [0, {MAX_RANDOM_BITS_P:.7f}] (16-bit masks), "
+                         f"got {p}")
+
 
 def random_bits_dropout(x: torch.Tensor, p: float, inplace: bool = False) -> torch.Tensor:
     """Inverted dropout whose masks come from 16 uniformly random bits per element.
 
     Each element is zeroed with probability ``round(p * 65536) / 65536`` (p to within 2^-17) and the kept ones are
     scaled by ``1 / (1 - p)``. The bits are drawn as 64-bit integers from torch's generator (seeded like every other
-    draw, so runs stay reproducible) and read as four 16-bit lanes each: on CPU this is about 4x cheaper than the
-    per-element Bernoulli draws of :class:`torch.nn.Dropout`, whose mask generation took 18 % of a CPU training step
-    in a profile (docs/results.md, "Six minutes").
+    draw, so runs stay reproducible) and read as four 16-bit lanes each: on CPU the mask of 819,200 elements takes
+    1.8 ms instead of the 6.2 ms of the per-element Bernoulli draws of :class:`torch.nn.Dropout` (1 thread), whose
+    mask generation took 18 % of a CPU training step in a profile; whole steps take 0.72-0.83x the time
+    (``scripts/bench_dropout_masks.py``; docs/results.md, "Six minutes").
 
     Args:
         x: any shape, floating point.
-        p: drop probability in [0, 1).
+        p: drop probability in [0, :data:`MAX_RANDOM_BITS_P`] (a p closer to 1 has no 16-bit threshold).
         inplace: write into ``x`` (saves a copy; only for an ``x`` that autograd does not keep for the backward
             pass of the operation that made it, e.g. the output of a Linear, an embedding or a GELU).
 
     Returns:
         Tensor of ``x``'s shape (differentiable in ``x``; ``x`` itself when ``inplace``).
+
+    Raises:
+        ValueError: p outside [0, :data:`MAX_RANDOM_BITS_P`].
     """
+    _check_random_bits_p(p)
     if p <= 0.0:
         return x
     words = (x.numel() + 3) // 4
@@ -60,8 +74,7 @@ class RandomBitsDropout(nn.Module):
 
     def __init__(self, p: float, inplace: bool = False) -> None:
         super().__init__()
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        _check_random_bits_p(p)
         self.p = p
         self.inplace = inplace
 
@@ -76,7 +89,7 @@ class RandomBitsDropout(nn.Module):
 def make_dropout(p: float, masks: DropoutMasks = "bernoulli") -> nn.Module:
     """Dropout layer for ``model.dropout_masks``: "bernoulli" = :class:`torch.nn.Dropout` (per-element Bernoulli
     draws, the reference code's), "random_bits" = :class:`RandomBitsDropout` (same distribution to within 2^-17 in
-    p, about 4x cheaper masks on CPU; a different random stream, so the same seed trains different weights). The
+    p, masks about 3.5x cheaper on CPU; a different random stream, so the same seed trains different weights). The
     random-bits layer works in place: every dropout of these models takes the fresh output of a Linear, an
     embedding (plus positions), a LayerNorm or a GELU, none of which autograd keeps (the attention probabilities,
     which softmax's backward needs, go through :func:`random_bits_dropout` out of place).

@@ -294,6 +294,23 @@ def _version_metrics(r: Any) -> dict[str, Any]:
     return {"judged": r.judged, f"HR@{r.k}": round(r.hr, 4), f"NDCG@{r.k}": round(r.ndcg, 4)}
 
 
+def version_order(by_version: dict[Any, Any]) -> list[Any]:
+    """Model versions in ascending order, None ("no version": recommendations without a model) last."""
+    return sorted(by_version, key=lambda v: (v is None, v if isinstance(v, int) else 0))
+
+
+def version_lines(by_version: dict[Any, Any], published: list[int], k: int) -> list[str]:
+    """The summary's per-version lines: one per model version that made recommendations (pairs, HR@k, NDCG@k; in
+    version order, "no version" last), then one per version ``published`` during the run that made none (published
+    after the last scored click, or replaced before its first), so that every version of "registry vA -> vB" is
+    accounted for."""
+    lines = [f"  {'v' + str(v) if v is not None else 'no version'}: {by_version[v].judged:,} pairs, "
+             f"HR@{k} {by_version[v].hr:.4f}, NDCG@{k} {by_version[v].ndcg:.4f}" for v in version_order(by_version)]
+    lines += [f"  v{v}: 0 pairs (no recommendation was made with it: published after the last scored click, or "
+              f"replaced before one)" for v in sorted(published) if v not in by_version]
+    return lines
+
+
 def _fmt_metric(x: Any) -> str:
     return f"{x:.4f}" if isinstance(x, (int, float)) else "n/a"
 
@@ -302,7 +319,8 @@ def _describe_finetune(scfg: Any) -> str:
     f = scfg.finetune
     return (f"fine-tune worker: rounds every {f.interval_s:g} s or {f.min_new_events:,} clicks (whichever comes first, "
             f"once >= {f.min_round_events} fresh clicks), stage 3 on the fresh window plus replayed users "
-            f"({f.epochs} passes, batch {f.batch_size}, at most {f.max_steps} steps / {f.max_seconds:g} s) on the CPU "
+            f"({f.epochs} passes, batch {f.batch_size}, at most {f.max_steps} steps / {f.max_seconds:g} s of training) "
+            f"on the CPU "
             f"({f.threads} thread{'s' if f.threads != 1 else ''}), held-out newest "
             f"{f.holdout_fraction:.0%} of the fresh clicks; publishes a new registry version when its held-out NDCG@10 "
             f">= the serving model's - {f.tolerance:g}; the score worker loads it within {scfg.registry_poll_s:g} s")
@@ -522,11 +540,9 @@ def run(args: argparse.Namespace) -> int:
              f"NDCG@{k} = {base.ndcg:.4f}")
         _say(f"prequential by model version (each pair judged under the version that made its recommendation; "
              f"{sum(r.judged for r in by_version.values()):,} pairs):")
-        order = sorted(by_version, key=lambda v: (v is None, v if isinstance(v, int) else 0))
-        for v in order:
-            r = by_version[v]
-            _say(f"  {'v' + str(v) if v is not None else 'no version'}: {r.judged:,} pairs, HR@{k} {r.hr:.4f}, "
-                 f"NDCG@{k} {r.ndcg:.4f}")
+        order = version_order(by_version)
+        for line in version_lines(by_version, [v for v in versions if v > version], k):
+            _say(line)
         if finetuner is not None:
             for line in _finetune_report(ft, rounds, version, versions, added, finetuner):
                 _say(line)

@@ -241,6 +241,22 @@ def test_bad_finetune_settings_name_the_demo_config(tmp_path: Path, settings: di
     assert not (tmp_path / "cache").exists()  # refused before any training
 
 
+def test_version_lines_account_for_every_published_version():
+    """A version published after the last scored click made no recommendation: it still gets a line (a fresh
+    user saw "registry v1 -> v4" above a per-version list that stopped at v3)."""
+    stats = SimpleNamespace
+    by_version = {None: stats(judged=3, hr=0.0, ndcg=0.0), 3: stats(judged=10, hr=0.2, ndcg=0.1),
+                  1: stats(judged=20, hr=0.15, ndcg=0.05)}
+    lines = demo.version_lines(by_version, [2, 3, 4], 10)
+    assert lines == ["  v1: 20 pairs, HR@10 0.1500, NDCG@10 0.0500", "  v3: 10 pairs, HR@10 0.2000, NDCG@10 0.1000",
+                     "  no version: 3 pairs, HR@10 0.0000, NDCG@10 0.0000",
+                     "  v2: 0 pairs (no recommendation was made with it: published after the last scored click, or "
+                     "replaced before one)",
+                     "  v4: 0 pairs (no recommendation was made with it: published after the last scored click, or "
+                     "replaced before one)"]
+    assert demo.version_lines({}, [], 10) == []
+
+
 def test_popularity_baseline_excludes_seen_items():
     from adrec_stream.evaluation.prequential import popularity_recommendations
 

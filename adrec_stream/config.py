@@ -26,6 +26,7 @@ their YAML meaning (a date, 31, 1000): no config key expects text of that shape.
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -151,16 +152,34 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
 
 
-def format_validation_error(err: ValidationError, source: str, overridden: Iterable[str] = ()) -> str:
+def _unknown_key_message(model: type[BaseModel] | None, loc: tuple) -> str:
+    """"unknown key" with the closest valid key of its section (or the section's keys when none is close)."""
+    section = model
+    for part in loc[:-1]:
+        field = section.model_fields.get(str(part)) if section is not None else None
+        inner = field.annotation if field is not None else None
+        section = inner if isinstance(inner, type) and issubclass(inner, BaseModel) else None
+    if section is None:
+        return "unknown key (check the spelling)"
+    keys = list(section.model_fields)
+    close = difflib.get_close_matches(str(loc[-1]), keys, n=1, cutoff=0.6)
+    if close:
+        return f"unknown key (did you mean {close[0]!r}?)"
+    return f"unknown key (valid keys here: {', '.join(keys)})"
+
+
+def format_validation_error(err: ValidationError, source: str, overridden: Iterable[str] = (),
+                            model: type[BaseModel] | None = None) -> str:
     """Render a pydantic error as ``source: key.path: problem`` lines; for a key given with ``--set`` (in
-    ``overridden``) the source reads ``source (value from --set)``, so the file is not blamed for it."""
+    ``overridden``) the source reads ``source (value from --set)``, so the file is not blamed for it. With the
+    config ``model`` an unknown key names the closest valid key of its section (or lists the section's keys)."""
     overridden = set(overridden)
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "<root>"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; see the shipped configs/ for valid keys)"
+            msg = _unknown_key_message(model, tuple(e["loc"]))
         section_check = isinstance(e.get("input"), dict)  # a check across a section's keys (model validator)
         if section_check:
             msg = msg.removeprefix("Value error, ")
@@ -190,7 +209,7 @@ def parse_config(data: Any, model: type[M], source: str = "<config>", overridden
     try:
         return model.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err, source, overridden)) from None
+        raise ConfigError(format_validation_error(err, source, overridden, model)) from None
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:

@@ -300,14 +300,19 @@ def version_order(by_version: dict[Any, Any]) -> list[Any]:
 
 
 def version_lines(by_version: dict[Any, Any], published: list[int], k: int) -> list[str]:
-    """The summary's per-version lines: one per model version that made recommendations (pairs, HR@k, NDCG@k; in
-    version order, "no version" last), then one per version ``published`` during the run that made none (published
-    after the last scored click, or replaced before its first), so that every version of "registry vA -> vB" is
-    accounted for."""
-    lines = [f"  {'v' + str(v) if v is not None else 'no version'}: {by_version[v].judged:,} pairs, "
-             f"HR@{k} {by_version[v].hr:.4f}, NDCG@{k} {by_version[v].ndcg:.4f}" for v in version_order(by_version)]
-    lines += [f"  v{v}: 0 pairs (no recommendation was made with it: published after the last scored click, or "
-              f"replaced before one)" for v in sorted(published) if v not in by_version]
+    """The summary's per-version lines, in version order ("no version" last): pairs, HR@k and NDCG@k of each model
+    version that made recommendations, and "0 pairs" for each version ``published`` by the run's fine-tune rounds
+    (from their log, so pruned versions count too) that made none (published after the last scored click, or
+    replaced before its first): every version of "registry vA -> vB" is accounted for."""
+    lines = []
+    for v in version_order({**dict.fromkeys(published), **by_version}):
+        if v in by_version:
+            r = by_version[v]
+            lines.append(f"  {'v' + str(v) if v is not None else 'no version'}: {r.judged:,} pairs, HR@{k} {r.hr:.4f}, "
+                         f"NDCG@{k} {r.ndcg:.4f}")
+        else:
+            lines.append(f"  v{v}: 0 pairs (no recommendation was made with it: published after the last scored "
+                         f"click, or replaced before one)")
     return lines
 
 
@@ -541,7 +546,8 @@ def run(args: argparse.Namespace) -> int:
         _say(f"prequential by model version (each pair judged under the version that made its recommendation; "
              f"{sum(r.judged for r in by_version.values()):,} pairs):")
         order = version_order(by_version)
-        for line in version_lines(by_version, [v for v in versions if v > version], k):
+        published = [r["version"] for r in rounds if r.get("status") == "published" and isinstance(r.get("version"), int)]
+        for line in version_lines(by_version, published, k):
             _say(line)
         if finetuner is not None:
             for line in _finetune_report(ft, rounds, version, versions, added, finetuner):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from adrec_stream.config import StrictModel, load_config, parse_overrides
+from adrec_stream.config import StrictModel, load_config, parse_config, parse_overrides
 from adrec_stream.errors import ConfigError
 
 
@@ -148,3 +148,19 @@ def test_whole_config_checks_name_the_set_keys_instead_of_root(tmp_path: Path) -
     with pytest.raises(ConfigError) as info:
         load_stream_config(cfg_path)
     assert str(info.value).startswith(f"{cfg_path}: password: credentials must not be written")
+
+
+def test_unknown_key_names_the_closest_valid_key_of_its_section():
+    """A misspelt key names the key meant (a fresh user's `--set model.dropout_mask=...` only got "unknown key");
+    with nothing close, the section's keys are listed; nested sections are followed."""
+    from adrec_stream.model.config import ModelConfig
+    from adrec_stream.training.config import ExperimentConfig
+
+    with pytest.raises(ConfigError, match=r"x.yaml: model.dropout_mask: unknown key \(did you mean 'dropout_masks'\?\)"):
+        parse_config({"model": {"dropout_mask": "random_bits"}}, ExperimentConfig, "x.yaml")
+    with pytest.raises(ConfigError, match=r"train.pretain_lr: unknown key \(did you mean 'pretrain_lr'\?\)"):
+        parse_config({"train": {"pretain_lr": 0.1}}, ExperimentConfig, "x.yaml")
+    with pytest.raises(ConfigError, match=r"zzz: unknown key \(valid keys here: kind, hidden_size, max_len,"):
+        parse_config({"zzz": 1}, ModelConfig, "x.yaml")
+    with pytest.raises(ConfigError, match=r"modle: unknown key \(did you mean 'model'\?\)"):
+        parse_config({"modle": {}}, ExperimentConfig, "x.yaml")

@@ -104,7 +104,7 @@ class ModelConfig(StrictModel):
         if self.dropout_masks == "random_bits":
             for name in ("dropout", "emb_dropout"):
                 if getattr(self, name) > MAX_RANDOM_BITS_P:
-                    problems.append(f"{name} must be at most {MAX_RANDOM_BITS_P:.7f} with dropout_masks 'random_bits' "
+                    problems.append(f"{name} must be at most {MAX_RANDOM_BITS_P} with dropout_masks 'random_bits' "
                                     f"(16-bit masks; got {getattr(self, name)})")
         if self.padding_keys == "visible" and self.kind != "sasrec":
             problems.append("padding_keys 'visible' is only available for kind 'sasrec' (ADRec's cached scoring "

@@ -24,29 +24,31 @@ KVCache = tuple[torch.Tensor, torch.Tensor]
 #: how training-time dropout draws its masks (``model.dropout_masks``, see :func:`make_dropout`)
 DropoutMasks = Literal["bernoulli", "random_bits"]
 
-#: largest drop probability random-bits masks draw (p is rounded to a whole number of 65,536ths, at most 65,535)
-MAX_RANDOM_BITS_P = 65535 / 65536
+#: largest drop probability of random-bits masks: p is drawn rounded to a whole number of 65,536ths while the kept
+#: elements are scaled by 1 / (1 - p), so the output's mean is off by at most 2^-17 / (1 - p) relative: <= 0.08 % here
+MAX_RANDOM_BITS_P = 0.99
 
 
 def _check_random_bits_p(p: float) -> None:
     if not 0.0 <= p <= MAX_RANDOM_BITS_P:
-        raise ValueError(f"random-bits dropout probability must be in [0, {MAX_RANDOM_BITS_P:.7f}] (16-bit masks), "
-                         f"got {p}")
+        raise ValueError(f"random-bits dropout probability must be in [0, {MAX_RANDOM_BITS_P}] (16-bit masks), got {p}")
 
 
 def random_bits_dropout(x: torch.Tensor, p: float, inplace: bool = False) -> torch.Tensor:
     """Inverted dropout whose masks come from 16 uniformly random bits per element.
 
-    Each element is zeroed with probability ``round(p * 65536) / 65536`` (p to within 2^-17) and the kept ones are
-    scaled by ``1 / (1 - p)``. The bits are drawn as 64-bit integers from torch's generator (seeded like every other
-    draw, so runs stay reproducible) and read as four 16-bit lanes each: on CPU the mask of 819,200 elements takes
+    Each element is zeroed with probability ``round(p * 65536) / 65536`` (p to within 2^-17; a p below 2^-17 drops
+    nothing) and the kept ones are scaled by ``1 / (1 - p)``. The bits are drawn as 64-bit integers from torch's
+    generator (seeded like every other draw, so runs stay reproducible) and read as four 16-bit lanes each: on CPU
+    the mask of 819,200 elements takes
     1.8 ms instead of the 6.2 ms of the per-element Bernoulli draws of :class:`torch.nn.Dropout` (1 thread), whose
     mask generation took 18 % of a CPU training step in a profile; whole steps take 0.72-0.83x the time
     (``scripts/bench_dropout_masks.py``; docs/results.md, "Six minutes").
 
     Args:
         x: any shape, floating point.
-        p: drop probability in [0, :data:`MAX_RANDOM_BITS_P`] (a p closer to 1 has no 16-bit threshold).
+        p: drop probability in [0, :data:`MAX_RANDOM_BITS_P`] (0.99: closer to 1 the 16-bit rounding of p would bias
+            the output's mean).
         inplace: write into ``x`` (saves a copy; only for an ``x`` that autograd does not keep for the backward
             pass of the operation that made it, e.g. the output of a Linear, an embedding or a GELU).
 

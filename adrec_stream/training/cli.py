@@ -56,7 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override the epoch budget of the pretrain and finetune stages (align keeps train.align_epochs)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set train.pretrain_lr=0.002 or --set model.dropout_masks=random_bits "
-                             "(value parsed as YAML; repeatable; keys: README, 'Training options')")
+                             "(value parsed as YAML; repeatable; the common keys: README, 'Training options'; every key: the "
+                             "ModelConfig and TrainConfig docstrings, adrec_stream/{model,training}/config.py)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
 

@@ -58,6 +58,14 @@ def process_cpu_s(pid: int) -> float | None:
         return None
 
 
+def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, hist: torch.Tensor, tgt: torch.Tensor) -> None:
+    """One optimiser step on the model's combined loss over a (B, L) history / target batch (the fast training path
+    the benchmarks time)."""
+    opt.zero_grad(set_to_none=True)
+    model.loss(hist, tgt)["loss"].backward()
+    opt.step()
+
+
 def timed(fn: Callable[[], Any], device: torch.device) -> float:
     """Wall-clock seconds of ``fn()`` (synchronising CUDA before and after)."""
     if device.type == "cuda":

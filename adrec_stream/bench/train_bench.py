@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from adrec_stream.bench.common import fresh_model, machine_info, sig, timed
+from adrec_stream.bench.common import fresh_model, machine_info, sig, timed, train_step
 from adrec_stream.data.adrec_pkl import load_adrec_dataset
 from adrec_stream.data.batching import left_pad, training_windows, window_batches
 from adrec_stream.model import ModelConfig
@@ -38,12 +38,6 @@ def _reference_batch(windows: list[list[int]], width: int) -> tuple[torch.Tensor
     full = left_pad(windows, width + 1)
     hist = full[:, :-1]
     return hist.contiguous(), torch.where(hist > 0, full[:, 1:], torch.zeros_like(hist)).contiguous()
-
-
-def _fast_step(model, opt, hist: torch.Tensor, tgt: torch.Tensor) -> None:
-    opt.zero_grad(set_to_none=True)
-    model.loss(hist, tgt)["loss"].backward()
-    opt.step()
 
 
 def _reference_step(model, opt, hist: torch.Tensor, tgt: torch.Tensor) -> None:
@@ -114,7 +108,7 @@ def bench_train(
     machine = machine_info()
     # warm-up (not timed): allocator / kernel selection on small batches
     warm_h, warm_t = _reference_batch(windows[:32], cfg.max_len)
-    _fast_step(fast_model, fast_opt, *(x.to(dev) for x in fast_batches[fast_idx[0]]))
+    train_step(fast_model, fast_opt, *(x.to(dev) for x in fast_batches[fast_idx[0]]))
     _reference_step(ref_model, ref_opt, warm_h.to(dev), warm_t.to(dev))
 
     fast_times: list[float] = []
@@ -122,7 +116,7 @@ def bench_train(
     for k in range(max(len(fast_idx), ref_count)):
         if k < len(fast_idx):
             h, t = (x.to(dev) for x in fast_batches[fast_idx[k]])
-            fast_times.append(timed(lambda h=h, t=t: _fast_step(fast_model, fast_opt, h, t), dev))
+            fast_times.append(timed(lambda h=h, t=t: train_step(fast_model, fast_opt, h, t), dev))
         if k < ref_count:
             h, t = (x.to(dev) for x in ref_batches[k])
             ref_times.append(timed(lambda h=h, t=t: _reference_step(ref_model, ref_opt, h, t), dev))

@@ -48,7 +48,7 @@ class ModelConfig(StrictModel):
         dropout_masks: how training-time dropout draws its masks: "bernoulli" (default) = :class:`torch.nn.Dropout`'s
             per-element Bernoulli draws (the reference code's; every results row but ml-100k ADRec used it),
             "random_bits" = 16 random bits per element (:func:`~adrec_stream.model.layers.random_bits_dropout`: p to
-            within 2^-17; a CPU training step takes 0.72-0.83x the time, ``scripts/bench_dropout_masks.py``; a
+            within 2^-17; a CPU training step takes 0.72-0.86x the time, ``scripts/bench_dropout_masks.py``; a
             different random stream, so a seed trains different weights). No effect at inference.
         padding_keys: "masked" (default) = real positions never attend to padding (outputs independent of the
             amount of left padding; exact padding trimming and prefix caching). "visible" (SASRec only) = the

@@ -39,11 +39,11 @@ def random_bits_dropout(x: torch.Tensor, p: float, inplace: bool = False) -> tor
 
     Each element is zeroed with probability ``round(p * 65536) / 65536`` (p to within 2^-17; a p below 2^-17 drops
     nothing) and the kept ones are scaled by ``1 / (1 - p)``. The bits are drawn as 64-bit integers from torch's
-    generator (seeded like every other draw, so runs stay reproducible) and read as four 16-bit lanes each: on CPU
-    the mask of 819,200 elements takes
-    1.8 ms instead of the 6.2 ms of the per-element Bernoulli draws of :class:`torch.nn.Dropout` (1 thread), whose
-    mask generation took 18 % of a CPU training step in a profile; whole steps take 0.72-0.83x the time
-    (``scripts/bench_dropout_masks.py``; docs/results.md, "Six minutes").
+    generator (seeded like every other draw, so runs stay reproducible) and read as four 16-bit lanes each. On CPU
+    this dropout of 819,200 elements takes 0.58x (2 threads) to 0.83x (1 thread) the time of
+    :func:`torch.nn.functional.dropout`, whose per-element Bernoulli mask draws took 18 % of a training step in a
+    profile, and whole training steps take 0.72-0.86x the time (``scripts/bench_dropout_masks.py``, docs/benchmarks.md;
+    docs/results.md, "Six minutes").
 
     Args:
         x: any shape, floating point.
@@ -91,7 +91,7 @@ class RandomBitsDropout(nn.Module):
 def make_dropout(p: float, masks: DropoutMasks = "bernoulli") -> nn.Module:
     """Dropout layer for ``model.dropout_masks``: "bernoulli" = :class:`torch.nn.Dropout` (per-element Bernoulli
     draws, the reference code's), "random_bits" = :class:`RandomBitsDropout` (same distribution to within 2^-17 in
-    p, masks about 3.5x cheaper on CPU; a different random stream, so the same seed trains different weights). The
+    p, cheaper on CPU, see :func:`random_bits_dropout`; a different random stream, so the same seed trains different weights). The
     random-bits layer works in place: every dropout of these models takes the fresh output of a Linear, an
     embedding (plus positions), a LayerNorm or a GELU, none of which autograd keeps (the attention probabilities,
     which softmax's backward needs, go through :func:`random_bits_dropout` out of place).
@@ -103,6 +103,11 @@ def make_dropout(p: float, masks: DropoutMasks = "bernoulli") -> nn.Module:
     if masks == "random_bits":
         return RandomBitsDropout(p, inplace=True)
     raise ValueError(f"dropout masks must be 'bernoulli' or 'random_bits', got {masks!r}")
+
+
+def _causal_mask(length: int, device: torch.device) -> torch.Tensor:
+    """(L, L) bool, True at ``j <= i``."""
+    return torch.ones(length, length, dtype=torch.bool, device=device).tril_()
 
 
 def attention_mask(valid: torch.Tensor) -> torch.Tensor | None:
@@ -119,7 +124,7 @@ def attention_mask(valid: torch.Tensor) -> torch.Tensor | None:
     if bool(valid.all()):
         return None
     length = valid.shape[1]
-    causal = torch.ones(length, length, dtype=torch.bool, device=valid.device).tril_()
+    causal = _causal_mask(length, valid.device)
     eye = torch.eye(length, dtype=torch.bool, device=valid.device)
     return ((causal & valid[:, None, :]) | eye).unsqueeze(1)
 
@@ -244,8 +249,7 @@ def _attention_with_dropout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, m
     training, with the random-bits masks). q, k, v: (B, H, L, d_h); mask: (B, 1, L, L) bool or None (causal)."""
     scores = torch.matmul(q, k.transpose(-2, -1)).mul_(1.0 / math.sqrt(q.shape[-1]))
     if mask is None:
-        length = q.shape[-2]
-        mask = torch.ones(length, length, dtype=torch.bool, device=q.device).tril_()
+        mask = _causal_mask(q.shape[-2], q.device)
     probs = torch.softmax(scores.masked_fill_(~mask, -math.inf), dim=-1)
     return torch.matmul(random_bits_dropout(probs, p), v)
 

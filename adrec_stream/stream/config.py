@@ -9,8 +9,8 @@ rebalance timeout make a new consumer-group member receive partitions in ~3-7 s 
 broker (instead of ~half of a 45-60 s session timeout). Tansu holds every fetch for the full max-wait even when
 data arrives, so each consumer hop adds up to ``consumer.fetch_max_wait_s`` of latency. The default 20 ms keeps
 click -> recommendation latency low at a cost while idle: an idle ingest worker used 13 % of a core and the broker
-6 % (100 ms: 9 % and 2 %; measured with ``batch.ingest_within_s`` 5 ms, docs/benchmarks.md). Against Apache Kafka a
-fetch returns as soon as data arrives.
+6 % (100 ms: 9 % and 2 %; measured with faust's 5 ms take wait, ``batch.ingest_within_s: 0.005``,
+docs/benchmarks.md). Against Apache Kafka a fetch returns as soon as data arrives.
 """
 
 from __future__ import annotations
@@ -138,6 +138,7 @@ class ConsumerConfig(StrictModel):
     fetch_max_wait_s: PosFloat = 0.02
     request_timeout_s: PosFloat = 30.0
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    direct_delivery: bool = True
 
     @model_validator(mode="after")
     def _check(self) -> ConsumerConfig:
@@ -152,21 +153,22 @@ class ConsumerConfig(StrictModel):
 
 
 class BatchConfig(StrictModel):
-    """Batch sizes: records per ingest WriteBatch and its max wait (s); sequence updates per scoring batch and
-    its max wait (s).
+    """Batch sizes: records per ingest WriteBatch and sequence updates per scoring batch, and how batches are cut.
 
-    A batch is handed over when it is full or when its wait has passed since the previous batch ended, so under
-    load (the handler slower than the arrivals) batches grow towards the maximum with no extra wait, and at a
-    trickle the wait bounds the added latency.
+    ``*_within_s`` 0 (default): natural batching - a batch is handed over when it is full or as soon as no further
+    record waits in the worker's stream buffer, so a worker that keeps up adds no wait and one that falls behind
+    takes everything that arrived while it handled the previous batch. ``> 0``: faust's ``noack_take``, which
+    waits up to this long (seconds) for a batch to fill; its batches stay small under load (≈ 50 records per 5 ms
+    on an ingest worker: 1,700 vs 4,400 events/s, docs/benchmarks.md). See :mod:`adrec_stream.stream.batches`.
 
     ``store_write_attempts``: tries of one batch's RocksDB write before the ingest agent fails (a failed
     write changes nothing, so retrying is safe); the worker then exits and resumes from its committed offset.
     """
 
     ingest_max_records: PosInt = 1000
-    ingest_within_s: PosFloat = 0.005
+    ingest_within_s: NonNegFloat = 0.0
     score_max_users: PosInt = 256
-    score_within_s: PosFloat = 0.005
+    score_within_s: NonNegFloat = 0.0
     produce_linger_s: NonNegFloat = 0.002
     produce_max_batch_bytes: Annotated[int, Field(ge=16384, le=16 * 1024 * 1024)] = 1_048_576
     store_write_attempts: PosInt = 3

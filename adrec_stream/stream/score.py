@@ -1,7 +1,7 @@
 """The score handler: a batch of sequence updates -> one recommendation record per update.
 
-Per batch (taken by the score agent: up to ``batch.score_max_users`` updates, waiting at most
-``batch.score_within_s`` for more):
+Per batch (taken by the score agent: up to ``batch.score_max_users`` updates, handed over as soon as no further
+update waits, or after ``batch.score_within_s`` when that is set; :mod:`adrec_stream.stream.batches`):
 
 1. Each update is parsed (orjson); one that is not a sequence-update object is skipped and logged.
 2. Users are de-duplicated (``scoring.deduplicate_users``, on by default): only the newest window of each user

@@ -1,0 +1,81 @@
+"""Batch cutting of the workers' faust streams (:mod:`adrec_stream.stream.batches`).
+
+The generator's logic runs here on a stream whose buffer the test controls; the real faust stream path is covered
+end to end by the pipeline and reliability tests (every ingest and score agent takes its batches through it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from types import SimpleNamespace
+
+from adrec_stream.stream.batches import event_batches
+
+
+class BufferedStream:
+    """A stream over a buffer the test fills: iteration waits while it is empty; ``channel.empty()`` reports it."""
+
+    def __init__(self) -> None:
+        self.buffer: deque[int] = deque()
+        self.arrived = asyncio.Event()
+        self.current_event = None
+        self.channel = SimpleNamespace(empty=lambda: not self.buffer)
+        self.take_calls: list[tuple[int, float]] = []
+
+    def add(self, *values: int) -> None:
+        self.buffer.extend(values)
+        self.arrived.set()
+
+    def __aiter__(self) -> BufferedStream:
+        return self
+
+    async def __anext__(self) -> int:
+        while not self.buffer:
+            self.arrived.clear()
+            await self.arrived.wait()
+        value = self.buffer.popleft()
+        self.current_event = SimpleNamespace(value=value)
+        return value
+
+    async def noack_take(self, max_: int, within: float):
+        self.take_calls.append((max_, within))
+        yield [SimpleNamespace(value=v) for v in self.buffer]
+
+
+async def _collect(stream: BufferedStream, max_records: int, within_s: float, out: list[list[int]]) -> None:
+    async for batch in event_batches(stream, max_records, within_s):
+        out.append([ev.value for ev in batch])
+
+
+def test_natural_batches_take_the_backlog_up_to_the_maximum_then_each_arrival_at_once():
+    async def run() -> tuple[list[list[int]], list[list[int]], list[list[int]]]:
+        stream, out = BufferedStream(), []
+        stream.add(*range(10))  # a backlog: what arrived while the previous batch was handled
+        task = asyncio.ensure_future(_collect(stream, 4, 0.0, out))
+        await asyncio.sleep(0.01)
+        backlog = [list(b) for b in out]
+        stream.add(10)  # a single arrival is handed over alone, with no wait for more
+        await asyncio.sleep(0.01)
+        single = [list(b) for b in out[len(backlog):]]
+        stream.add(11, 12)
+        await asyncio.sleep(0.01)
+        task.cancel()
+        return backlog, single, out[len(backlog) + len(single):]
+
+    backlog, single, pair = asyncio.run(run())
+    assert backlog == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert single == [[10]]
+    assert pair == [[11, 12]]
+
+
+def test_a_positive_wait_uses_faust_noack_take_with_it():
+    async def run() -> tuple[list[list[int]], list[tuple[int, float]]]:
+        stream, out = BufferedStream(), []
+        stream.add(1, 2, 3)
+        await _collect(stream, 500, 0.005, out)
+        return out, stream.take_calls
+
+    out, calls = asyncio.run(run())
+    assert calls == [(500, 0.005)]
+    assert out == [[1, 2, 3]]

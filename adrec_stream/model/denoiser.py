@@ -108,15 +108,19 @@ class MLPDenoiser(nn.Module):
         return self.forward(h_last)
 
 
-#: row count below which adjacent length groups share one attention call per reverse step
-MIN_STEP_GROUP_ROWS = 256
+#: row count below which adjacent length groups share one attention call per reverse step. 1 = no merging: on the
+#: CPU the single-query attention's cost grows with the keys read (padded keys included), and merging to 256 rows
+#: padded the baby test batches from ~10 to ~14 keys per row, so scoring ran 6-14 % slower per user with one thread
+#: (interleaved A/B, docs/benchmarks.md). Kept as a knob: merging pays only where a call's fixed cost dominates.
+MIN_STEP_GROUP_ROWS = 1
 
 
 def merge_group_caches(caches: PrefixCache, min_rows: int = MIN_STEP_GROUP_ROWS) -> PrefixCache:
     """Merge adjacent (length-sorted) group caches until each holds at least ``min_rows`` rows.
 
-    Attention of a single query costs mostly per row and head, not per key, so a few larger calls per reverse step
-    beat many small ones; the shorter members are left-padded with masked keys (exact: zero attention weight).
+    Fewer, larger attention calls per reverse step save each call's fixed cost, but the shorter members are
+    left-padded with masked keys (exact: zero attention weight) that are still read, and on the CPU the per-key cost
+    dominates for the baby batches (see :data:`MIN_STEP_GROUP_ROWS`, whose default 1 leaves the groups unmerged).
 
     Args:
         caches: ``[(rows, (layers, mask)), ...]`` with contiguous, ascending ``rows`` slices and ascending widths.

@@ -110,8 +110,9 @@ class MLPDenoiser(nn.Module):
 
 #: row count below which adjacent length groups share one attention call per reverse step. 1 = no merging: on the
 #: CPU the single-query attention's cost grows with the keys read (padded keys included), and merging to 256 rows
-#: padded the baby test batches from ~10 to ~14 keys per row, so scoring ran 6-14 % slower per user with one thread
-#: (interleaved A/B, docs/benchmarks.md). Kept as a knob: merging pays only where a call's fixed cost dominates.
+#: padded the baby test batches from ~10 to ~14 keys per row; unmerged, scoring ran 0-14 % faster per user with one
+#: thread and level within the noise with two (interleaved A/Bs, scripts/bench_step_groups.py, docs/benchmarks.md).
+#: Kept as a knob: merging pays only where a call's fixed cost dominates.
 MIN_STEP_GROUP_ROWS = 1
 
 

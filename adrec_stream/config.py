@@ -147,9 +147,9 @@ def load_yaml(text: str, source: str = "<config>", *, root_key: str = "", lines:
 
 
 class StrictModel(BaseModel):
-    """Base for config sections: unknown keys and ill-typed values are errors."""
+    """Base for config sections: unknown keys, ill-typed values and infinite or NaN numbers are errors."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True, allow_inf_nan=False)
 
 
 def _unknown_key_message(model: type[BaseModel] | None, loc: tuple) -> str:

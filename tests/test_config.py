@@ -164,3 +164,26 @@ def test_unknown_key_names_the_closest_valid_key_of_its_section():
         parse_config({"zzz": 1}, ModelConfig, "x.yaml")
     with pytest.raises(ConfigError, match=r"modle: unknown key \(did you mean 'model'\?\)"):
         parse_config({"modle": {}}, ExperimentConfig, "x.yaml")
+
+
+@pytest.mark.parametrize("section, key, value", [
+    ("train", "pretrain_lr", float("inf")), ("train", "weight_decay", float("nan")),
+    ("batch", "produce_linger_s", float("inf")), ("batch", "ingest_within_s", float("inf")),
+    ("finetune", "max_seconds", float("inf")),
+])
+def test_infinite_or_nan_numbers_are_refused_in_every_section(section: str, key: str, value: float):
+    """A fresh user's `--set batch.ingest_within_s=inf` was accepted (a batch that waits forever)."""
+    from adrec_stream.stream.config import StreamConfig
+    from adrec_stream.training.config import ExperimentConfig
+
+    model = ExperimentConfig if section == "train" else StreamConfig
+    with pytest.raises(ConfigError, match=rf"{section}.{key}: Input should be a finite number"):
+        parse_config({section: {key: value}}, model, "x.yaml")
+
+
+def test_batch_waits_are_at_most_one_second():
+    from adrec_stream.stream.config import StreamConfig
+
+    assert parse_config({"batch": {"score_within_s": 0.005}}, StreamConfig, "x.yaml").batch.score_within_s == 0.005
+    with pytest.raises(ConfigError, match=r"batch.score_within_s: Input should be less than or equal to 1"):
+        parse_config({"batch": {"score_within_s": 2}}, StreamConfig, "x.yaml")

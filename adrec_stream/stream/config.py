@@ -9,8 +9,9 @@ rebalance timeout make a new consumer-group member receive partitions in ~3-7 s 
 broker (instead of ~half of a 45-60 s session timeout). Tansu holds every fetch for the full max-wait even when
 data arrives, so each consumer hop adds up to ``consumer.fetch_max_wait_s`` of latency. The default 20 ms keeps
 click -> recommendation latency low at a cost while idle: an idle ingest worker used 13 % of a core and the broker
-6 % (100 ms: 9 % and 2 %; measured with faust's 5 ms take wait, ``batch.ingest_within_s: 0.005``,
-docs/benchmarks.md). Against Apache Kafka a fetch returns as soon as data arrives.
+6 % (100 ms: 9 % and 2 %) with faust's 5 ms take wait (``batch.ingest_within_s: 0.005``); with natural batching,
+the default, 7 % and 7 % (100 ms: 2 % and 2 %; docs/benchmarks.md). Against Apache Kafka a fetch returns as soon
+as data arrives.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from adrec_stream.ops.config import OpsConfig
 
 #: A float field that also accepts YAML integers (``6`` as well as ``6.0``).
 NonNegFloat = Annotated[float, Field(strict=False, ge=0)]
+#: A batch wait (seconds): finite, at most one second.
+BatchWait = Annotated[float, Field(strict=False, ge=0, le=1.0)]
 
 #: Default path of the stream config shipped with the project.
 DEFAULT_STREAM_CONFIG = CONFIG_DIR / "stream.yaml"
@@ -130,7 +133,9 @@ class GroupsConfig(StrictModel):
 
 
 class ConsumerConfig(StrictModel):
-    """Consumer-group timing, in seconds (defaults tuned for fast joins on Tansu)."""
+    """Consumer-group timing, in seconds (defaults tuned for fast joins on Tansu), and how fetched records reach
+    the agents: ``direct_delivery`` (default true) lets faust's drain loop await each record's delivery instead of
+    wrapping it in asyncio tasks while no rebalance is under way (:mod:`adrec_stream.stream.delivery`)."""
 
     session_timeout_s: PosFloat = 6.0
     heartbeat_interval_s: PosFloat = 1.5
@@ -157,18 +162,19 @@ class BatchConfig(StrictModel):
 
     ``*_within_s`` 0 (default): natural batching - a batch is handed over when it is full or as soon as no further
     record waits in the worker's stream buffer, so a worker that keeps up adds no wait and one that falls behind
-    takes everything that arrived while it handled the previous batch. ``> 0``: faust's ``noack_take``, which
-    waits up to this long (seconds) for a batch to fill; its batches stay small under load (≈ 50 records per 5 ms
-    on an ingest worker: 1,700 vs 4,400 events/s, docs/benchmarks.md). See :mod:`adrec_stream.stream.batches`.
+    takes everything that arrived while it handled the previous batch. ``> 0`` (at most 1 s): faust's
+    ``noack_take``, which waits up to this long (seconds) for a batch to fill; its batches stay small under load
+    (37-54 records per 5 ms take on an ingest worker; one worker 1,854-2,436 events/s against 3,812-4,735 with
+    natural batching and direct delivery, docs/benchmarks.md "Ingest"). See :mod:`adrec_stream.stream.batches`.
 
     ``store_write_attempts``: tries of one batch's RocksDB write before the ingest agent fails (a failed
     write changes nothing, so retrying is safe); the worker then exits and resumes from its committed offset.
     """
 
     ingest_max_records: PosInt = 1000
-    ingest_within_s: NonNegFloat = 0.0
+    ingest_within_s: BatchWait = 0.0
     score_max_users: PosInt = 256
-    score_within_s: NonNegFloat = 0.0
+    score_within_s: BatchWait = 0.0
     produce_linger_s: NonNegFloat = 0.002
     produce_max_batch_bytes: Annotated[int, Field(ge=16384, le=16 * 1024 * 1024)] = 1_048_576
     store_write_attempts: PosInt = 3

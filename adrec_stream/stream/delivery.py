@@ -4,20 +4,31 @@ Faust's drain loop (``faust.transport.consumer.Consumer._drain_messages``, faust
 fetched record with ``await self.wait_first(callback(message), self.suspend_flow.wait())``: mode's ``wait_first``
 wraps the delivery, the flow-suspension wait and the service's stopped and crashed events in four asyncio tasks
 and an ``asyncio.wait``, so that a delivery blocked on a full stream buffer gives way when a rebalance suspends
-the flow. Measured on these machines, that wrapping is the largest single cost of an ingest worker
-(``Consumer._drain_messages`` ≈ 20 % of its CPU; docs/benchmarks.md, "Ingest").
+the flow. In a profile of an ingest worker that wrapping was its largest single cost (``Consumer._drain_messages``
+≈ 20 % of its CPU), and since it yields to the event loop after every record, natural batching
+(:mod:`adrec_stream.stream.batches`) finds at most a record or two waiting: measured, the two together raise one
+worker's ingest rate 1.6-2.1x, natural batching alone not at all, direct delivery alone (with faust's 5 ms take)
+lowered it (docs/benchmarks.md, "Ingest").
 
 With ``consumer.direct_delivery`` (default on), :func:`install_direct_delivery` makes that one call await the
 delivery itself while the consumer's flow is active, and keeps faust's own ``wait_first`` everywhere else (flow
 suspended, any other caller, apps not registered with :func:`register_direct_delivery`). Nothing is forked:
 the drain loop, its offset and gap bookkeeping and the conductor's delivery are faust's.
 
-What stays the same when a rebalance suspends the flow during a delivery that is blocked on a full stream
-buffer: faust clears the buffers right after suspending the flow (``flow_control.clear()``), which cancels the
-blocked put; the cancellation leaves the drain loop exactly as it leaves faust's ``wait_first`` (whose
-delivery task is the one cancelled), and faust restarts the fetcher for the new assignment. A delivery can only
-otherwise block on faust's buffered ``send_soon`` producer (``wait_until_producer_ebb``), which this project
-does not use (records are sent with the producer directly).
+Why awaiting the delivery directly is safe (faust-streaming 0.15.3, as read in its code):
+
+- The delivery (the conductor's ``on_message``) first waits for the app's flow control, which faust suspends and
+  resumes together with the consumer's flow (``consumer.stop_flow()`` next to ``flow_control.suspend()``); the
+  direct path is only taken while the consumer's flow is active, so that wait does not block it.
+- A full stream buffer does not block the drain loop in a plain put: the conductor puts in tasks of its own and
+  waits for them with ``asyncio.wait``. When a rebalance clears the buffers (``flow_control.clear()``, right after
+  suspending the flow) those puts are cancelled, ``asyncio.wait`` returns and the delivery ends normally without
+  the record - as with faust's ``wait_first``, which gives the delivery up when the flow is suspended. The
+  record's offset is fetched again after the rebalance (nothing was acknowledged for it).
+- Faust's ``wait_first`` also watches the consumer's stopped and crashed events; the direct path does not need
+  to: stopping the fetcher cancels the drain loop's task, and the cancellation reaches the awaited delivery.
+- The only other wait in a delivery is faust's buffered ``send_soon`` producer (``wait_until_producer_ebb``),
+  which this project does not use (records are sent with the producer directly).
 """
 
 from __future__ import annotations

@@ -80,7 +80,7 @@ def stream_config(broker: BrokerHandle, broker_config: BrokerConfig, tmp_path: P
         "registry_dir": str(tmp_path / "registry"),
         "registry_poll_s": 1.0,
         "window": 20,
-        "batch": {"ingest_max_records": 100, "ingest_within_s": 0.05, "score_max_users": 64},
+        "batch": {"ingest_max_records": 100, "score_max_users": 64},  # the default natural batching in both agents
         # several workers of one role run at once (and other checkouts' tests on this host): free ports, read
         # from each worker's ops_http_listening line (ops_url)
         "ops": {"ports": {"ingest": 0, "score": 0, "finetune": 0}},

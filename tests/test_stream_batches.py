@@ -2,7 +2,8 @@
 
 The generator's logic runs here on a stream whose buffer the test controls (like faust's stream iterator it
 yields to the event loop before each get); the real faust stream path is covered end to end by the pipeline and
-reliability tests (every ingest and score agent takes its batches through it).
+reliability tests, whose workers take both agents' batches through it (tests/conftest.py keeps the default
+``*_within_s`` 0; until 2026-12-01 it set the ingest agent's to 0.05, faust's take).
 """
 
 from __future__ import annotations

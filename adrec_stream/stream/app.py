@@ -38,6 +38,7 @@ last committed offset. Records are sent with the app's producer directly
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import signal
@@ -268,12 +269,14 @@ def build_app(cfg: StreamConfig, role: Role, *, hooks: WorkerHooks | None = None
                 # handler failure the events still passing through the stream would be acked (and committed)
                 # although never applied - measured: 2 of 400 clicks lost in the crash test without this.
                 manual = stream.noack()
-                async for events in event_batches(manual, cfg.batch.ingest_max_records, cfg.batch.ingest_within_s):
-                    done = await handler.handle([ev.message for ev in events])
-                    for ev in events:
-                        if ev.message.partition in done:
-                            await manual.ack(ev)
-                    ops.handled(ev.message for ev in events if ev.message.partition in done)
+                batches = event_batches(manual, cfg.batch.ingest_max_records, cfg.batch.ingest_within_s)
+                async with contextlib.aclosing(batches):  # its feeder task ends with the agent
+                    async for events in batches:
+                        done = await handler.handle([ev.message for ev in events])
+                        for ev in events:
+                            if ev.message.partition in done:
+                                await manual.ack(ev)
+                        ops.handled(ev.message for ev in events if ev.message.partition in done)
             except BaseException as err:
                 _failed(err)
                 raise
@@ -315,11 +318,13 @@ def build_app(cfg: StreamConfig, role: Role, *, hooks: WorkerHooks | None = None
                  registry_poll=cfg.model_versions.registry_poll, **cfg.scoring.model_dump())
         try:
             manual = stream.noack()  # see the ingest agent
-            async for events in event_batches(manual, cfg.batch.score_max_users, cfg.batch.score_within_s):
-                await handler.handle([ev.message for ev in events])
-                for ev in events:
-                    await manual.ack(ev)
-                ops.handled(ev.message for ev in events)
+            batches = event_batches(manual, cfg.batch.score_max_users, cfg.batch.score_within_s)
+            async with contextlib.aclosing(batches):
+                async for events in batches:
+                    await handler.handle([ev.message for ev in events])
+                    for ev in events:
+                        await manual.ack(ev)
+                    ops.handled(ev.message for ev in events)
         except BaseException as err:
             _failed(err)
             raise

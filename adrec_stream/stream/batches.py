@@ -3,13 +3,18 @@
 Two ways, chosen by the batch section's ``*_within_s``:
 
 - ``0`` (the default): **natural batching**. A feeder task takes the events from the stream in turn into a local
-  queue (at most ``max_records`` ahead); a batch is handed over when it holds ``max_records`` events or when no
-  further event waits, neither in the local queue nor in the stream's buffer. A worker that keeps up hands over
-  each event at once (no added wait); one that falls behind finds the events that arrived while it handled the
-  previous batch waiting and hands them over together, up to the maximum. The batcher never waits inside the
-  stream while it holds events: when a rebalance clears the stream's buffer (faust's ``flow_control.clear()``)
-  in the middle of a batch, the batch is handed over at once (its events are acknowledged, or dropped by the
-  handler as events of a revoked partition, so faust's wait for unacknowledged events ends).
+  queue (at most ``max_records`` ahead, plus the one it holds while the queue is full); a batch is handed over when
+  it holds ``max_records`` events or when no further event waits, neither in the local queue nor in the stream's
+  buffer. A worker that keeps up hands over each event at once (no added wait); one that falls behind finds the
+  events that arrived while it handled the previous batch waiting and hands them over together, up to the maximum.
+  The batcher never waits inside the stream while it holds events: when a rebalance clears the stream's buffer
+  (faust's ``flow_control.clear()``) in the middle of a batch, the batch is handed over at once. Events already in
+  the local queue are not cleared with the stream buffer: faust counts them as unacknowledged from the moment the
+  feeder takes them, so a revocation waits (``consumer.wait_empty()``) until the agent has handled and acknowledged
+  them - while the partition is still the worker's, before faust's revocation signal closes its store - up to
+  ``max_records`` events more than the batch in flight.
+  Faust's current-event context variable (``faust.current_event()``) is set in the feeder task, so the agent
+  does not see it; this project's agents do not use it (records are produced with the producer directly).
 - ``> 0``: faust's ``noack_take(max_records, within=within_s)``: a batch is handed over when full or when
   ``within_s`` passed. Faust's take stops adding events while the previous batch is being handled and then
   adds them one by one until the wait ends, so under load its batches are bounded by what that wait lets in
@@ -93,3 +98,4 @@ async def event_batches(stream: Any, max_records: int, within_s: float) -> Async
             yield batch
     finally:
         feeder.cancel()
+        await asyncio.gather(feeder, return_exceptions=True)  # its end (and any error) is collected here

@@ -7,8 +7,8 @@ and an ``asyncio.wait``, so that a delivery blocked on a full stream buffer give
 the flow. In a profile of an ingest worker that wrapping was its largest single cost (``Consumer._drain_messages``
 ≈ 20 % of its CPU), and since it yields to the event loop after every record, natural batching
 (:mod:`adrec_stream.stream.batches`) finds at most a record or two waiting: measured, the two together raise one
-worker's ingest rate 1.6-2.1x, natural batching alone not at all, direct delivery alone (with faust's 5 ms take)
-lowered it (docs/benchmarks.md, "Ingest").
+worker's ingest rate 1.8-2.1x (two workers 1.6-1.9x), natural batching alone not at all, and direct delivery
+alone (with faust's 5 ms take) lowered it (docs/benchmarks.md, "Ingest").
 
 With ``consumer.direct_delivery`` (default on), :func:`install_direct_delivery` makes that one call await the
 delivery itself while the consumer's flow is active, and keeps faust's own ``wait_first`` everywhere else (flow

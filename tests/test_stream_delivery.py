@@ -70,3 +70,11 @@ def test_faust_wait_first_still_runs_when_flow_is_suspended_unregistered_or_call
     for same_task, res in asyncio.run(run()):
         assert not same_task  # faust's wait_first ran the delivery in a task of its own
         assert res.results[0] == "delivered" and res.stopped is False
+
+
+def test_faust_drain_loop_still_makes_the_call_direct_delivery_recognises():
+    """If a faust upgrade changes the drain loop's delivery call, direct delivery would silently stop engaging."""
+    import inspect
+
+    source = inspect.getsource(Consumer._drain_messages)
+    assert "self.wait_first(" in source and "callback(message), self.suspend_flow.wait()" in source

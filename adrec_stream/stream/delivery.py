@@ -50,8 +50,10 @@ def register_direct_delivery(app: Any) -> None:
 
 def _waits_on(coro: Any, event: Any) -> bool:
     """Whether ``coro`` is a not-yet-started ``event.wait()`` coroutine (the drain loop's second argument)."""
-    frame = getattr(coro, "cr_frame", None)
-    return frame is not None and frame.f_locals.get("self") is event and coro.cr_code is type(event).wait.__code__
+    if getattr(coro, "cr_code", None) is not type(event).wait.__code__:
+        return False  # checked first: cheaper than reading the frame's locals, on every fetched record
+    frame = coro.cr_frame
+    return frame is not None and frame.f_locals.get("self") is event
 
 
 def install_direct_delivery() -> None:

@@ -25,6 +25,10 @@ class StoreLockedError(AdrecStreamError):
     """A RocksDB store path is held by another process."""
 
 
+class StalePlanError(AdrecStreamError):
+    """A sequence-store plan was applied after another write to that store (a second writer); nothing was written."""
+
+
 class BrokerError(AdrecStreamError):
     """The embedded broker could not be started, reached, or stopped, or a topic could not be created."""
 

@@ -29,7 +29,7 @@ from adrec_stream.state.changelog import (
 from adrec_stream.state.partitioned import PartitionStores
 from adrec_stream.state.store import SequenceStore, SourceRecord
 from adrec_stream.stream.events import encode_click
-from adrec_stream.stream.handler_support import ConsumedRecord, WorkerStats
+from adrec_stream.stream.handler_support import ConsumedRecord, WorkerStats, send_batches
 from adrec_stream.stream.ingest import IngestHandler
 
 
@@ -41,6 +41,9 @@ class AioPublisher:
 
     async def send(self, topic, key, value, partition=None):
         return await self.producer.send(topic, value, key=key, partition=partition)
+
+    async def send_many(self, topic, records, partition=None):
+        return await send_batches(self.producer, topic, records, partition)
 
 
 def _records(topic: str, start: int, n: int, *, bad_last: bool = False) -> list[ConsumedRecord]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from adrec_stream.data.events import Interaction, read_interactions
-from adrec_stream.errors import StoreError
+from adrec_stream.errors import StalePlanError, StoreError
 from adrec_stream.state.store import SequenceStore, SequenceUpdate, SourceRecord
 
 ML100K = Path(__file__).resolve().parents[2] / "shared" / "data" / "events" / "ml-100k" / "u.data"
@@ -115,6 +115,52 @@ def test_failed_write_changes_nothing(tmp_path, monkeypatch):
         assert store.sequence("a") == ["1", "2"]
     with SequenceStore(tmp_path / "db", window=10) as store:  # on disk too
         assert store.sequence("a") == ["1", "2"] and store.applied_offset("clicks", 0) == 3
+
+
+def test_apply_plan_writes_what_apply_would_and_survives_a_failed_write(tmp_path, monkeypatch):
+    """The ingest handler plans a batch, publishes, then stores that plan: same state as apply(); a failed write
+    leaves the plan valid for the retry."""
+    batch = [rec(1, "a", "2"), rec(1, "a", "X"), rec(2, None), rec(3, "b", "3"), rec(4, "a", "4")]
+    with SequenceStore(tmp_path / "by-apply", window=2) as ref:
+        ref.apply([rec(0, "a", "1")])
+        expected = ref.apply(batch)
+        expected_state = ({u: ref.history(u) for u in ref.users()}, ref.applied_offsets())
+    with SequenceStore(tmp_path / "by-plan", window=2) as store:
+        store.apply([rec(0, "a", "1")])
+        plan = store.plan(batch)
+        assert store.sequence("a") == ["1"]  # planning writes nothing
+
+        def boom(wb):
+            raise OSError("disk full (injected)")
+
+        monkeypatch.setattr(store, "_write_batch", boom)
+        with pytest.raises(StoreError, match="nothing was applied"):
+            store.apply_plan(plan, ("clicks-changelog", 0, 7))
+        monkeypatch.undo()
+        assert store.apply_plan(plan, ("clicks-changelog", 0, 7)) == expected == plan.updates
+        assert ({u: store.history(u) for u in store.users()}, store.applied_offsets()) == expected_state
+        assert store.changelog_position("clicks-changelog", 0) == 7
+        assert store.apply(batch) == []  # everything of the plan counts as applied
+
+
+def test_a_plan_made_before_another_write_is_refused(tmp_path):
+    """A write between plan and apply_plan (a second writer of the partition) makes the plan stale: refused, and
+    nothing of it written - every kind of write counts (apply, restore from the changelog, forgotten offsets)."""
+    with SequenceStore(tmp_path / "db", window=5) as store:
+        for write in (lambda: store.apply([rec(9, "z", "9")]),
+                      lambda: store.apply_changelog({"y": (["7"], [7.0], ("clicks", 0, 8))}, {}, ("cl", 0, 1)),
+                      lambda: store.forget_offsets("clicks")):
+            plan = store.plan([rec(20, "a", "1"), rec(21, "b", "2")])
+            before = ({u: store.history(u) for u in store.users()}, store.applied_offsets())
+            write()
+            after_write = ({u: store.history(u) for u in store.users()}, store.applied_offsets())
+            with pytest.raises(StalePlanError, match="second writer"):
+                store.apply_plan(plan)
+            assert ({u: store.history(u) for u in store.users()}, store.applied_offsets()) == after_write
+            assert after_write != before  # each write did change the store
+        assert store.sequence("a") == [] and store.sequence("b") == []
+        fresh = store.plan([rec(20, "a", "1")])
+        assert [u.items for u in store.apply_plan(fresh)] == [["1"]]
 
 
 def test_sequences_multi_get_and_users_scan(tmp_path):

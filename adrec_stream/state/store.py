@@ -49,7 +49,7 @@ import orjson
 from rocksdict import Options, Rdict, WriteBatch, WriteOptions
 
 from adrec_stream.data.events import Interaction
-from adrec_stream.errors import StoreError, StoreLockedError
+from adrec_stream.errors import StalePlanError, StoreError, StoreLockedError
 from adrec_stream.procs import pid_alive
 
 FORMAT_VERSION = b"1"
@@ -89,12 +89,15 @@ class StorePlan(NamedTuple):
             with an applied click.
         offsets: (topic, partition) -> the partition's applied offset after the batch (partitions that advance).
         fresh: number of records that would be applied (clicks and dead letters).
+        generation: the store's write count when the plan was made; :meth:`SequenceStore.apply_plan` refuses the
+            plan once anything was written to the store since (-1: a plan of no store).
     """
 
     updates: list
     windows: dict[str, Entry]
     offsets: dict[tuple[str, int], int]
     fresh: int
+    generation: int = -1
 
 
 class SequenceUpdate(NamedTuple):
@@ -163,6 +166,7 @@ class SequenceStore:
         self._cache_size = cache_users
         self._lock = threading.RLock()
         self._db: Rdict | None = None
+        self._generation = 0  # successful writes so far (a plan made before a later write is stale)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         opts = Options(raw_mode=True)
         opts.create_if_missing(True)
@@ -308,6 +312,11 @@ class SequenceStore:
         """Ingest one WriteBatch atomically (separate method so that tests can inject a failure)."""
         self._open_db().write(wb, self._write_opts)
 
+    def _write(self, wb: WriteBatch) -> None:
+        """Every write of this store: :meth:`_write_batch`, then count it (plans made before it become stale)."""
+        self._write_batch(wb)
+        self._generation += 1
+
     @staticmethod
     def _state_batch(windows: dict[str, Entry], offsets: dict[tuple[str, int], int],
                      changelog_position: tuple[str, int, int] | None) -> WriteBatch:
@@ -363,7 +372,7 @@ class SequenceStore:
                 del ts[: len(ts) - w]
             seqs[ev.user_id] = windows[ev.user_id] = (items, ts, (r.topic, r.partition, r.offset))
             updates.append(SequenceUpdate(ev.user_id, list(items), ev, r.partition, r.offset))
-        return StorePlan(updates, windows, pending_off, fresh)
+        return StorePlan(updates, windows, pending_off, fresh, self._generation)
 
     def plan(self, records: Sequence[SourceRecord]) -> StorePlan:
         """What :meth:`apply` would write for ``records`` now (updates, windows after the batch, offsets), without
@@ -408,23 +417,42 @@ class SequenceStore:
         """
         with self._lock:
             self._open_db()
-            updates, seqs, pending_off, n_fresh = self._plan(records)
-            if not n_fresh:
+            return self.apply_plan(self._plan(records), changelog_position)
+
+    def apply_plan(self, plan: StorePlan, changelog_position: tuple[str, int, int] | None = None) -> list[SequenceUpdate]:
+        """Write a plan made by :meth:`plan` (what :meth:`apply` of its records writes), without computing it again:
+        the ingest handler plans a batch, publishes its updates and changelog records, then stores the same plan.
+
+        Returns:
+            ``plan.updates`` (nothing is written when the plan applies no record).
+
+        Raises:
+            StalePlanError: something was written to this store after the plan was made (the plan may no longer
+                be what :meth:`apply` would write; nothing is written).
+            StoreError: the write failed (state unchanged) or the store is closed.
+        """
+        with self._lock:
+            self._open_db()
+            if plan.generation != self._generation:
+                raise StalePlanError(
+                    f"the plan of {plan.fresh} records for the sequence store {self.path} was made before a later "
+                    "write to the store (a second writer of this partition?); nothing was written")
+            if not plan.fresh:
                 return []
             try:
-                self._write_batch(self._state_batch(seqs, pending_off, changelog_position))
+                self._write(self._state_batch(plan.windows, plan.offsets, changelog_position))
             except Exception as err:
                 raise StoreError(
-                    f"write of {n_fresh} records to the sequence store {self.path} failed: {err}; nothing "
+                    f"write of {plan.fresh} records to the sequence store {self.path} failed: {err}; nothing "
                     "was applied (offsets not advanced); retry, or restart the worker to resume from the "
                     "stored offsets"
                 ) from err
-            self._offsets.update(pending_off)
+            self._offsets.update(plan.offsets)
             if changelog_position is not None:
                 self._changelog_pos[changelog_position[:2]] = changelog_position[2]
-            for u, entry in seqs.items():
+            for u, entry in plan.windows.items():
                 self._remember(u, entry)
-            return updates
+            return plan.updates
 
     def apply_changelog(self, windows: dict[str, Entry], offsets: dict[tuple[str, int], int],
                         changelog_position: tuple[str, int, int]) -> None:
@@ -441,7 +469,7 @@ class SequenceStore:
             self._open_db()
             ctopic, cpart, cnext = changelog_position
             try:
-                self._write_batch(self._state_batch(windows, offsets, changelog_position))
+                self._write(self._state_batch(windows, offsets, changelog_position))
             except Exception as err:
                 raise StoreError(f"write of {len(windows)} restored windows to the sequence store {self.path} "
                                  f"failed: {err}; nothing was written; restart the worker to restore again") from err
@@ -472,7 +500,7 @@ class SequenceStore:
             wb = WriteBatch(raw_mode=True)
             for t, p in keys:
                 wb.delete(_offset_key(t, p))
-            self._write_batch(wb)
+            self._write(wb)
             for tp in keys:
                 del self._offsets[tp]
             # the users' own last offsets refer to the old log too: drop them (rare: a full scan, in chunks)
@@ -489,7 +517,7 @@ class SequenceStore:
                             stale[v] = (items, ts, None)
                             wb.put(_SEQ + v.encode("utf-8"), _encode_entry(stale[v]))
                     if stale:
-                        self._write_batch(wb)
+                        self._write(wb)
                         for v, entry in stale.items():
                             self._cache.pop(v, None)
                             self._remember(v, entry)

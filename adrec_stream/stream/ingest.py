@@ -7,14 +7,15 @@ At-least-once with exact state. For each batch taken from the clicks topic:
 2. Each record is decoded with :func:`~adrec_stream.stream.events.decode_click`; malformed ones are sent to the
    dead-letter topic with the reason and their source partition/offset; tombstones and records with an empty key
    and no ``user_id`` are skipped (counted; their offsets commit).
-3. Per partition, the partition's :class:`~adrec_stream.state.store.SequenceStore` previews the update of every
+3. Per partition, the partition's :class:`~adrec_stream.state.store.SequenceStore` plans the update of every
    click not yet applied (records at or below the stored applied offset are re-deliveries and are skipped), and
-   those sequence updates are published.
+   those sequence updates are published (whole record batches per partition, ``Publisher.send_many``).
 4. Once every delivery (dead letters and updates) is acknowledged, and ``state.changelog`` is on, each partition's
    changed windows go to its changelog partition (explicit partition = the clicks partition), then - once those are
    acknowledged - the partition's offset marker (:mod:`adrec_stream.state.changelog`).
-5. Then each partition's records go to :meth:`SequenceStore.apply`: one RocksDB WriteBatch holding the appends,
-   the partition's last applied offset and the changelog position after the marker.
+5. Then each partition's plan of step 3 goes to :meth:`SequenceStore.apply_plan`: one RocksDB WriteBatch holding the
+   appends, the partition's last applied offset and the changelog position after the marker (the store refuses the
+   plan if anything wrote to it in between: a second writer).
    A failed write (nothing applied) is retried ``batch.store_write_attempts`` times, then the batch fails.
 6. :meth:`IngestHandler.handle` returns the partitions whose effects are stored; only their records may be
    acknowledged, so the committed offset never passes a click whose effect is not stored.
@@ -58,7 +59,7 @@ from adrec_stream.state.changelog import (
     window_value,
 )
 from adrec_stream.state.partitioned import PartitionStores
-from adrec_stream.state.store import SequenceStore, SequenceUpdate, SourceRecord
+from adrec_stream.state.store import SequenceStore, SequenceUpdate, SourceRecord, StorePlan
 from adrec_stream.stream.config import StreamConfig
 from adrec_stream.stream.events import DecodeError, dead_letter_record, decode_click
 from adrec_stream.stream.handler_support import ConsumedRecord, Publisher, WorkerHooks, WorkerStats, delivered
@@ -273,28 +274,19 @@ class IngestHandler:
             self._reconcile_broker_reset(store, recs[0].topic, part, recs)
             work.append((part, store, recs, store.plan(recs)))
         now = time.time()
-        futures = []
-        topic = cfg.topics.sequence_updates.name
-        send = self.publisher.send
-        for _, _, _, plan in work:
-            for u in plan.updates:
-                futures.append(await send(topic, u.user_id.encode(),
-                                          update_value(u, produced.get((u.partition, u.offset)), now)))
+        updates = [(u.user_id.encode(), update_value(u, produced.get((u.partition, u.offset)), now))
+                   for _, _, _, plan in work for u in plan.updates]
+        futures = await self.publisher.send_many(cfg.topics.sequence_updates.name, updates)
         await delivered(dl_futures)  # dead letters are out before their offsets count as applied
         await delivered(futures)
-        stats.published += len(futures)
+        stats.published += len(updates)
         positions = await self._publish_changelog(work) if self.changelog is not None else {}
         done: set[int] = set()
         for part, store, recs, plan in work:
-            preview = plan.updates
-            applied = await self._apply_with_retry(store, recs, positions.get(part))
+            applied = await self._apply_with_retry(store, recs, plan, positions.get(part))
             if applied is None:
                 self.log.warning("partition_revoked_before_write", partition=part, records=len(recs))
                 continue  # not acked: the new owner applies (and re-publishes, same event_id) these
-            if [(u.partition, u.offset, u.items) for u in applied] != \
-                    [(u.partition, u.offset, u.items) for u in preview]:
-                raise RuntimeError(f"sequence store of partition {part} changed between preview and apply "
-                                   "(a second writer?)")
             done.add(part)
             stats.applied += len(applied)
             applied_at = {u.offset for u in applied}
@@ -316,9 +308,11 @@ class IngestHandler:
         """
         changelog, send, clicks = self.changelog, self.publisher.send, self.clicks_topic
         windows = []
+        n_windows = 0
         for part, _, _, plan in work:
-            for user, entry in plan.windows.items():
-                windows.append(await send(changelog, user.encode("utf-8"), window_value(entry), part))
+            records = [(user.encode("utf-8"), window_value(entry)) for user, entry in plan.windows.items()]
+            n_windows += len(records)
+            windows += await self.publisher.send_many(changelog, records, part)
         await delivered(windows)
         markers = []
         for part, _, _, plan in work:
@@ -326,7 +320,7 @@ class IngestHandler:
             if off is not None:  # something of this partition is applied by this batch
                 markers.append((part, await send(changelog, MARKER_KEY, marker_value(clicks, part, off), part)))
         meta = await delivered([f for _, f in markers])
-        self.stats.changelog_records += len(windows) + len(markers)
+        self.stats.changelog_records += n_windows + len(markers)
         out = {}
         for (part, _), m in zip(markers, meta):
             if m is not None and getattr(m, "offset", None) is not None:
@@ -371,17 +365,22 @@ class IngestHandler:
         store.forget_offsets(self.clicks_topic, [part])
         self._own_offset[part] = -1
 
-    async def _apply_with_retry(self, store: SequenceStore, records: list,
+    async def _apply_with_retry(self, store: SequenceStore, records: list, plan: StorePlan,
                                 changelog_position: tuple[str, int, int] | None = None) -> list | None:
-        """``store.apply(records, changelog_position)`` with in-place retries; None if the store was closed by a
-        revocation."""
+        """``store.apply_plan(plan, changelog_position)`` (``plan``: the store's plan of ``records``) with in-place
+        retries; None if the store was closed by a revocation.
+
+        Raises:
+            StalePlanError: the store was written since the plan was made (a second writer).
+            StoreError: the write kept failing.
+        """
         attempts = self.cfg.batch.store_write_attempts
         for attempt in range(1, attempts + 1):
             self.hooks.before_write(records)
             if store.closed:
                 return None
             try:
-                return store.apply(records, changelog_position)
+                return store.apply_plan(plan, changelog_position)
             except StoreError as err:
                 if store.closed:
                     return None

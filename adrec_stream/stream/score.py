@@ -124,7 +124,7 @@ class ScoreHandler:
             stats.scored += len(order)
             now = time.time()
             topic = self.cfg.topics.recommendations.name
-            futures = []
+            out = []
             latencies = []
             for i, upd in enumerate(parsed):
                 j = newest[i]
@@ -142,9 +142,9 @@ class ScoreHandler:
                     "ingest_ts": upd.get("ingest_ts"), "scoring_start_ts": started, "emitted_ts": now,
                     "fallback": bool(rec.fallback), "superseded_by": None if j == i else parsed[j].get("event_id"),
                 })
-                futures.append(await self.publisher.send(topic, str(upd.get("user_id")).encode(), value))
-            await delivered(futures)
-            stats.published += len(futures)
+                out.append((str(upd.get("user_id")).encode(), value))
+            await delivered(await self.publisher.send_many(topic, out))
+            stats.published += len(out)
             if self.metrics is not None:
                 self.metrics.observe_latencies(latencies)
         stats.end_batch(len(records), time.perf_counter() - t0, self.metrics)

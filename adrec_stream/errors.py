@@ -26,7 +26,8 @@ class StoreLockedError(AdrecStreamError):
 
 
 class StalePlanError(AdrecStreamError):
-    """A sequence-store plan was applied after another write to that store (a second writer); nothing was written."""
+    """A sequence-store plan was applied after another write to that store (or to another store); nothing was
+    written."""
 
 
 class BrokerError(AdrecStreamError):

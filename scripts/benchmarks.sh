@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Re-runs the benchmarks whose figures are in docs/benchmarks.md and writes one JSON file per run to
 # var/bench-results/ (copy the figures into the doc by hand: the machine is shared, so each table row also records
-# the load average). Run from the repository root with ../shared beside it; about 35 minutes on 2 cores.
+# the load average). Run from the repository root with ../shared beside it; about 50 minutes on 2 cores.
 # Usage: scripts/benchmarks.sh [KIND ...]   KIND: train dropout score groups ingest ceiling latency memory finetune
 # (default: all)
 # The score benchmark times the beauty model of scripts/sampling_steps.sh when it exists, else fresh weights.

@@ -144,8 +144,9 @@ def test_apply_plan_writes_what_apply_would_and_survives_a_failed_write(tmp_path
 
 
 def test_a_plan_made_before_another_write_is_refused(tmp_path):
-    """A write between plan and apply_plan (a second writer of the partition) makes the plan stale: refused, and
-    nothing of it written - every kind of write counts (apply, restore from the changelog, forgotten offsets)."""
+    """A write between plan and apply_plan (e.g. offsets forgotten after a broker reset) makes the plan stale: refused,
+    and nothing of it written - every kind of write counts (apply, restore from the changelog, forgotten offsets),
+    also for a plan of duplicates only; another store's plan is refused too."""
     with SequenceStore(tmp_path / "db", window=5) as store:
         for write in (lambda: store.apply([rec(9, "z", "9")]),
                       lambda: store.apply_changelog({"y": (["7"], [7.0], ("clicks", 0, 8))}, {}, ("cl", 0, 1)),
@@ -154,13 +155,22 @@ def test_a_plan_made_before_another_write_is_refused(tmp_path):
             before = ({u: store.history(u) for u in store.users()}, store.applied_offsets())
             write()
             after_write = ({u: store.history(u) for u in store.users()}, store.applied_offsets())
-            with pytest.raises(StalePlanError, match="second writer"):
+            with pytest.raises(StalePlanError, match="written after this batch's plan was made"):
                 store.apply_plan(plan)
             assert ({u: store.history(u) for u in store.users()}, store.applied_offsets()) == after_write
             assert after_write != before  # each write did change the store
         assert store.sequence("a") == [] and store.sequence("b") == []
         fresh = store.plan([rec(20, "a", "1")])
         assert [u.items for u in store.apply_plan(fresh)] == [["1"]]
+        only_duplicates = store.plan([rec(20, "a", "1")])
+        assert only_duplicates.fresh == 0
+        store.forget_offsets("clicks")  # the offset that made rec 20 a duplicate is gone: it is new again
+        with pytest.raises(StalePlanError):
+            store.apply_plan(only_duplicates)
+        with SequenceStore(tmp_path / "other", window=5) as other:
+            with pytest.raises(StalePlanError, match="another store's"):
+                other.apply_plan(store.plan([rec(30, "c", "3")]))
+            assert other.sequence("c") == [] and store.sequence("c") == []
 
 
 def test_sequences_multi_get_and_users_scan(tmp_path):

@@ -10,11 +10,12 @@ import pytest
 import torch
 
 from adrec_stream.data.events import Interaction
-from adrec_stream.errors import StoreError
+from adrec_stream.errors import StalePlanError, StoreError
 from adrec_stream.model import ModelConfig, build_model, save_checkpoint
 from adrec_stream.serving.recommender import Recommender
 from adrec_stream.state.partitioned import partition_store_path
 from adrec_stream.state.store import SequenceStore, SourceRecord
+from adrec_stream.stream.app import ONE_LINE_ERRORS
 from adrec_stream.stream.config import StreamConfig
 from adrec_stream.stream.events import encode_click
 from adrec_stream.stream.handler_support import ConsumedRecord, MemoryPublisher, WorkerHooks, WorkerStats
@@ -124,6 +125,53 @@ def test_ingest_failed_delivery_stores_nothing(tmp_path: Path):
     with pytest.raises(OSError, match="broker unreachable"):
         asyncio.run(handler.handle([_click(0, 0, "a", "1")]))
     assert stats.applied == 0 and handler.stores.get("clicks", 0).sequence("a") == []
+
+
+class _GatedPublisher(MemoryPublisher):
+    """Deliveries complete only once ``gate`` is set (a slow broker)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+
+    async def send(self, topic, key, value, partition=None):
+        done = await super().send(topic, key, value, partition)
+
+        async def later():
+            await self.gate.wait()
+            return await done
+
+        return asyncio.ensure_future(later())
+
+
+def test_offsets_forgotten_while_a_batch_is_published_refuse_its_write(tmp_path: Path):
+    """The lag check finds the clicks log cut back (broker restarted empty) and forgets the partition's offsets while
+    a batch of it waits for its deliveries: that batch's plan is stale - nothing of it is stored (storing it would
+    put the old log's offset back and skip the new log's first clicks as duplicates), the error is one line."""
+    cfg = _cfg(tmp_path)
+    pub, stats = _GatedPublisher(), WorkerStats()
+    handler = IngestHandler(cfg, make_stores(cfg), pub, stats)
+    handler.assign([0])
+
+    async def run():
+        pub.gate.set()
+        await handler.handle([_click(0, i, "a", str(i)) for i in range(3)])  # applied offset 2
+        pub.gate.clear()
+        batch = asyncio.ensure_future(handler.handle([_click(0, 3, "a", "3"), _click(0, 4, "b", "4")]))
+        while not pub.values("sequence-updates")[3:]:
+            await asyncio.sleep(0.01)  # the batch's updates are out, their acknowledgements pending
+        await handler.log_cut_back(0, next_offset=5, log_end=0)
+        pub.gate.set()
+        with pytest.raises(StalePlanError, match="written after this batch's plan was made"):
+            await batch
+
+    asyncio.run(run())
+    store = handler.stores.get("clicks", 0)
+    assert store.applied_offset("clicks", 0) is None  # the forget stands; the batch's offset 4 was not stored
+    assert store.sequence("a") == ["0", "1", "2"] and store.sequence("b") == []
+    assert stats.applied == 3 and stats.broker_resets == 1
+    assert StalePlanError in ONE_LINE_ERRORS
+    handler.revoke([0])
 
 
 def test_ingest_write_failure_hook_retries_then_fails(tmp_path: Path):

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import shutil
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -113,31 +113,41 @@ async def _raw_consume(bootstrap: str, topic: str, partitions: int, n: int,
         return time.perf_counter() - t0, decoded
 
 
-async def _updates_span(bootstrap: str, topic: str, partitions: int, n: int,
-                        timeout_s: float) -> tuple[int, int, float]:
-    """Read the sequence updates until ``n`` distinct event ids arrived (or ``timeout_s`` without progress);
-    returns (distinct updates, those planned after the first batch, last - first ``ingest_ts`` in seconds).
+async def first_seen_span(bootstrap: str, topic: str, partitions: int, n: int, timeout_s: float,
+                          entries: Callable[[Any], Iterable[tuple[Any, float]]]) -> tuple[int, int, float]:
+    """Read ``topic`` from the start until ``n`` distinct ids arrived (or ``timeout_s`` without progress); each
+    record's JSON value gives (id, time in s) pairs through ``entries``, and an id counts once, at its earliest time.
 
-    A batch's updates share one ``ingest_ts`` (its planning time), so the steady-state rate is the updates of the
-    later batches over the span: the first batch's are planned at its start, the last one's work ends after it.
+    Returns:
+        (distinct ids, those whose time is after the first time, last - first time in s): a batch's records share
+        one time, so the steady-state rate is the records of the later batches over the span.
     """
     import orjson  # noqa: PLC0415
 
     async with _from_start(bootstrap, topic, partitions) as consumer:
-        seen: dict[str, float] = {}
+        seen: dict[Any, float] = {}
         last_progress = time.time()
         while len(seen) < n and time.time() - last_progress < timeout_s:
             batch = await consumer.getmany(timeout_ms=500, max_records=20_000)
             for msgs in batch.values():
                 for m in msgs:
-                    u = orjson.loads(m.value)
-                    seen.setdefault(u["event_id"], u["ingest_ts"])
+                    for key, t in entries(orjson.loads(m.value)):
+                        seen[key] = min(t, seen.get(key, t))
                 last_progress = time.time() if msgs else last_progress
     ts = list(seen.values())
     if not ts:
         return 0, 0, 0.0
     first = min(ts)
     return len(ts), sum(t > first for t in ts), max(ts) - first
+
+
+async def _updates_span(bootstrap: str, topic: str, partitions: int, n: int,
+                        timeout_s: float) -> tuple[int, int, float]:
+    """:func:`first_seen_span` of the sequence updates by event id and ``ingest_ts`` (a batch's updates share one
+    ``ingest_ts``, its planning time: the first batch's are planned at its start, the last one's work ends after
+    it)."""
+    return await first_seen_span(bootstrap, topic, partitions, n, timeout_s,
+                                 lambda u: ((u["event_id"], u["ingest_ts"]),))
 
 
 def bench_ingest(data: str, *, events: int, workers: tuple[int, ...] = (1, 2), run_root: Path,

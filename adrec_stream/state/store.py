@@ -2,7 +2,9 @@
 
 :class:`SequenceStore` keeps, for every user, the last ``window`` raw item ids (oldest first) and their
 event times. :meth:`SequenceStore.apply` writes a batch of consumed records in ONE RocksDB WriteBatch
-that holds both the sequence appends and the last applied offset of every (topic, partition) touched.
+that holds both the sequence appends and the last applied offset of every (topic, partition) touched
+(:meth:`SequenceStore.plan` computes that write without making it, :meth:`SequenceStore.apply_plan` makes it
+later unless the store was written in between).
 Records at or below the stored offset are skipped, so replaying records after a crash (at-least-once
 delivery: the consumer restarts from its last *committed* Kafka offset, which may be older) changes
 nothing: the state is exactly-once in effect, also after ``kill -9`` (the write-ahead log survives a
@@ -34,6 +36,7 @@ when the process dies; only the lock decides).
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -63,6 +66,10 @@ _LOCK_MSG = re.compile(r"/LOCK\b|lock hold by current process", re.IGNORECASE)
 _SCAN_CHUNK = 4096
 
 
+#: write generations of every store in this process (a plan is valid for one store and one generation only)
+_GENERATIONS = itertools.count()
+
+
 class SourceRecord(NamedTuple):
     """A consumed Kafka record: its position and the decoded click (None = dead-lettered / skipped)."""
 
@@ -89,8 +96,9 @@ class StorePlan(NamedTuple):
             with an applied click.
         offsets: (topic, partition) -> the partition's applied offset after the batch (partitions that advance).
         fresh: number of records that would be applied (clicks and dead letters).
-        generation: the store's write count when the plan was made; :meth:`SequenceStore.apply_plan` refuses the
-            plan once anything was written to the store since (-1: a plan of no store).
+        generation: the store's write generation when the plan was made (unique across the stores of a process);
+            :meth:`SequenceStore.apply_plan` refuses the plan once anything was written to that store since, or when
+            it is another store's plan (-1: a plan of no store).
     """
 
     updates: list
@@ -166,7 +174,7 @@ class SequenceStore:
         self._cache_size = cache_users
         self._lock = threading.RLock()
         self._db: Rdict | None = None
-        self._generation = 0  # successful writes so far (a plan made before a later write is stale)
+        self._generation = next(_GENERATIONS)  # renewed by every successful write (a plan made before is stale)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         opts = Options(raw_mode=True)
         opts.create_if_missing(True)
@@ -313,9 +321,10 @@ class SequenceStore:
         self._open_db().write(wb, self._write_opts)
 
     def _write(self, wb: WriteBatch) -> None:
-        """Every write of this store: :meth:`_write_batch`, then count it (plans made before it become stale)."""
+        """Every write of this store: :meth:`_write_batch`, then a new generation (plans made before it are stale;
+        a failed write keeps them valid)."""
         self._write_batch(wb)
-        self._generation += 1
+        self._generation = next(_GENERATIONS)
 
     @staticmethod
     def _state_batch(windows: dict[str, Entry], offsets: dict[tuple[str, int], int],
@@ -427,16 +436,20 @@ class SequenceStore:
             ``plan.updates`` (nothing is written when the plan applies no record).
 
         Raises:
-            StalePlanError: something was written to this store after the plan was made (the plan may no longer
-                be what :meth:`apply` would write; nothing is written).
+            StalePlanError: something was written to this store after the plan was made (in this process: e.g. the
+                partition's offsets forgotten after a broker reset while the batch was being published), or the
+                plan is another store's; nothing is written. Other processes cannot write the store (RocksDB lock).
             StoreError: the write failed (state unchanged) or the store is closed.
         """
         with self._lock:
             self._open_db()
+            # checked first, also for a plan that writes nothing: after another write, records the plan skipped as
+            # duplicates may not be duplicates any more (a broker reset's forgotten offsets)
             if plan.generation != self._generation:
                 raise StalePlanError(
-                    f"the plan of {plan.fresh} records for the sequence store {self.path} was made before a later "
-                    "write to the store (a second writer of this partition?); nothing was written")
+                    f"the sequence store {self.path} was written after this batch's plan was made (or the plan is "
+                    f"another store's), so its {plan.fresh} records may no longer apply as planned; nothing was "
+                    "written. The worker stops; on restart it resumes from the committed offset and plans again")
             if not plan.fresh:
                 return []
             try:

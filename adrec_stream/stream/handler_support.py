@@ -10,16 +10,17 @@ with :class:`MemoryPublisher`.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
 from aiokafka.partitioner import DefaultPartitioner
 
-#: aiokafka's default partitioner (murmur2 of the key), as ``AIOKafkaProducer.send`` uses it
+#: aiokafka's default partitioner (murmur2 of the key), for a producer object that does not expose its own
 _PARTITIONER = DefaultPartitioner()
 
 
@@ -86,11 +87,14 @@ async def send_batches(producer: Any, topic: str, records: Sequence[tuple[bytes,
                        partition: int | None = None) -> list[Awaitable[Any]]:
     """Send ``records`` ((key, value) pairs) to ``topic`` through an aiokafka producer as whole record batches.
 
-    Same partitions as ``producer.send`` per record (``partition``, else aiokafka's default partitioner: murmur2 of
-    the key over the topic's partitions) and the same order within a partition, but one closed record batch per
-    partition (more when one exceeds the producer's ``max_batch_size``, i.e. ``batch.produce_max_batch_bytes``)
-    instead of a message, a future and an accumulator step per record. Closed batches do not linger: the batches
-    queued here go out in the producer's next request.
+    Same partitions as ``producer.send`` per record (``partition``, else the producer's partitioner - aiokafka's
+    default: murmur2 of the key over the topic's partitions) and the same order within a partition, but one closed
+    record batch per partition (more when one exceeds the producer's ``max_batch_size``, i.e.
+    ``batch.produce_max_batch_bytes``) instead of a message, a future and an accumulator step per record. Closed
+    batches do not wait for the linger. A batch is queued behind any batch still waiting for its partition (aiokafka
+    sends one batch per partition per request, one request per broker at a time), so records keep their order with
+    the producer's other sends; a partition split into several batches takes as many requests, and this call
+    returns once its last batch is queued.
 
     Returns:
         One future per record batch; all of them done = every record acknowledged.
@@ -104,6 +108,7 @@ async def send_batches(producer: Any, topic: str, records: Sequence[tuple[bytes,
         return []
     if partition is None:
         parts = sorted(await producer.partitions_for(topic))
+        partitioner = getattr(producer, "_partitioner", _PARTITIONER)  # the one producer.send uses
         by_part: dict[int, list[tuple[bytes, bytes]]] = {}
         part_of: dict[bytes, int] = {}  # murmur2 in Python once per distinct key
         for key, value in records:
@@ -111,7 +116,7 @@ async def send_batches(producer: Any, topic: str, records: Sequence[tuple[bytes,
             if part is None:
                 if key is None:
                     raise ValueError(f"send_batches to {topic}: a record without a key needs an explicit partition")
-                part = part_of[key] = _PARTITIONER(key, parts, parts)
+                part = part_of[key] = partitioner(key, parts, parts)
             by_part.setdefault(part, []).append((key, value))
     else:
         by_part = {partition: list(records)}
@@ -199,7 +204,8 @@ class WorkerStats:
     ``published``: records sent (sequence updates or recommendations); ``dead_lettered`` / ``skipped`` with their
     split by reason in ``dead_letter_reasons`` / ``skip_reasons`` (count with :meth:`dead_letter` / :meth:`skip`);
     ``batch_s_total``: seconds spent in the handler, so ``received / batch_s_total`` is the handler's own rate in
-    records/s.
+    records/s; ``gc_collections`` / ``gc_s_total``: the worker process's garbage collections and their seconds
+    (counted once :meth:`count_gc` is installed: ``adrec-stream worker`` does).
     """
 
     received: int = 0
@@ -216,6 +222,8 @@ class WorkerStats:
     broker_resets: int = 0
     changelog_records: int = 0
     batch_s_total: float = 0.0
+    gc_collections: int = 0
+    gc_s_total: float = 0.0
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
     skip_reasons: dict[str, int] = field(default_factory=dict)
     started: float = field(default_factory=time.time)
@@ -225,9 +233,25 @@ class WorkerStats:
         """JSON-able counters plus the mean rate (records/s) since start."""
         d = {k: v for k, v in self.__dict__.items() if k not in ("started", "failed")}
         d["batch_s_total"] = round(self.batch_s_total, 3)
+        d["gc_s_total"] = round(self.gc_s_total, 3)
         d["dead_letter_reasons"], d["skip_reasons"] = dict(self.dead_letter_reasons), dict(self.skip_reasons)
         d["rate_per_s"] = round(self.received / max(time.time() - self.started, 1e-9), 1)
         return d
+
+    def count_gc(self) -> Callable[[str, dict], None]:
+        """Count this process's garbage collections and their seconds in ``gc_collections`` / ``gc_s_total``: the
+        returned callback is added to ``gc.callbacks`` (remove it when done)."""
+        started = [0.0]
+
+        def on_gc(phase: str, info: dict) -> None:
+            if phase == "start":
+                started[0] = time.perf_counter()
+            else:
+                self.gc_collections += 1
+                self.gc_s_total += time.perf_counter() - started[0]
+
+        gc.callbacks.append(on_gc)
+        return on_gc
 
     def dead_letter(self, reason: str) -> None:
         """Count one record sent to the dead-letter topic with ``reason`` (a DecodeError reason)."""
@@ -267,7 +291,7 @@ class WriteFaultInjector:
 
     Wraps :meth:`SequenceStore._write_batch`; ``current`` is set to the records of the batch about to be
     applied. The failure is an ``OSError`` raised before RocksDB sees the batch, which
-    :meth:`SequenceStore.apply` turns into a :class:`~adrec_stream.errors.StoreError` (nothing applied),
+    :meth:`SequenceStore.apply_plan` turns into a :class:`~adrec_stream.errors.StoreError` (nothing applied),
     like a real failed write.
     """
 

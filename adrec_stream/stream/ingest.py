@@ -14,8 +14,11 @@ At-least-once with exact state. For each batch taken from the clicks topic:
    changed windows go to its changelog partition (explicit partition = the clicks partition), then - once those are
    acknowledged - the partition's offset marker (:mod:`adrec_stream.state.changelog`).
 5. Then each partition's plan of step 3 goes to :meth:`SequenceStore.apply_plan`: one RocksDB WriteBatch holding the
-   appends, the partition's last applied offset and the changelog position after the marker (the store refuses the
-   plan if anything wrote to it in between: a second writer).
+   appends, the partition's last applied offset and the changelog position after the marker. The store refuses the
+   plan if it was written in between (:class:`~adrec_stream.errors.StalePlanError`: a broker reset detected by the
+   lag check while the batch was being published forgot the partition's offsets); the worker then stops with that
+   one-line error and, restarted, resumes from the committed offset - nothing of the batch is stored or
+   acknowledged, so nothing of the new log is skipped as a duplicate of the old one.
    A failed write (nothing applied) is retried ``batch.store_write_attempts`` times, then the batch fails.
 6. :meth:`IngestHandler.handle` returns the partitions whose effects are stored; only their records may be
    acknowledged, so the committed offset never passes a click whose effect is not stored.
@@ -371,7 +374,7 @@ class IngestHandler:
         retries; None if the store was closed by a revocation.
 
         Raises:
-            StalePlanError: the store was written since the plan was made (a second writer).
+            StalePlanError: the store was written since the plan was made (see step 5 of the module docstring).
             StoreError: the write kept failing.
         """
         attempts = self.cfg.batch.store_write_attempts

@@ -55,20 +55,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--inject-write-failure", default=None, metavar="OFFSET:TIMES", help=argparse.SUPPRESS)
 
 
-#: Allocations between two young-generation collections in a worker (CPython's default: 700). A batch of 1,000
-#: clicks allocates tens of thousands of short-lived containers, so the default ran a young collection every few
-#: records and a full one every few batches (≈ 10 % of an ingest worker's time, docs/benchmarks.md).
-GC_GEN0_THRESHOLD = 50_000
-
-
-def tune_gc() -> None:
-    """Garbage collection of a long-running worker: everything built at start (libraries, app, stores) moves to the
-    permanent generation (``gc.freeze``), so full collections skip it, and young collections run every
-    :data:`GC_GEN0_THRESHOLD` allocations (reference counting frees the batches' objects either way; the
-    collector is only needed for cycles)."""
+def tune_gc(young_threshold: int) -> None:
+    """Garbage collection of a long-running worker (``batch.gc_young_threshold``): everything built at start
+    (libraries, the Faust app, the handler) moves to the permanent generation (``gc.freeze``), so full collections
+    skip it, and a young collection runs every ``young_threshold`` allocations instead of every 700 (reference
+    counting frees the batches' objects either way; the collector is only needed for cycles). 0: CPython's
+    defaults are kept."""
+    if young_threshold == 0:
+        return
     gc.collect()
     gc.freeze()
-    gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
+    gc.set_threshold(young_threshold, *gc.get_threshold()[1:])
 
 
 def run_worker(cfg: StreamConfig, role: str, *, log_level: str = "INFO", hooks: WorkerHooks | None = None) -> int:
@@ -83,6 +80,9 @@ def run_worker(cfg: StreamConfig, role: str, *, log_level: str = "INFO", hooks: 
             built with, at start or while running (one line, exit 2).
         RestoreTimeoutError: ingest, an assigned partition was not restored from the changelog within
             ``state.restore_timeout_s`` (one line, exit 2).
+        StalePlanError: ingest, a partition's store was written while a batch of it was being published (its
+            offsets forgotten after a log cut back); nothing of the batch was stored (one line, exit 2; a restart
+            resumes from the committed offset).
         BrokerError: the cluster is unreachable.
         ConfigError: the operations endpoint's port cannot be bound (in use).
         UndecodableBatchError: a record batch of a topic the worker reads could not be decoded (the CLI prints it
@@ -117,7 +117,8 @@ def run_worker(cfg: StreamConfig, role: str, *, log_level: str = "INFO", hooks: 
     worker = faust.Worker(built.app, loglevel=log_level if log_level != "INFO" else "WARNING", quiet=True,
                           override_logging=False, redirect_stdouts=False)
     worker.spinner = None  # no terminal escape codes in the JSON log stream
-    tune_gc()
+    tune_gc(cfg.batch.gc_young_threshold)
+    count_gc = built.stats.count_gc()
     code: int = 0
     server = serve_ops(cfg.ops, role, built.ops.metrics.registry, built.ops.readiness)  # port in use: ConfigError
     try:
@@ -125,6 +126,7 @@ def run_worker(cfg: StreamConfig, role: str, *, log_level: str = "INFO", hooks: 
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     finally:
+        gc.callbacks.remove(count_gc)
         if built.stores is not None:
             built.stores.close_all()  # no-op when the agent closed them
         if server is not None:

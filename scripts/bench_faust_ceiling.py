@@ -92,20 +92,23 @@ def main() -> None:
     run_root = Path(args.run_dir)
     out: dict = {"events": args.events, "rounds": args.rounds, "load_avg_start": load_avg_1m(), "rows": []}
     for n in counts:
-        real, noop, loads = [], [], []
+        real, noop, loads, counts = [], [], [], []
         for r in range(args.rounds):  # the two sides alternate, the order flipping every round
             for side in (("ingest", "noop") if r % 2 == 0 else ("noop", "ingest")):
                 if side == "ingest":
                     run = bench_ingest(args.data, events=args.events, workers=(n,), run_root=run_root)["runs"][0]
                     real.append(run["events_per_s"])
+                    counts.append({"side": side, "records": run["applied"]})
                 else:
                     run = noop_rate(args.data, args.events, n, run_root)
                     noop.append(run["events_per_s"])
+                    counts.append({"side": side, "records": run["handled"]})
                 loads.append(run["load_avg"])
         ratios = [a / b for a, b in zip(real, noop, strict=True) if a and b]
         out["rows"].append({"workers": n, "ingest_events_per_s": real, "noop_handler_events_per_s": noop,
                             "median_ingest_to_noop": round(statistics.median(ratios), 3) if ratios else None,
                             "median_noop_events_per_s": statistics.median([x for x in noop if x] or [0]),
+                            "records_seen": counts, "complete": all(c["records"] == args.events for c in counts),
                             "load_avg": loads})
     out["load_avg_end"] = load_avg_1m()
     print(json.dumps(out))

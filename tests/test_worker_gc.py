@@ -43,3 +43,14 @@ def test_zero_keeps_the_defaults_and_collections_are_counted():
     gc.collect()
     assert stats.gc_collections == 2  # removed: no longer counted
     assert stats.as_dict()["gc_s_total"] == round(stats.gc_s_total, 3)
+
+
+def test_threshold_out_of_range_is_a_config_error():
+    import pytest
+
+    from adrec_stream.errors import ConfigError
+    from adrec_stream.stream.config import load_stream_config
+
+    for bad in (-1, 3_000_000_000):  # C int overflow in gc.set_threshold above 2**31 - 1
+        with pytest.raises(ConfigError, match="gc_young_threshold"):
+            load_stream_config(None, {"batch.gc_young_threshold": bad})

@@ -436,20 +436,20 @@ class SequenceStore:
             ``plan.updates`` (nothing is written when the plan applies no record).
 
         Raises:
-            StalePlanError: something was written to this store after the plan was made (in this process: e.g. the
-                partition's offsets forgotten after a broker reset while the batch was being published), or the
-                plan is another store's; nothing is written. Other processes cannot write the store (RocksDB lock).
+            StalePlanError: something was written to this store after the plan was made (by this process: other
+                processes cannot open the store, RocksDB lock), or the plan is another store's; nothing is written.
+                The ingest handler never writes a partition's store while its batch is in flight, so this is a bug.
             StoreError: the write failed (state unchanged) or the store is closed.
         """
         with self._lock:
             self._open_db()
             # checked first, also for a plan that writes nothing: after another write, records the plan skipped as
-            # duplicates may not be duplicates any more (a broker reset's forgotten offsets)
+            # duplicates may not be duplicates any more (e.g. after forgotten offsets)
             if plan.generation != self._generation:
                 raise StalePlanError(
                     f"the sequence store {self.path} was written after this batch's plan was made (or the plan is "
                     f"another store's), so its {plan.fresh} records may no longer apply as planned; nothing was "
-                    "written. The worker stops; on restart it resumes from the committed offset and plans again")
+                    "written (a bug: nothing else may write the store while a batch is in flight)")
             if not plan.fresh:
                 return []
             try:

@@ -49,7 +49,7 @@ from typing import Any, Literal
 
 from adrec_stream.broker.process import effective_bootstrap
 from adrec_stream.broker.security import security_of
-from adrec_stream.errors import PartitionCountChangedError, RestoreTimeoutError, StalePlanError, StoreLockedError
+from adrec_stream.errors import PartitionCountChangedError, RestoreTimeoutError, StoreLockedError
 from adrec_stream.evaluation.prequential import OnlinePrequential
 from adrec_stream.logging import drop_tracebacks_from_now_on, get_logger
 from adrec_stream.state.changelog import StandbyReplicas, hold_state_dir, make_consumer, partition_count_error
@@ -67,7 +67,7 @@ from adrec_stream.stream.worker_ops import FaustOps, faust_highwater
 #: Exit code of a worker whose agent crashed (the supervisor - demo, systemd - restarts it).
 EXIT_AGENT_CRASHED = 3
 #: Errors that stop a worker as one clear line (operations problems, not bugs): no traceback, exit 2.
-ONE_LINE_ERRORS = (StoreLockedError, PartitionCountChangedError, RestoreTimeoutError, StalePlanError)
+ONE_LINE_ERRORS = (StoreLockedError, PartitionCountChangedError, RestoreTimeoutError)
 
 Role = Literal["ingest", "score"]
 

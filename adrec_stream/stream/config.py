@@ -171,8 +171,8 @@ class BatchConfig(StrictModel):
     write changes nothing, so retrying is safe); the worker then exits and resumes from its committed offset.
 
     ``gc_young_threshold``: allocations between two young-generation garbage collections in the ingest and score
-    workers, which also freeze the objects built at start (``gc.freeze``); 0 keeps CPython's defaults (700, no
-    freeze). A batch of 1,000 clicks allocates tens of thousands of short-lived containers: with the defaults an
+    workers (at most 10,000,000), which also freeze the objects built at start (``gc.freeze``); 0 keeps CPython's
+    defaults (700, no freeze). A batch of 1,000 clicks allocates tens of thousands of short-lived containers: with the defaults an
     ingest worker spent 2.5 s of a 100,000-event run in ≈ 1,450 collections, 0.05 s in 2 with 50,000
     (``gc_collections`` / ``gc_s_total`` in the ``worker_stats`` log line; docs/benchmarks.md "Ingest").
     """
@@ -184,7 +184,7 @@ class BatchConfig(StrictModel):
     produce_linger_s: NonNegFloat = 0.002
     produce_max_batch_bytes: Annotated[int, Field(ge=16384, le=16 * 1024 * 1024)] = 1_048_576
     store_write_attempts: PosInt = 3
-    gc_young_threshold: Annotated[int, Field(ge=0)] = 50_000
+    gc_young_threshold: Annotated[int, Field(ge=0, le=10_000_000)] = 50_000
 
 
 class ScoringConfig(StrictModel):

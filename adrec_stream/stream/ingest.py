@@ -14,11 +14,10 @@ At-least-once with exact state. For each batch taken from the clicks topic:
    changed windows go to its changelog partition (explicit partition = the clicks partition), then - once those are
    acknowledged - the partition's offset marker (:mod:`adrec_stream.state.changelog`).
 5. Then each partition's plan of step 3 goes to :meth:`SequenceStore.apply_plan`: one RocksDB WriteBatch holding the
-   appends, the partition's last applied offset and the changelog position after the marker. The store refuses the
-   plan if it was written in between (:class:`~adrec_stream.errors.StalePlanError`: a broker reset detected by the
-   lag check while the batch was being published forgot the partition's offsets); the worker then stops with that
-   one-line error and, restarted, resumes from the committed offset - nothing of the batch is stored or
-   acknowledged, so nothing of the new log is skipped as a duplicate of the old one.
+   appends, the partition's last applied offset and the changelog position after the marker. Nothing else writes
+   a partition's store while its batch is in flight (a log cut back found by the lag check waits for the batch,
+   :meth:`IngestHandler.log_cut_back`); the store would refuse the plan otherwise
+   (:class:`~adrec_stream.errors.StalePlanError`, an internal error: the agent crashes and the worker restarts).
    A failed write (nothing applied) is retried ``batch.store_write_attempts`` times, then the batch fails.
 6. :meth:`IngestHandler.handle` returns the partitions whose effects are stored; only their records may be
    acknowledged, so the committed offset never passes a click whose effect is not stored.
@@ -127,6 +126,7 @@ class IngestHandler:
         self.metrics = metrics
         self.owned: set[int] = set()
         self.open_errors: dict[int, str] = {}
+        self._batch_lock = asyncio.Lock()  # one batch at a time; a log cut back's forget waits for it
         self.clicks_topic = cfg.topics.clicks.name
         self.log = get_logger("adrec_stream.worker.ingest", group=cfg.groups.ingest)
 
@@ -237,6 +237,10 @@ class IngestHandler:
             StoreError: a store write kept failing for ``batch.store_write_attempts`` attempts.
             Exception: a failed delivery to the broker (nothing of the batch is stored or acknowledged).
         """
+        async with self._batch_lock:  # a log cut back's forgotten offsets wait for the batch (log_cut_back)
+            return await self._handle(records)
+
+    async def _handle(self, records: Sequence[ConsumedRecord]) -> set[int]:
         t0 = time.perf_counter()
         stats, cfg = self.stats, self.cfg
         stats.received += len(records)
@@ -334,16 +338,21 @@ class IngestHandler:
         """The clicks log of ``part`` was cut back under the consumer (no record arrives to reveal it, see
         :meth:`~adrec_stream.ops.lag.ConsumerLag.past_log_end`); the consumer is rewound to the log start right
         after this. Forget the partition's stored offsets now, so the new log's records are applied even if it
-        has grown past the stored offset by the time they arrive. Counted as a broker reset."""
-        if part not in self.owned:
-            return
-        store = await self.prepare(part)
-        self.stats.broker_resets += 1
-        self.log.error("broker_reset_detected", topic=self.clicks_topic, partition=part,
-                       stored_applied_offset=store.applied_offset(self.clicks_topic, part), log_end_offset=log_end,
-                       consumer_next_offset=next_offset, action="forgot the stored offset of this partition; "
-                       "rewinding to the start of the new log", hint=RESET_HINT)
-        self._forget_offsets(store, part)
+        has grown past the stored offset by the time they arrive. Counted as a broker reset.
+
+        Waits for the batch in flight, if any: its plan, changelog records and store write stay one unit (forgetting
+        the offsets between its changelog records and its store write would make the write stale and leave its
+        changelog marker, with the old log's offset, for the next restore)."""
+        async with self._batch_lock:
+            if part not in self.owned:
+                return
+            store = await self.prepare(part)
+            self.stats.broker_resets += 1
+            self.log.error("broker_reset_detected", topic=self.clicks_topic, partition=part,
+                           stored_applied_offset=store.applied_offset(self.clicks_topic, part), log_end_offset=log_end,
+                           consumer_next_offset=next_offset, action="forgot the stored offset of this partition; "
+                           "rewinding to the start of the new log", hint=RESET_HINT)
+            self._forget_offsets(store, part)
 
     def _reconcile_broker_reset(self, store: SequenceStore, topic: str, part: int, records: list) -> None:
         """Forget the stored offset of a partition whose log restarted below it (see the module docstring)."""
@@ -374,7 +383,7 @@ class IngestHandler:
         retries; None if the store was closed by a revocation.
 
         Raises:
-            StalePlanError: the store was written since the plan was made (see step 5 of the module docstring).
+            StalePlanError: the store was written since the plan was made (a bug: see step 5 of the module docstring).
             StoreError: the write kept failing.
         """
         attempts = self.cfg.batch.store_write_attempts

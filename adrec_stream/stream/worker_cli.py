@@ -80,9 +80,6 @@ def run_worker(cfg: StreamConfig, role: str, *, log_level: str = "INFO", hooks: 
             built with, at start or while running (one line, exit 2).
         RestoreTimeoutError: ingest, an assigned partition was not restored from the changelog within
             ``state.restore_timeout_s`` (one line, exit 2).
-        StalePlanError: ingest, a partition's store was written while a batch of it was being published (its
-            offsets forgotten after a log cut back); nothing of the batch was stored (one line, exit 2; a restart
-            resumes from the committed offset).
         BrokerError: the cluster is unreachable.
         ConfigError: the operations endpoint's port cannot be bound (in use).
         UndecodableBatchError: a record batch of a topic the worker reads could not be decoded (the CLI prints it

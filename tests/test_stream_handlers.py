@@ -180,6 +180,27 @@ def test_a_log_cut_back_waits_for_the_batch_in_flight(tmp_path: Path):
     handler.revoke([0])
 
 
+def test_a_log_cut_back_waiting_for_a_store_holds_up_no_batch_and_ends_on_revocation(tmp_path: Path):
+    """A cut back of a partition whose store is still opening (or restoring) does not hold up batches of the other
+    partitions, and a revocation of that partition meanwhile ends it quietly (it used to end the lag-refresh
+    timer with the restore's CancelledError)."""
+    handler, _, stats = _ingest(tmp_path)
+
+    async def run():
+        opening = asyncio.get_running_loop().create_future()
+        handler._prepared[1] = opening  # partition 1's store: still opening
+        cut = asyncio.ensure_future(handler.log_cut_back(1, next_offset=5, log_end=0))
+        await asyncio.sleep(0.05)
+        assert await asyncio.wait_for(handler.handle([_click(0, 0, "a", "1")]), 10) == {0}
+        assert not cut.done()
+        handler.revoke([1])  # cancels the open/restore
+        assert await asyncio.wait_for(cut, 10) is None
+
+    asyncio.run(run())
+    assert stats.applied == 1 and stats.broker_resets == 0
+    handler.revoke([0])
+
+
 def test_ingest_write_failure_hook_retries_then_fails(tmp_path: Path):
     hooks = WorkerHooks.from_options(inject_write_failure="1:5")
     handler, _, stats = _ingest(tmp_path, hooks, batch={"store_write_attempts": 2})

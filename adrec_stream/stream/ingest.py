@@ -342,11 +342,21 @@ class IngestHandler:
 
         Waits for the batch in flight, if any: its plan, changelog records and store write stay one unit (forgetting
         the offsets between its changelog records and its store write would make the write stale and leave its
-        changelog marker, with the old log's offset, for the next restore)."""
-        async with self._batch_lock:
-            if part not in self.owned:
-                return
+        changelog marker, with the old log's offset, for the next restore). The partition's store is opened (and
+        restored) before that, so batches of other partitions never wait for it; a revocation meanwhile ends the
+        call quietly."""
+        if part not in self.owned:
+            return
+        try:
             store = await self.prepare(part)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if part in self.owned or (current is not None and current.cancelling()):
+                raise
+            return  # revoked while its store opened: the restore was cancelled, the next owner handles the log
+        async with self._batch_lock:
+            if part not in self.owned or store.closed:
+                return
             self.stats.broker_resets += 1
             self.log.error("broker_reset_detected", topic=self.clicks_topic, partition=part,
                            stored_applied_offset=store.applied_offset(self.clicks_topic, part), log_end_offset=log_end,

@@ -98,14 +98,14 @@ class StorePlan(NamedTuple):
         fresh: number of records that would be applied (clicks and dead letters).
         generation: the store's write generation when the plan was made (unique across the stores of a process);
             :meth:`SequenceStore.apply_plan` refuses the plan once anything was written to that store since, or when
-            it is another store's plan (-1: a plan of no store).
+            it is another store's plan.
     """
 
     updates: list
     windows: dict[str, Entry]
     offsets: dict[tuple[str, int], int]
     fresh: int
-    generation: int = -1
+    generation: int
 
 
 class SequenceUpdate(NamedTuple):

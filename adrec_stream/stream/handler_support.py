@@ -18,11 +18,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
-from aiokafka.partitioner import DefaultPartitioner
-
-#: aiokafka's default partitioner (murmur2 of the key), for a producer object that does not expose its own
-_PARTITIONER = DefaultPartitioner()
-
 
 class ConsumedRecord(NamedTuple):
     """One consumed Kafka record as the handlers read it (a Faust ``Message`` has the same attributes).
@@ -108,7 +103,7 @@ async def send_batches(producer: Any, topic: str, records: Sequence[tuple[bytes,
         return []
     if partition is None:
         parts = sorted(await producer.partitions_for(topic))
-        partitioner = getattr(producer, "_partitioner", _PARTITIONER)  # the one producer.send uses
+        partitioner = producer._partitioner  # the one producer.send uses (aiokafka's murmur2 default)
         by_part: dict[int, list[tuple[bytes, bytes]]] = {}
         part_of: dict[bytes, int] = {}  # murmur2 in Python once per distinct key
         for key, value in records:

@@ -315,10 +315,8 @@ class IngestHandler:
         """
         changelog, send, clicks = self.changelog, self.publisher.send, self.clicks_topic
         windows = []
-        n_windows = 0
         for part, _, _, plan in work:
             records = [(user.encode("utf-8"), window_value(entry)) for user, entry in plan.windows.items()]
-            n_windows += len(records)
             windows += await self.publisher.send_many(changelog, records, part)
         await delivered(windows)
         markers = []
@@ -327,7 +325,7 @@ class IngestHandler:
             if off is not None:  # something of this partition is applied by this batch
                 markers.append((part, await send(changelog, MARKER_KEY, marker_value(clicks, part, off), part)))
         meta = await delivered([f for _, f in markers])
-        self.stats.changelog_records += n_windows + len(markers)
+        self.stats.changelog_records += sum(len(plan.windows) for _, _, _, plan in work) + len(markers)
         out = {}
         for (part, _), m in zip(markers, meta):
             if m is not None and getattr(m, "offset", None) is not None:
